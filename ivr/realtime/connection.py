@@ -1,0 +1,237 @@
+"""Opening the model WebSocket: URL, headers, the connect call, its errors, and the reconnect policy.
+
+Only :func:`open_realtime` does I/O; it is a thin wrapper over ``websockets`` with the options the OpenAI SDK
+uses (no message size limit, no compression) plus no proxy, and it turns every way a connect can fail into
+one :class:`RealtimeConnectError` whose message says what failed and what to check. The API key is never
+part of any message. :class:`Backoff` is the sans-I/O reconnect schedule: it returns delays, the caller
+sleeps.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+import ssl
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+from ivr.realtime.dialect import Dialect
+
+AZURE_HOST_SUFFIXES: tuple[str, ...] = (
+    ".openai.azure.com",
+    ".cognitiveservices.azure.com",
+    ".services.ai.azure.com",
+)
+USER_AGENT = "ivr-phone-agent (Python websockets)"
+
+
+class RealtimeConnectError(Exception):
+    """The model socket could not be opened. ``status`` is the HTTP status when the server answered."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def realtime_ws_url(base_url: str, model: str) -> str:
+    """The URL to dial: ``base_url`` with ``model=<model>`` added to its query.
+
+    ``IVR_REALTIME_URL`` may already carry a query (Azure: ``?api-version=…&deployment=…``); the model is
+    appended to it, the existing text is kept byte for byte, and a ``model`` already present wins.
+    """
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(
+            f"realtime URL {_safe_url(base_url)!r} must be ws:// or wss:// with a host (IVR_REALTIME_URL)"
+        )
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError("realtime model name is empty (IVR_REALTIME_MODEL)")
+    existing = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "model" for key, _ in existing):
+        return urlunsplit(parts._replace(fragment=""))
+    added = urlencode({"model": model.strip()})
+    query = f"{parts.query}&{added}" if parts.query else added
+    return urlunsplit(parts._replace(query=query, fragment=""))
+
+
+def is_azure_host(url: str) -> bool:
+    """True for Azure OpenAI / AI Foundry hosts, which authenticate with an ``api-key`` header."""
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    return any(host.endswith(suffix) for suffix in AZURE_HOST_SUFFIXES)
+
+
+def realtime_headers(api_key: str, dialect: Dialect, url: str) -> dict[str, str]:
+    """Handshake headers: Bearer auth (plus ``api-key`` on Azure hosts), and ``OpenAI-Beta`` for beta."""
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise ValueError("the OpenAI API key is empty; set OPENAI_API_KEY")
+    if any(ch in api_key for ch in "\r\n\0"):
+        raise ValueError("the OpenAI API key contains a line break or NUL; check OPENAI_API_KEY")
+    if dialect not in ("ga", "beta"):
+        raise ValueError(f"dialect={dialect!r}: use 'ga' or 'beta'")
+    key = api_key.strip()
+    headers = {"Authorization": f"Bearer {key}"}
+    if is_azure_host(url):
+        headers["api-key"] = key
+    if dialect == "beta":
+        headers["OpenAI-Beta"] = "realtime=v1"
+    return headers
+
+
+_SENSITIVE_QUERY = re.compile(r"key|token|secret|sig|auth|password", re.IGNORECASE)
+_KEY_LIKE = re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_\-\*]{4,}")
+
+
+def _safe_url(url: str) -> str:
+    """The URL for messages and logs: no user info, sensitive query values replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        query = urlencode(
+            [
+                (k, "***" if _SENSITIVE_QUERY.search(k) else v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            ]
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _KEY_LIKE.sub("***", text)
+
+
+_STATUS_HINTS: dict[int, str] = {
+    400: "the request was refused; check IVR_REALTIME_URL (path, api-version) and IVR_REALTIME_MODEL",
+    401: "the API key was rejected; check OPENAI_API_KEY",
+    403: "the API key may not use this model or endpoint; check OPENAI_API_KEY and IVR_REALTIME_MODEL",
+    404: "no realtime endpoint or model there; check IVR_REALTIME_URL and IVR_REALTIME_MODEL",
+    429: "rate limit or quota exceeded; check the account's usage and limits",
+}
+
+
+def _status_message(exc: InvalidStatus, where: str, secrets: list[str]) -> RealtimeConnectError:
+    response = exc.response
+    status = response.status_code
+    hint = _STATUS_HINTS.get(status) or (
+        "the model service had a server error; it is usually temporary, retry"
+        if status >= 500
+        else "check IVR_REALTIME_URL and OPENAI_API_KEY"
+    )
+    body = bytes(response.body or b"")[:300].decode("utf-8", "replace").strip()
+    detail = f" Server said: {_redact(body, secrets)!r}." if body else ""
+    reason = f" {response.reason_phrase}" if response.reason_phrase else ""
+    return RealtimeConnectError(
+        f"Realtime handshake with {where} was refused with HTTP {status}{reason}: {hint}.{detail}",
+        status=status,
+    )
+
+
+async def open_realtime(url: str, headers: dict[str, str], *, open_timeout: float = 10.0) -> ClientConnection:
+    """Open the model WebSocket, or raise :class:`RealtimeConnectError` saying why and what to check."""
+    where = _safe_url(url)
+    secrets = [
+        v.removeprefix("Bearer ").strip()
+        for k, v in headers.items()
+        if k.lower() in ("authorization", "api-key")
+    ]
+    try:
+        return await connect(
+            url,
+            additional_headers=headers,
+            max_size=None,
+            compression=None,
+            proxy=None,
+            open_timeout=open_timeout,
+            user_agent_header=USER_AGENT,
+        )
+    except InvalidStatus as exc:
+        raise _status_message(exc, where, secrets) from None
+    except InvalidURI:
+        raise RealtimeConnectError(
+            f"realtime URL {where!r} is not a valid WebSocket URL; check IVR_REALTIME_URL"
+        ) from None
+    except InvalidHandshake as exc:
+        raise RealtimeConnectError(
+            f"Realtime handshake with {where} failed ({type(exc).__name__}: {_redact(str(exc), secrets)}); "
+            "check that IVR_REALTIME_URL points at a realtime WebSocket endpoint"
+        ) from None
+    except TimeoutError:
+        raise RealtimeConnectError(
+            f"connecting to {where} timed out after {open_timeout:g}s; "
+            "check network access and IVR_REALTIME_URL"
+        ) from None
+    except socket.gaierror as exc:
+        raise RealtimeConnectError(
+            f"cannot resolve the host of {where} ({exc.strerror or exc}); check IVR_REALTIME_URL and DNS"
+        ) from None
+    except ssl.SSLError as exc:
+        raise RealtimeConnectError(
+            f"TLS with {where} failed ({exc.reason or exc}); "
+            "check IVR_REALTIME_URL and the system CA certificates"
+        ) from None
+    except OSError as exc:
+        raise RealtimeConnectError(
+            f"cannot connect to {where} ({exc.strerror or exc}); check IVR_REALTIME_URL and network access"
+        ) from None
+
+
+class Backoff:
+    """Reconnect delays: ``initial``, ×``factor`` each attempt, capped at ``max_delay``; ``None`` after
+    ``max_attempts`` means give up.
+
+    Jitter spreads reconnects of many calls after a shared outage: each delay is scaled down by up to
+    ``jitter`` (0.5 → between half and all of the nominal delay), drawn from the injected ``rng`` so tests
+    are deterministic. :meth:`reset` after a connection that worked.
+    """
+
+    __slots__ = ("_rng", "attempts", "factor", "initial", "jitter", "max_attempts", "max_delay")
+
+    def __init__(
+        self,
+        initial: float = 0.25,
+        factor: float = 2,
+        max_delay: float = 4.0,
+        max_attempts: int = 6,
+        *,
+        jitter: float = 0.5,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not initial > 0:
+            raise ValueError(f"Backoff initial={initial!r} must be > 0")
+        if not factor >= 1:
+            raise ValueError(f"Backoff factor={factor!r} must be >= 1")
+        if not max_delay >= initial:
+            raise ValueError(f"Backoff max_delay={max_delay!r} must be >= initial ({initial!r})")
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"Backoff max_attempts={max_attempts!r} must be a whole number >= 1")
+        if not 0.0 <= jitter <= 1.0:
+            raise ValueError(f"Backoff jitter={jitter!r} must be between 0 and 1")
+        self.initial = float(initial)
+        self.factor = float(factor)
+        self.max_delay = float(max_delay)
+        self.max_attempts = max_attempts
+        self.jitter = float(jitter)
+        self._rng = rng if rng is not None else random.Random()
+        self.attempts = 0
+
+    def next_delay(self) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` when attempts are used up."""
+        if self.attempts >= self.max_attempts:
+            return None
+        nominal = min(self.max_delay, self.initial * self.factor ** min(self.attempts, 64))
+        self.attempts += 1
+        if self.jitter:
+            return nominal * (1.0 - self.jitter * self._rng.random())
+        return nominal
+
+    def reset(self) -> None:
+        """Start over (call after a connection that succeeded)."""
+        self.attempts = 0
