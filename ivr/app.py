@@ -1,0 +1,366 @@
+"""The FastAPI application: Twilio webhooks, the media WebSocket, health and the operator API.
+
+Routes (public contract, see README.md):
+
+- ``POST /twilio/voice``   — voice webhook; answers ``<Connect><Stream>`` TwiML for the called number's flow.
+- ``POST /twilio/status``  — call-status callback; records the call's end.
+- ``WS   /twilio/media``   — Twilio Media Streams; one :class:`~ivr.call.session.CallSession` per stream.
+- ``GET  /healthz``        — liveness; ``GET /readyz`` — 503 while draining.
+- ``GET  /api/calls``, ``GET /api/calls/{sid}``, ``GET /api/calls/{sid}/events`` (server-sent events) —
+  operator API, ``Authorization: Bearer $IVR_OPERATOR_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import ImmutableMultiDict
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from .call.registry import CallRecord, CallRegistry
+from .call.session import CallSession
+from .flows import FlowSet
+from .logs import mask_number, redact
+from .settings import Settings
+from .telephony import media_stream as tw
+from .telephony.rest import CallController
+from .telephony.signature import SignatureChecker
+from .telephony.twiml import connect_stream, say_and_hang_up
+
+log = logging.getLogger("ivr.app")
+
+#: How long we wait for Twilio's ``connected``/``start`` after accepting the media socket.
+START_TIMEOUT_S = 10.0
+DRAINING_MESSAGE = "Sorry, we can't take your call right now. Please call again in a minute. Goodbye."
+_TERMINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+
+
+class AppState:
+    """Everything the routes share; one per application instance."""
+
+    def __init__(self, settings: Settings, flows: FlowSet) -> None:
+        self.settings = settings
+        self.flows = flows
+        self.calls = CallRegistry()
+        self.sessions: dict[str, CallSession] = {}
+        self.signatures = SignatureChecker(settings.twilio_auth_token)
+        self.controller = CallController(
+            settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base
+        )
+        self.counters: dict[str, int] = {}
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking calls; let live ones finish, then end the rest. True if all ended on their own."""
+        self.calls.draining = True
+        log.info("draining: %d live call(s), waiting up to %.0f s", len(self.calls.live), timeout)
+        finished = await self.calls.wait_idle(timeout)
+        if not finished:
+            log.warning("drain timeout: ending %d call(s) still live", len(self.sessions))
+            for session in list(self.sessions.values()):
+                await session.end("server-shutdown", 1001)
+        return finished
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    warnings = []
+    if not settings.verify_signatures:
+        warnings.append(
+            "IVR_VERIFY_SIGNATURES=false: Twilio signatures are NOT checked. Never do this in production."
+        )
+    elif not settings.twilio_auth_token:
+        warnings.append(
+            "TWILIO_AUTH_TOKEN is not set: every Twilio request will be refused (403). "
+            "Set it to your account's "
+            "auth token (for `ivr call` against this server, any secret both sides share)."
+        )
+    if not settings.openai_api_key:
+        warnings.append("OPENAI_API_KEY is not set: the model will refuse connections.")
+    if settings.public_url.startswith("http://"):
+        warnings.append(
+            f"IVR_PUBLIC_URL={settings.public_url} is plain http: real Twilio needs an https origin."
+        )
+    if not settings.operator_token:
+        warnings.append("IVR_OPERATOR_TOKEN is not set: the operator API (/api/...) refuses every request.")
+    return warnings
+
+
+def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
+    if not settings.public_url:
+        raise ValueError("settings.public_url is required (IVR_PUBLIC_URL)")
+    flowset = flows if flows is not None else FlowSet.load(settings.flows_dir)
+    state = AppState(settings, flowset)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for warning in startup_warnings(settings):
+            log.warning("%s", warning)
+        log.info(
+            "ready: %d flow(s); webhook %s/twilio/voice; stream %s",
+            len(flowset),
+            settings.public_url,
+            settings.media_stream_url,
+        )
+        yield
+        for session in list(state.sessions.values()):
+            await session.finish("server-shutdown")
+
+    app = FastAPI(title="ivr", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ivr = state
+
+    # ------------------------------------------------------------------ Twilio webhooks
+
+    async def signed_form(request: Request, path: str) -> ImmutableMultiDict[str, str]:
+        body = await request.body()
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise HTTPException(400, "body is not UTF-8 form data") from None
+        form = ImmutableMultiDict(pairs)
+        if settings.verify_signatures:
+            url = settings.public_url + path
+            if request.url.query:
+                url += "?" + request.url.query
+            signature = request.headers.get("x-twilio-signature")
+            if not state.signatures.valid(
+                url, form, signature, request.headers.get("x-twilio-webhooks-signature-settings")
+            ):
+                state.count("bad_signatures")
+                log.warning("refused %s: %s X-Twilio-Signature", path, "invalid" if signature else "missing")
+                raise HTTPException(403, "invalid or missing X-Twilio-Signature")
+        return form
+
+    @app.post("/twilio/voice")
+    async def voice(request: Request) -> Response:
+        form = await signed_form(request, "/twilio/voice")
+        call_sid = form.get("CallSid", "")
+        caller, called = form.get("From", ""), form.get("To", "")
+        if not call_sid:
+            raise HTTPException(400, "webhook is missing CallSid")
+        if state.calls.draining:
+            log.info("call=%s refused politely: server is draining", call_sid)
+            return Response(say_and_hang_up(DRAINING_MESSAGE), media_type="application/xml")
+        flow = flowset.for_number(called)
+        log.info(
+            "call=%s incoming from=%s to=%s → flow %s",
+            call_sid,
+            mask_number(caller),
+            mask_number(called),
+            flow.id,
+        )
+        params = {"flow": flow.id, "caller": caller, "called": called}
+        twiml = connect_stream(settings.media_stream_url, params)
+        return Response(twiml, media_type="application/xml")
+
+    @app.post("/twilio/status")
+    async def status(request: Request) -> Response:
+        form = await signed_form(request, "/twilio/status")
+        call_sid = form.get("CallSid", "")
+        call_status = form.get("CallStatus", "")
+        feed = state.calls.get(call_sid)
+        log.info(
+            "call=%s status %s (duration %s s)", call_sid, call_status or "?", form.get("CallDuration", "?")
+        )
+        if feed is not None:
+            feed.record.twilio_status = call_status
+            duration = form.get("CallDuration")
+            if duration and duration.isdigit():
+                feed.record.counters["twilio_duration_s"] = int(duration)
+            feed.emit("call.status", status=call_status)
+        session = state.sessions.get(call_sid)
+        if session is not None and call_status in _TERMINAL_STATUSES:
+            await session.end("completed", 1000)
+        return Response(status_code=204)
+
+    # ------------------------------------------------------------------ media stream
+
+    @app.websocket("/twilio/media")
+    async def media(ws: WebSocket) -> None:
+        await ws.accept()
+        if settings.verify_signatures and not state.signatures.valid(
+            settings.media_stream_url, {}, ws.headers.get("x-twilio-signature")
+        ):
+            state.count("bad_signatures")
+            log.warning("refused a media stream: invalid or missing x-twilio-signature")
+            await ws.close(code=1008, reason="invalid signature")
+            return
+        start = await _await_start(ws, state)
+        if start is None:
+            return
+        await _run_call(ws, start, state)
+
+    # ------------------------------------------------------------------ health and operator API
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "live_calls": len(state.calls.live)}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if state.calls.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ready", "live_calls": len(state.calls.live)})
+
+    def operator(request: Request) -> None:
+        if not settings.operator_token:
+            raise HTTPException(401, "the operator API is disabled: set IVR_OPERATOR_TOKEN on the server")
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.encode(), settings.operator_token.encode()
+        ):
+            raise HTTPException(
+                401,
+                "missing or wrong operator token (Authorization: Bearer …)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @app.get("/api/calls")
+    async def list_calls(request: Request) -> dict[str, Any]:
+        operator(request)
+        live = [state.calls.get(sid) for sid in state.calls.live]
+        return {"live": [f.record.to_dict() for f in live if f is not None], "counters": state.counters}
+
+    @app.get("/api/calls/{call_sid}")
+    async def get_call(call_sid: str, request: Request) -> dict[str, Any]:
+        operator(request)
+        feed = state.calls.get(call_sid)
+        if feed is None:
+            raise HTTPException(404, f"no call {call_sid} on this instance")
+        return feed.record.to_dict()
+
+    @app.get("/api/calls/{call_sid}/events")
+    async def call_events(call_sid: str, request: Request) -> StreamingResponse:
+        operator(request)
+        feed = state.calls.get(call_sid)
+        if feed is None:
+            raise HTTPException(404, f"no call {call_sid} on this instance (yet)")
+
+        async def stream() -> AsyncIterator[bytes]:
+            async for event in feed.follow():
+                yield b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    return app
+
+
+async def _receive(ws: WebSocket) -> str | None:
+    """The next text frame, or None when the socket closed. Binary frames come back as a marker string."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    text = message.get("text")
+    if text is None:
+        return "\x00binary"
+    return text
+
+
+async def _await_start(ws: WebSocket, state: AppState) -> tw.Start | None:
+    """Read until Twilio's ``start`` (tolerating junk before it); None if the socket closed or timed out."""
+    try:
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while True:
+                raw = await _receive(ws)
+                if raw is None:
+                    return None
+                msg = tw.parse(raw) if raw != "\x00binary" else tw.Malformed("binary frame", "")
+                if isinstance(msg, tw.Start):
+                    return msg
+                if isinstance(msg, tw.Malformed):
+                    state.count("malformed_twilio")
+                    log.warning("ignored a malformed message before start: %s", msg.reason)
+    except TimeoutError:
+        log.warning("media stream sent no start within %.0f s; closing", START_TIMEOUT_S)
+        await ws.close(code=1008, reason="no start message")
+        return None
+
+
+async def _run_call(ws: WebSocket, start: tw.Start, state: AppState) -> None:
+    settings = state.settings
+    params = start.custom_parameters
+    flow = state.flows.get(params.get("flow", "")) or state.flows.for_number(params.get("called", ""))
+    record = CallRecord(
+        call_sid=start.call_sid,
+        account_sid=start.account_sid,
+        stream_sid=start.stream_sid,
+        flow_id=flow.id,
+        caller=params.get("caller", ""),
+        called=params.get("called", ""),
+    )
+    feed = state.calls.open(record)
+    context = flow.call_context(
+        caller_number=record.caller,
+        called_number=record.called,
+        call_sid=record.call_sid,
+        now=datetime.now(UTC),
+        parameters={k: v for k, v in params.items() if k not in ("flow", "caller", "called")},
+    )
+
+    async def send(text: str) -> None:
+        if ws.client_state is WebSocketState.CONNECTED:
+            await ws.send_text(text)
+
+    async def close(code: int) -> None:
+        if ws.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await ws.close(code=code)
+
+    try:
+        session = CallSession(
+            settings=settings,
+            flow=flow,
+            start=start,
+            record=record,
+            feed=feed,
+            send_twilio=send,
+            close_twilio=close,
+            controller=state.controller,
+            context=context,
+        )
+    except ValueError as exc:  # a flow whose settings the model session cannot take
+        log.error("call=%s cannot start: %s", start.call_sid, exc)
+        record.outcome, record.ended_at = "configuration-error", record.started_at
+        feed.emit("call.ended", outcome=record.outcome)
+        state.calls.close(start.call_sid)
+        await close(1011)
+        return
+    state.sessions[start.call_sid] = session
+    try:
+        await session.begin()
+        # Whoever ends the call from elsewhere (hang-up, status callback, drain) also closes this socket,
+        # so a plain receive loop is enough: no per-message futures on the hot path.
+        while not session.ended.is_set():
+            raw = await _receive(ws)
+            if raw is None:
+                log.info("call=%s media socket closed by Twilio", start.call_sid)
+                break
+            msg = tw.parse(raw) if raw != "\x00binary" else tw.Malformed("binary frame", "")
+            await session.on_twilio(msg)
+    except WebSocketDisconnect:
+        pass
+    except Exception as exc:  # a bug must not leave the model socket open or the record unfinished
+        log.exception("call=%s failed: %s", start.call_sid, redact(repr(exc)))
+        record.count("internal_errors")
+    finally:
+        await session.finish("completed")
+        state.sessions.pop(start.call_sid, None)
+        state.calls.close(start.call_sid)
+        await close(1000)

@@ -1,0 +1,145 @@
+"""What the caller has actually heard. Sans-I/O.
+
+Twilio buffers the audio we send and plays it in order. After each chunk of model audio we send a named
+``mark``; Twilio echoes the mark when the audio before it has played. This tracker keeps, per assistant
+item, the milliseconds *sent* and the milliseconds *confirmed played*, so that on barge-in we can tell the
+model exactly where the caller cut it off (``conversation.item.truncate`` with ``audio_end_ms`` = played,
+never more than sent).
+
+A ``clear`` makes Twilio echo every pending mark at once; those echoes do not mean the audio played. So
+:meth:`PlaybackTracker.interrupt` forgets the pending marks first, and their late echoes are reported as
+stale. Barrier marks (:meth:`barrier`) are different: they mean "everything queued before this point is
+done with", played or cleared, which is what a hang-up after a goodbye waits for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class MarkKind(Enum):
+    PLAYED = "played"
+    BARRIER = "barrier"
+    STALE = "stale"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class MarkResult:
+    kind: MarkKind
+    item_id: str | None = None
+    played_ms: int = 0
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Truncation:
+    """Tell the model the caller heard ``audio_end_ms`` of ``item_id`` (content index 0)."""
+
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(slots=True)
+class _Item:
+    sent_ms: float = 0.0
+    played_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class PlaybackTracker:
+    """Per-call bookkeeping of sent vs. played assistant audio."""
+
+    _items: dict[str, _Item] = field(default_factory=dict)
+    _order: list[str] = field(default_factory=list)
+    _pending: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _barriers: dict[str, str] = field(default_factory=dict)
+    _counter: int = 0
+    stale_marks: int = 0
+
+    def _name(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}{self._counter}"
+
+    def on_audio_sent(self, item_id: str, duration_ms: float) -> str:
+        """Record a chunk sent to Twilio; returns the mark name to send right after it."""
+        item = self._items.get(item_id)
+        if item is None:
+            item = self._items[item_id] = _Item()
+            self._order.append(item_id)
+            if len(self._order) > 64:  # keep memory bounded on very long calls
+                old = self._order.pop(0)
+                self._items.pop(old, None)
+        item.sent_ms += duration_ms
+        name = self._name("a")
+        self._pending[name] = (item_id, item.sent_ms)
+        return name
+
+    def barrier(self, tag: str) -> str:
+        """A mark that fires once everything queued before it has played or been cleared."""
+        name = self._name("b")
+        self._barriers[name] = tag
+        return name
+
+    def on_mark(self, name: str) -> MarkResult:
+        tag = self._barriers.pop(name, None)
+        if tag is not None:
+            return MarkResult(MarkKind.BARRIER, tag=tag)
+        entry = self._pending.pop(name, None)
+        if entry is None:
+            if name.startswith("a"):
+                self.stale_marks += 1
+                return MarkResult(MarkKind.STALE)
+            return MarkResult(MarkKind.UNKNOWN)
+        item_id, at_ms = entry
+        item = self._items.get(item_id)
+        if item is None:
+            return MarkResult(MarkKind.STALE)
+        item.played_ms = max(item.played_ms, at_ms)
+        # Twilio plays in order: earlier marks of this item are implicitly played too.
+        for other, (other_item, other_ms) in list(self._pending.items()):
+            if other_item == item_id and other_ms <= at_ms:
+                del self._pending[other]
+        return MarkResult(MarkKind.PLAYED, item_id=item_id, played_ms=int(item.played_ms))
+
+    def sent_ms(self, item_id: str) -> int:
+        item = self._items.get(item_id)
+        return int(item.sent_ms) if item else 0
+
+    def played_ms(self, item_id: str) -> int:
+        item = self._items.get(item_id)
+        return int(item.played_ms) if item else 0
+
+    @property
+    def playing(self) -> bool:
+        """True while some sent assistant audio has not been confirmed played."""
+        return bool(self._pending)
+
+    def forget_items(self) -> None:
+        """The model session was replaced: its item ids mean nothing to the new one. Barriers survive."""
+        self._items.clear()
+        self._order.clear()
+        self._pending.clear()
+
+    def interrupt(self) -> list[Truncation]:
+        """Caller barged in: forget pending marks and say how far each unfinished item was heard.
+
+        Returns one truncation per item whose audio was not fully played (normally just the current one),
+        with ``audio_end_ms`` clamped to what was sent.
+        """
+        truncations: list[Truncation] = []
+        unfinished = []
+        for item_id, _ in self._pending.values():
+            if item_id not in unfinished:
+                unfinished.append(item_id)
+        for item_id in unfinished:
+            item = self._items.get(item_id)
+            if item is None:
+                continue
+            heard = min(item.played_ms, item.sent_ms)
+            truncations.append(Truncation(item_id, int(heard)))
+            # Whatever was sent beyond this point was cleared: it will never play.
+            item.sent_ms = heard
+        self._pending.clear()
+        return truncations

@@ -1,0 +1,144 @@
+"""Live calls in this process: their records, their event feeds, and draining on shutdown.
+
+Each call has an append-only list of events (``call.started``, ``transcript``, ``tool.called``, ``barge_in``,
+``dtmf``, ``error``, ``call.ended`` …) that subscribers (the operator event stream, ``ivr call``'s live
+transcript) can replay from the start and then follow. Ended calls are kept for a while, bounded in number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class CallRecord:
+    """Everything we know about one call; finalised when the call ends."""
+
+    call_sid: str
+    account_sid: str = ""
+    stream_sid: str = ""
+    flow_id: str = ""
+    caller: str = ""
+    called: str = ""
+    model: str = ""
+    dialect: str = ""
+    audio_mode: str = ""
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    outcome: str = "in-progress"
+    twilio_status: str | None = None
+    duration_s: float | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def add_usage(self, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        for key in ("total_tokens", "input_tokens", "output_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int):
+                self.usage[key] = self.usage.get(key, 0) + value
+        for side in ("input_token_details", "output_token_details"):
+            details = usage.get(side)
+            if isinstance(details, dict):
+                prefix = side.split("_")[0]
+                for key in ("audio_tokens", "text_tokens", "cached_tokens"):
+                    value = details.get(key)
+                    if isinstance(value, int):
+                        name = f"{prefix}_{key}"
+                        self.usage[name] = self.usage.get(name, 0) + value
+        self.usage["responses"] = self.usage.get("responses", 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CallFeed:
+    """The event list of one call, with followers."""
+
+    def __init__(self, record: CallRecord) -> None:
+        self.record = record
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+        self.ended = False
+
+    def emit(self, type_: str, **data: Any) -> dict[str, Any]:
+        event = {"type": type_, "ts": round(time.time(), 3), "call_sid": self.record.call_sid, **data}
+        self.events.append(event)
+        if type_ == "call.ended":
+            self.ended = True
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return event
+
+    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+        """Replay every event so far, then yield new ones until ``call.ended``."""
+        index = 0
+        while True:
+            while index < len(self.events):
+                event = self.events[index]
+                index += 1
+                yield event
+                if event["type"] == "call.ended":
+                    return
+            if self.ended:
+                return
+            await self._changed.wait()
+
+
+class CallRegistry:
+    """Calls owned by this process (live ones) plus a bounded history of ended ones."""
+
+    def __init__(self, keep_ended: int = 500) -> None:
+        self._feeds: OrderedDict[str, CallFeed] = OrderedDict()
+        self._keep_ended = keep_ended
+        self.live: set[str] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+
+    def open(self, record: CallRecord) -> CallFeed:
+        feed = self._feeds.get(record.call_sid)
+        if feed is None or feed.ended:
+            feed = CallFeed(record)
+            self._feeds[record.call_sid] = feed
+        self._feeds.move_to_end(record.call_sid)
+        self.live.add(record.call_sid)
+        self._idle.clear()
+        self._trim()
+        return feed
+
+    def close(self, call_sid: str) -> None:
+        self.live.discard(call_sid)
+        if not self.live:
+            self._idle.set()
+
+    def get(self, call_sid: str) -> CallFeed | None:
+        return self._feeds.get(call_sid)
+
+    def _trim(self) -> None:
+        while len(self._feeds) > self._keep_ended + len(self.live):
+            for sid in self._feeds:
+                if sid not in self.live:
+                    del self._feeds[sid]
+                    break
+            else:
+                return
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is live; False if the timeout passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,88 @@
+"""The ``ivr`` command: ``ivr serve``, ``ivr call``, ``ivr flows check``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import create_app, startup_warnings
+    from .flows import FlowError, FlowSet
+    from .logs import configure_logging
+    from .server import make_server
+    from .settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"ivr serve: {exc}", file=sys.stderr)
+        return 2
+    if args.flows:
+        settings = settings.with_(flows_dir=args.flows)
+    if not settings.public_url:
+        origin = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}"
+        settings = settings.with_(public_url=origin)
+    configure_logging(settings.log_level)
+    try:
+        flows = FlowSet.load(settings.flows_dir)
+    except FlowError as exc:
+        print(f"ivr serve: the call flows in {settings.flows_dir} have errors:\n{exc}", file=sys.stderr)
+        print("Fix them (check with `ivr flows check`) and start again.", file=sys.stderr)
+        return 2
+    app = create_app(settings, flows)
+    for warning in startup_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"ivr {__version__}: listening on http://{args.host}:{args.port}  "
+        f"(Twilio voice webhook: {settings.public_url}/twilio/voice)",
+        file=sys.stderr,
+    )
+    server = make_server(app, args.host, args.port, settings.drain_timeout_s, settings.log_level)
+    try:
+        asyncio.run(server.serve())
+    except OSError as exc:
+        print(
+            f"ivr serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. "
+            "Is another server using that port? Pick another with --port.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ivr", description="A phone agent: Twilio Media Streams ⇄ realtime speech models."
+    )
+    parser.add_argument("--version", action="version", version=f"ivr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the webhook and media-stream server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument(
+        "--flows", default=None, help="folder of call-flow YAML (default $IVR_FLOWS or flows/)"
+    )
+    serve.set_defaults(func=_serve)
+
+    from .caller.cli import register as register_call
+    from .flows.cli import register as register_flows
+
+    register_call(sub)
+    register_flows(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    return int(func(args) or 0)

@@ -1,0 +1,64 @@
+"""Running the app under uvicorn with a graceful drain on SIGTERM.
+
+uvicorn's own shutdown closes every WebSocket at once (code 1012), which would drop live phone calls. So the
+first SIGTERM/SIGINT only starts a drain: the webhook answers new calls politely, ``/readyz`` turns 503, live
+calls go on until they end or ``IVR_DRAIN_TIMEOUT`` passes; then uvicorn shuts down. A second signal stops
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from .app import AppState
+
+log = logging.getLogger("ivr.server")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: AppState, drain_timeout: float) -> None:
+        super().__init__(config)
+        self._state = state
+        self._drain_timeout = drain_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_task is None and not self.should_exit and self._loop is not None:
+            log.info("signal %d: draining (send it again to stop now)", sig)
+            self._loop.call_soon_threadsafe(self._start_drain)
+            return
+        super().handle_exit(sig, frame)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        await self._state.drain(self._drain_timeout)
+        self.should_exit = True
+
+
+def make_server(
+    app: FastAPI, host: str, port: int, drain_timeout: float, log_level: str = "info"
+) -> DrainingServer:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        log_config=None,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        lifespan="on",
+    )
+    return DrainingServer(config, app.state.ivr, drain_timeout)

@@ -1,0 +1,134 @@
+"""All runtime configuration, read once from environment variables.
+
+The variable names are a public contract for deployments; README.md documents each one. Nothing else in
+the package reads ``os.environ``: code receives a :class:`Settings` object.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+DEFAULT_REALTIME_MODEL = "gpt-realtime"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable and the fix."""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number (seconds)") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings with documented defaults (see README.md, "Configuration")."""
+
+    openai_api_key: str = ""
+    realtime_url: str = DEFAULT_REALTIME_URL
+    realtime_model: str = DEFAULT_REALTIME_MODEL
+    #: "auto" picks the dialect from the model name; "ga" or "beta" forces one.
+    realtime_dialect: str = "auto"
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    #: The https origin Twilio reaches, e.g. https://agent.example.com (no path).
+    public_url: str = ""
+    flows_dir: Path = field(default_factory=lambda: Path("flows"))
+    redis_url: str = ""
+    #: Verify X-Twilio-Signature on webhooks and the media upgrade. Turn off only for local experiments.
+    verify_signatures: bool = True
+    #: Base URL of the Twilio REST API; only changed to reach a regional proxy or a local stand-in.
+    twilio_api_base: str = "https://api.twilio.com"
+    #: Bearer token for operator endpoints (/api/...). Unset means those endpoints refuse every request.
+    operator_token: str = ""
+    #: How long live calls may run on after SIGTERM before they are ended.
+    drain_timeout_s: float = 30.0
+    #: Roll the model socket over to a fresh one after this long (providers cap sessions at ~30-60 min).
+    model_session_max_s: float = 25 * 60.0
+    log_level: str = "INFO"
+    #: Validate every outgoing Realtime event against the SDK types (slow; for tests and debugging).
+    debug_validate: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        settings = cls(
+            openai_api_key=env.get("OPENAI_API_KEY", ""),
+            realtime_url=env.get("IVR_REALTIME_URL", "") or DEFAULT_REALTIME_URL,
+            realtime_model=env.get("IVR_REALTIME_MODEL", "") or DEFAULT_REALTIME_MODEL,
+            realtime_dialect=(env.get("IVR_REALTIME_DIALECT", "") or "auto").strip().lower(),
+            twilio_account_sid=env.get("TWILIO_ACCOUNT_SID", ""),
+            twilio_auth_token=env.get("TWILIO_AUTH_TOKEN", ""),
+            public_url=(env.get("IVR_PUBLIC_URL", "") or "").rstrip("/"),
+            flows_dir=Path(env.get("IVR_FLOWS", "") or "flows"),
+            redis_url=env.get("REDIS_URL", ""),
+            verify_signatures=_bool(env, "IVR_VERIFY_SIGNATURES", True),
+            twilio_api_base=(env.get("IVR_TWILIO_API_BASE", "") or "https://api.twilio.com").rstrip("/"),
+            operator_token=env.get("IVR_OPERATOR_TOKEN", ""),
+            drain_timeout_s=_float(env, "IVR_DRAIN_TIMEOUT", 30.0),
+            model_session_max_s=_float(env, "IVR_MODEL_SESSION_MAX", 25 * 60.0, minimum=1.0),
+            log_level=(env.get("IVR_LOG_LEVEL", "") or "INFO").upper(),
+            debug_validate=_bool(env, "IVR_DEBUG_VALIDATE", False),
+        )
+        settings.check()
+        return settings
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (handy in tests and the CLI)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def check(self) -> None:
+        """Raise :class:`SettingsError` naming the variable when a value cannot work."""
+        scheme = urlsplit(self.realtime_url).scheme
+        if scheme not in {"ws", "wss"}:
+            raise SettingsError(
+                f"IVR_REALTIME_URL={self.realtime_url!r} must start with wss:// (or ws:// for a local server)"
+            )
+        if self.realtime_dialect not in {"auto", "ga", "beta"}:
+            raise SettingsError(f"IVR_REALTIME_DIALECT={self.realtime_dialect!r}: use auto, ga or beta")
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path not in {"", "/"}:
+                raise SettingsError(
+                    f"IVR_PUBLIC_URL={self.public_url!r} must be an origin like https://agent.example.com "
+                    "(scheme and host, no path)"
+                )
+            if parts.query or parts.fragment:
+                raise SettingsError(f"IVR_PUBLIC_URL={self.public_url!r} must not carry a query or fragment")
+        if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SettingsError(f"IVR_LOG_LEVEL={self.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def media_stream_url(self) -> str:
+        """The WebSocket URL written into TwiML: wss:// for an https origin, ws:// for a local http one."""
+        origin = self.public_url
+        if origin.startswith("https://"):
+            return "wss://" + origin[len("https://") :] + "/twilio/media"
+        if origin.startswith("http://"):
+            return "ws://" + origin[len("http://") :] + "/twilio/media"
+        raise SettingsError("IVR_PUBLIC_URL is not set; set it to the https origin Twilio reaches")
