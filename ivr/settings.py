@@ -39,7 +39,7 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number (seconds)") from None
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
     if value < minimum:
         raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
     return value
@@ -70,9 +70,9 @@ class Settings:
     drain_timeout_s: float = 30.0
     #: Roll the model socket over to a fresh one after this long (providers cap sessions at ~30-60 min).
     model_session_max_s: float = 25 * 60.0
+    #: Attempts to (re)open the model socket before the call is ended with an apology.
+    model_connect_attempts: int = 6
     log_level: str = "INFO"
-    #: Validate every outgoing Realtime event against the SDK types (slow; for tests and debugging).
-    debug_validate: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -92,8 +92,8 @@ class Settings:
             operator_token=env.get("IVR_OPERATOR_TOKEN", ""),
             drain_timeout_s=_float(env, "IVR_DRAIN_TIMEOUT", 30.0),
             model_session_max_s=_float(env, "IVR_MODEL_SESSION_MAX", 25 * 60.0, minimum=1.0),
+            model_connect_attempts=int(_float(env, "IVR_MODEL_CONNECT_ATTEMPTS", 6, minimum=1)),
             log_level=(env.get("IVR_LOG_LEVEL", "") or "INFO").upper(),
-            debug_validate=_bool(env, "IVR_DEBUG_VALIDATE", False),
         )
         settings.check()
         return settings

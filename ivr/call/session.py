@@ -228,13 +228,15 @@ class CallSession:
     async def _model_loop(self) -> None:
         """Connect, read events, reconnect on unexpected close; give up politely after bounded retries."""
         replay = False
-        backoff = Backoff()
+        backoff = Backoff(max_attempts=self.settings.model_connect_attempts)
+        failures = 0
         while not self.ended.is_set():
             try:
                 ws = await self._open_model(replay=replay)
             except RealtimeConnectError as exc:
                 self.record.count("model_connect_failures")
-                delay = backoff.next_delay()
+                failures += 1
+                delay = backoff.next_delay() if failures < self.settings.model_connect_attempts else None
                 self.log.warning("model connection failed: %s", exc)
                 if delay is None:
                     await self._give_up(str(exc))
@@ -242,6 +244,7 @@ class CallSession:
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
+            failures = 0
             self.ws = ws
             if replay:
                 self.record.count("model_reconnects")

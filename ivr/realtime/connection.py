@@ -9,6 +9,7 @@ sleeps.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import socket
@@ -18,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
+from ivr.logs import RedactingFilter
 from ivr.realtime.dialect import Dialect
 
 AZURE_HOST_SUFFIXES: tuple[str, ...] = (
@@ -26,6 +28,10 @@ AZURE_HOST_SUFFIXES: tuple[str, ...] = (
     ".services.ai.azure.com",
 )
 USER_AGENT = "ivr-phone-agent (Python websockets)"
+#: websockets logs handshake headers (the Authorization header among them) at DEBUG level; its records go
+#: through this logger, whose filter scrubs secrets before any handler sees them.
+_WS_LOG = logging.getLogger("ivr.realtime.ws")
+_WS_LOG.addFilter(RedactingFilter())
 
 
 class RealtimeConnectError(Exception):
@@ -151,6 +157,7 @@ async def open_realtime(url: str, headers: dict[str, str], *, open_timeout: floa
             proxy=None,
             open_timeout=open_timeout,
             user_agent_header=USER_AGENT,
+            logger=_WS_LOG,
         )
     except InvalidStatus as exc:
         raise _status_message(exc, where, secrets) from None

@@ -21,8 +21,8 @@ from tests.support.server import (
     AUTH_TOKEN,
     OPERATOR_TOKEN,
     RunningServer,
+    make_settings,
     running_server,
-    test_settings,
 )
 
 
@@ -51,7 +51,7 @@ class TwilioOracle:
 async def app_for(
     fake: FakeRealtimeServer, rest: FakeTwilioRest | None = None, **overrides: Any
 ) -> AsyncIterator[RunningServer]:
-    settings: Settings = test_settings(realtime_url=fake.url, **overrides)
+    settings: Settings = make_settings(realtime_url=fake.url, **overrides)
     if rest is not None:
         settings = settings.with_(twilio_api_base=rest.base_url)
     async with running_server(settings) as server:
@@ -81,19 +81,19 @@ class LiveCall:
         return self.media()
 
 
-async def place_call(server: RunningServer, **options: Any) -> LiveCall:
+async def place_call(server: RunningServer, *, wait_started: bool = True, **options: Any) -> LiveCall:
     oracle = TwilioOracle()
-    opts = CallOptions(
-        base_url=server.base_url,
-        account_sid=ACCOUNT_SID,
-        auth_token=AUTH_TOKEN,
-        operator_token=OPERATOR_TOKEN,
-        observer=oracle,
-        duration_s=options.pop("duration_s", 15.0),
-        **options,
-    )
+    defaults = {
+        "account_sid": ACCOUNT_SID,
+        "auth_token": AUTH_TOKEN,
+        "operator_token": OPERATOR_TOKEN,
+        "duration_s": 15.0,
+    }
+    opts = CallOptions(base_url=server.base_url, observer=oracle, **{**defaults, **options})
     call = SimulatedCall(opts)
     task = asyncio.create_task(call.run())
+    if not wait_started:
+        return LiveCall(call, task, oracle)
     try:
         await call.wait_started()
     except TimeoutError:

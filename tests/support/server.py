@@ -31,7 +31,7 @@ class RunningServer:
     server: uvicorn.Server
 
 
-def test_settings(**overrides: object) -> Settings:
+def make_settings(**overrides: object) -> Settings:
     base = Settings(
         openai_api_key=OPENAI_TEST_KEY,
         twilio_account_sid=ACCOUNT_SID,

@@ -1,0 +1,109 @@
+"""`ivr serve` as a real process: start-up, a call, and a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from types import SimpleNamespace
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+from tests.support.calls import place_call
+from tests.support.fake_realtime import FakeRealtimeServer, Reply
+from tests.support.server import ACCOUNT_SID, AUTH_TOKEN, OPERATOR_TOKEN, TEST_FLOWS
+
+
+class ServerProcess:
+    """Runs `python -m ivr serve` and collects its stderr lines, with awaitable matches."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            async with self._changed:
+                self.lines.append(raw.decode(errors="replace").rstrip())
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_line(self, fragment: str, timeout: float = 10.0) -> str:
+        async def find() -> str:
+            async with self._changed:
+                while True:
+                    for line in self.lines:
+                        if fragment in line:
+                            return line
+                    if self._reader.done():
+                        raise AssertionError(f"server exited without {fragment!r}: {self.lines[-15:]}")
+                    await self._changed.wait()
+
+        return await asyncio.wait_for(find(), timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_sigterm_drains_live_calls_then_exits(fake_realtime: FakeRealtimeServer) -> None:
+    fake_realtime.default_replies = [Reply(text="Hello.", audio_ms=300)]
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": "sk-test",
+        "IVR_REALTIME_URL": fake_realtime.url,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "IVR_OPERATOR_TOKEN": OPERATOR_TOKEN,
+        "IVR_FLOWS": str(TEST_FLOWS),
+        "IVR_DRAIN_TIMEOUT": "20",
+        "IVR_PUBLIC_URL": "",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ivr", "serve", "--port", str(port), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    server = ServerProcess(proc)
+    try:
+        await server.wait_line("Uvicorn running on")
+        live = await place_call(SimpleNamespace(base_url=base))  # type: ignore[arg-type]
+        session = await fake_realtime.next_session()
+        await session.wait_response_done()
+
+        proc.send_signal(signal.SIGTERM)
+        await server.wait_line("draining")
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.get("/readyz")).status_code == 503
+            params = {
+                "CallSid": "CA" + "7" * 32,
+                "AccountSid": ACCOUNT_SID,
+                "From": "+15550100009",
+                "To": "+1",
+            }
+            signature = RequestValidator(AUTH_TOKEN).compute_signature(base + "/twilio/voice", params)
+            refused = await http.post("/twilio/voice", data=params, headers={"X-Twilio-Signature": signature})
+        assert refused.status_code == 200
+        assert "<Hangup" in refused.text and "<Connect>" not in refused.text
+
+        before = len(session.input_audio)
+        await session.wait_input_audio(before + 24000)  # the live call goes on during the drain
+        assert proc.returncode is None
+        result = await live.hang_up()
+        assert result.ended_by == "caller"
+        assert await asyncio.wait_for(proc.wait(), 10.0) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await server._reader
+    assert not any("Traceback" in line for line in server.lines), server.lines
