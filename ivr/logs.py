@@ -23,7 +23,7 @@ _SECRET_PATTERNS = [
 
 
 def mask_number(number: str | None) -> str:
-    """``+15551234567`` → ``+1*********67``: enough to tell calls apart, not enough to identify a caller."""
+    """``+15551234567`` → ``+1********67``: enough to tell calls apart, not enough to identify a caller."""
     if not number:
         return "-"
     digits = sum(ch.isdigit() for ch in number)
@@ -59,6 +59,12 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info:
+            # Tracebacks quote exception messages, which may hold a key: format once, scrub, keep the text.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 

@@ -6,6 +6,7 @@ the package reads ``os.environ``: code receives a :class:`Settings` object.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -40,9 +41,31 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name}={raw!r} must be a finite number")
     if value < minimum:
         raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _origin(raw: str) -> str:
+    """``HTTPS://agent.example.com/`` → ``https://agent.example.com`` (scheme lower-cased, no slash)."""
+    raw = (raw or "").strip().rstrip("/")
+    scheme, sep, rest = raw.partition("://")
+    return f"{scheme.lower()}{sep}{rest}" if sep else raw
 
 
 @dataclass(frozen=True)
@@ -84,7 +107,7 @@ class Settings:
             realtime_dialect=(env.get("IVR_REALTIME_DIALECT", "") or "auto").strip().lower(),
             twilio_account_sid=env.get("TWILIO_ACCOUNT_SID", ""),
             twilio_auth_token=env.get("TWILIO_AUTH_TOKEN", ""),
-            public_url=(env.get("IVR_PUBLIC_URL", "") or "").rstrip("/"),
+            public_url=_origin(env.get("IVR_PUBLIC_URL", "")),
             flows_dir=Path(env.get("IVR_FLOWS", "") or "flows"),
             redis_url=env.get("REDIS_URL", ""),
             verify_signatures=_bool(env, "IVR_VERIFY_SIGNATURES", True),
@@ -92,7 +115,7 @@ class Settings:
             operator_token=env.get("IVR_OPERATOR_TOKEN", ""),
             drain_timeout_s=_float(env, "IVR_DRAIN_TIMEOUT", 30.0),
             model_session_max_s=_float(env, "IVR_MODEL_SESSION_MAX", 25 * 60.0, minimum=1.0),
-            model_connect_attempts=int(_float(env, "IVR_MODEL_CONNECT_ATTEMPTS", 6, minimum=1)),
+            model_connect_attempts=_int(env, "IVR_MODEL_CONNECT_ATTEMPTS", 6, minimum=1),
             log_level=(env.get("IVR_LOG_LEVEL", "") or "INFO").upper(),
         )
         settings.check()

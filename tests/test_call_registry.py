@@ -203,7 +203,7 @@ async def test_follower_cancelled_while_waiting_does_not_disturb_the_feed() -> N
 
 async def test_open_makes_a_call_live_and_close_makes_the_registry_idle() -> None:
     registry = CallRegistry()
-    assert await registry.wait_idle(0.0)
+    assert await registry.wait_idle(TIMEOUT)
     feed = registry.open(CallRecord("CA1"))
     assert registry.live == {"CA1"}
     assert registry.get("CA1") is feed
@@ -211,7 +211,14 @@ async def test_open_makes_a_call_live_and_close_makes_the_registry_idle() -> Non
     registry.close("CA1")
     assert registry.live == set()
     assert registry.get("CA1") is feed  # kept as history
-    assert await registry.wait_idle(0.0)
+    assert await registry.wait_idle(TIMEOUT)
+
+
+async def test_wait_idle_with_zero_timeout_is_true_when_idle() -> None:
+    registry = CallRegistry()
+    registry.open(CallRecord("CA1"))
+    registry.close("CA1")
+    assert await registry.wait_idle(0.0) is True
 
 
 async def test_wait_idle_times_out_while_a_call_is_live() -> None:
@@ -240,7 +247,7 @@ async def test_close_of_unknown_or_twice_is_harmless() -> None:
     registry.close("CA1")
     registry.close("CA1")
     assert registry.live == set()
-    assert await registry.wait_idle(0.0)
+    assert await registry.wait_idle(TIMEOUT)
 
 
 async def test_reopening_a_live_call_returns_the_same_feed() -> None:

@@ -71,6 +71,8 @@ class PlaybackTracker:
             if len(self._order) > 64:  # keep memory bounded on very long calls
                 old = self._order.pop(0)
                 self._items.pop(old, None)
+                for name in [n for n, (owner, _) in self._pending.items() if owner == old]:
+                    del self._pending[name]
         item.sent_ms += duration_ms
         name = self._name("a")
         self._pending[name] = (item_id, item.sent_ms)

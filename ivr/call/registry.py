@@ -137,6 +137,8 @@ class CallRegistry:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is live; False if the timeout passed first."""
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

@@ -124,7 +124,7 @@ def parse(raw: str | bytes) -> TwilioMessage:
             if not isinstance(payload, str):
                 raise _Bad("media.payload must be a base64 string")
             return Media(
-                track=media.get("track") or "inbound",
+                track=track if isinstance(track := media.get("track"), str) and track else "inbound",
                 chunk=_int_str(media, "chunk", "media") if "chunk" in media else 0,
                 timestamp_ms=_int_str(media, "timestamp", "media") if "timestamp" in media else 0,
                 payload=payload,
@@ -139,6 +139,8 @@ def parse(raw: str | bytes) -> TwilioMessage:
         if event == "start":
             start = _obj(data, "start")
             fmt = start.get("mediaFormat") or {}
+            if not isinstance(fmt, dict):
+                raise _Bad("start.mediaFormat must be an object")
             params = start.get("customParameters") or {}
             if not isinstance(params, dict):
                 raise _Bad("start.customParameters must be an object")
