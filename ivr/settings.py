@@ -83,6 +83,10 @@ class Settings:
     public_url: str = ""
     flows_dir: Path = field(default_factory=lambda: Path("flows"))
     redis_url: str = ""
+    #: Prefix of every Redis key (see docs/redis.md).
+    redis_prefix: str = "ivr:"
+    #: How long ended calls, transcripts, events and decided approvals are kept in Redis.
+    retention_days: float = 30.0
     #: Verify X-Twilio-Signature on webhooks and the media upgrade. Turn off only for local experiments.
     verify_signatures: bool = True
     #: Base URL of the Twilio REST API; only changed to reach a regional proxy or a local stand-in.
@@ -110,6 +114,8 @@ class Settings:
             public_url=_origin(env.get("IVR_PUBLIC_URL", "")),
             flows_dir=Path(env.get("IVR_FLOWS", "") or "flows"),
             redis_url=env.get("REDIS_URL", ""),
+            redis_prefix=env.get("IVR_REDIS_PREFIX", "") or "ivr:",
+            retention_days=_float(env, "IVR_RETENTION_DAYS", 30.0, minimum=0.01),
             verify_signatures=_bool(env, "IVR_VERIFY_SIGNATURES", True),
             twilio_api_base=(env.get("IVR_TWILIO_API_BASE", "") or "https://api.twilio.com").rstrip("/"),
             operator_token=env.get("IVR_OPERATOR_TOKEN", ""),
