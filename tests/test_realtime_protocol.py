@@ -330,6 +330,7 @@ def test_every_builder_passes_oracle(dialect: Dialect) -> None:
         "truncate": ev.truncate("item_abc", 1234),
         "truncate-0": ev.truncate("item_abc", 0),
         "user": ev.user_text("I'd like to book a table."),
+        "system": ev.system_text("The operator approved the refund."),
         "assistant": ev.assistant_text("Sure, for how many people?"),
         "call": ev.function_call_item("call_1", "lookup_order", '{"order":"A-17"}'),
         "output": ev.function_output("call_1", '{"status":"shipped"}'),

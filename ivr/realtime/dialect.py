@@ -365,6 +365,14 @@ class ClientEvents:
             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
         )
 
+    def system_text(self, text: str) -> bytes:
+        """A system message: news the model must act on that did not come from the caller (an operator's
+        decision on an approval, a stage change), kept distinct from what the caller said."""
+        _require_str("system_text: text", text)
+        return self._item(
+            {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]}
+        )
+
     def assistant_text(self, text: str) -> bytes:
         """An assistant message with text content, for replaying history into a fresh session.
 
