@@ -1,0 +1,434 @@
+"""Call records, transcripts and events in Redis, written without ever holding up a call.
+
+Why: Redis is where operators, dashboards and other instances see calls (docs/redis.md is the contract),
+but a call must keep running when Redis is down. So every write about a live call goes through the
+:class:`~ivr.store.writer.ResilientWriter` (fire-and-forget, ordered, retried), while reads and the few
+writes whose caller has a fallback (the webhook's call context, the start-up reconciliation) talk to Redis
+directly and may raise.
+
+Per-call streams get explicit, increasing entry ids taken from this process's clock at the time of the
+write, so (a) entries keep the time they happened even when they are flushed after an outage, and (b) a batch
+re-sent after a connection broke half-way cannot add an entry twice: Redis refuses the repeated id and the
+writer counts it as already written. Only this instance writes to the streams of the calls it owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from ivr.store.codec import JSON_FIELD, decode_hash, dumps, encode_fields, loads_or_raw
+from ivr.store.keys import KeySchema
+from ivr.store.writer import ResilientWriter
+
+__all__ = [
+    "CALL_EVENTS_MAXLEN",
+    "EVENTS_MAXLEN",
+    "TRANSCRIPT_MAXLEN",
+    "CallStore",
+    "default_instance_id",
+]
+
+log = logging.getLogger(__name__)
+
+#: Approximate caps (XADD MAXLEN ~) of the streams.
+EVENTS_MAXLEN = 100_000
+CALL_EVENTS_MAXLEN = 10_000
+TRANSCRIPT_MAXLEN = 10_000
+#: TTL of an instance's heartbeat hash.
+HEARTBEAT_TTL_S = 30
+#: Outcome written for calls found orphaned by :meth:`CallStore.reconcile`.
+RESTART_OUTCOME = "instance-restart"
+#: Record fields that are lists kept elsewhere (transcript stream, events) and left out of event payloads.
+_BULKY = ("transcript", "tool_calls")
+
+# HSET that also maintains the hash's ``_json`` list (which fields hold JSON) and refreshes the TTL, in one
+# atomic step. KEYS[1] = hash; ARGV[1] = TTL seconds (0 = leave as is); then (name, value, kind) triples where
+# kind is "j" for a JSON value and "s" for a plain string.
+_HSET_TYPED = """
+local key = KEYS[1]
+local ttl = tonumber(ARGV[1])
+local json = {}
+local current = redis.call('HGET', key, '_json')
+if current then
+  for name in string.gmatch(current, '[^,]+') do json[name] = true end
+end
+local args = {}
+for i = 2, #ARGV, 3 do
+  args[#args + 1] = ARGV[i]
+  args[#args + 1] = ARGV[i + 1]
+  if ARGV[i + 2] == 'j' then json[ARGV[i]] = true else json[ARGV[i]] = nil end
+end
+local names = {}
+for name in pairs(json) do names[#names + 1] = name end
+table.sort(names)
+args[#args + 1] = '_json'
+args[#args + 1] = table.concat(names, ',')
+redis.call('HSET', key, unpack(args))
+if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+return #names
+"""
+
+_HOST_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def default_instance_id(port: int | None = None) -> str:
+    """A stable id for this app instance: the host name, plus the port when given.
+
+    It must survive a restart of the same instance (that is how :meth:`CallStore.reconcile` finds the calls
+    the previous run owned) and differ between instances sharing a Redis (two servers on one host listen on
+    different ports).
+    """
+    host = _HOST_SAFE.sub("-", socket.gethostname()).strip("-") or "host"
+    return f"{host}-{port}" if port is not None else host
+
+
+def _hset_typed_args(fields: Mapping[str, Any], ttl_s: int) -> list[str]:
+    flat, json_names = encode_fields(fields)
+    args = [str(ttl_s)]
+    for name, text in flat.items():
+        args += [name, text, "j" if name in json_names else "s"]
+    return args
+
+
+def _ts(value: float) -> str:
+    return f"{value:.3f}"
+
+
+class CallStore:
+    """This instance's view of call state in Redis (see docs/redis.md for the keys it writes)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: KeySchema,
+        *,
+        instance_id: str,
+        retention_s: int = 30 * 86400,
+        writer: ResilientWriter,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if retention_s < 1:
+            raise ValueError(f"retention_s must be at least 1 second, got {retention_s}")
+        keys.instance(instance_id)  # validates the id now rather than at the first heartbeat
+        self.redis = redis
+        self.keys = keys
+        self.instance_id = instance_id
+        self.retention_s = int(retention_s)
+        self.writer = writer
+        self._clock = clock
+        self.started_at = clock()
+        # Last explicit id given to each per-call stream (bounded: the oldest calls are forgotten first).
+        self._last_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._max_tracked_streams = 20_000
+
+    # -- fire-and-forget writes ----------------------------------------------------------------------------
+    def call_started(self, record: Mapping[str, Any]) -> None:
+        """A call began on this instance: its record, the active index, this instance's set, ``call.started``.
+
+        ``record`` is flat-ish: strings are stored verbatim, anything else as JSON (see docs/redis.md).
+        """
+        try:
+            sid = str(record["call_sid"])
+            self.keys.call(sid)
+            now = self._clock()
+            started_at = record.get("started_at")
+            started_at = float(started_at) if isinstance(started_at, int | float) else now
+            fields = {**record, "call_sid": sid, "started_at": started_at, "instance_id": self.instance_id}
+            hset_args = _hset_typed_args(fields, self.retention_s)
+            data = {k: v for k, v in fields.items() if k not in _BULKY}
+            event = self._event_ops(sid, "call.started", data, now)
+        except Exception as exc:
+            log.exception("call_started: the record is not stored: %s", _reason(exc))
+            return
+        keys = self.keys
+
+        def apply(pipe: Pipeline) -> None:
+            pipe.eval(_HSET_TYPED, 1, keys.call(sid), *hset_args)
+            pipe.zadd(keys.active_calls(), {sid: started_at})
+            pipe.sadd(keys.instance_calls(self.instance_id), sid)
+            event(pipe)
+
+        self.writer.submit("call.started", apply)
+
+    def call_updated(self, sid: str, fields: Mapping[str, Any]) -> None:
+        """Set some fields of the call record (stage, usage, cost…)."""
+        try:
+            key = self.keys.call(sid)
+            hset_args = _hset_typed_args(fields, self.retention_s)
+        except Exception as exc:
+            log.exception("call_updated(%r): the fields are not stored: %s", sid, _reason(exc))
+            return
+        if len(hset_args) == 1:
+            return
+        self.writer.submit("call.updated", lambda pipe: pipe.eval(_HSET_TYPED, 1, key, *hset_args))
+
+    def call_ended(self, sid: str, fields: Mapping[str, Any] | None = None) -> None:
+        """The call ended: final fields, out of the active index into the recent one, TTLs, ``call.ended``."""
+        try:
+            self.keys.call(sid)
+            now = self._clock()
+            fields = dict(fields or {})
+            ended_at = fields.get("ended_at")
+            ended_at = float(ended_at) if isinstance(ended_at, int | float) else now
+            fields["ended_at"] = ended_at
+            fields.setdefault("outcome", "completed")
+            hset_args = _hset_typed_args(fields, self.retention_s)
+            data = {k: v for k, v in fields.items() if k not in _BULKY}
+            event = self._event_ops(sid, "call.ended", data, now)
+        except Exception as exc:
+            log.exception("call_ended(%r): the end of the call is not stored: %s", sid, _reason(exc))
+            return
+
+        def apply(pipe: Pipeline) -> None:
+            pipe.eval(_HSET_TYPED, 1, self.keys.call(sid), *hset_args)
+            self._end_indexes(pipe, sid, ended_at)
+            event(pipe)
+            self._expire_call(pipe, sid)
+
+        self.writer.submit("call.ended", apply)
+
+    def transcript(self, sid: str, role: str, text: str, ts: float | None = None) -> None:
+        """Append one transcript line (``role`` is "user" or "assistant"; ``ts`` when it was spoken)."""
+        try:
+            key = self.keys.transcript(sid)
+            when = self._clock() if ts is None else float(ts)
+            entry = {"role": str(role), "text": str(text), "ts": _ts(when)}
+            entry_id = self._next_id(key)
+        except Exception as exc:
+            log.exception("transcript(%r): the line is not stored: %s", sid, _reason(exc))
+            return
+
+        def apply(pipe: Pipeline) -> None:
+            pipe.xadd(key, entry, id=entry_id, maxlen=TRANSCRIPT_MAXLEN, approximate=True)
+            pipe.expire(key, self.retention_s)
+
+        self.writer.submit("transcript", apply)
+
+    def event(self, sid: str, type_: str, data: Mapping[str, Any] | None = None) -> None:
+        """Append an event to the call's stream and to the global stream (``type``, ``call_sid``, ``ts``,
+        ``data`` as JSON)."""
+        try:
+            self.keys.call_events(sid)
+            ops = self._event_ops(sid, str(type_), dict(data or {}), self._clock())
+        except Exception as exc:
+            log.exception("event(%r, %r): the event is not stored: %s", sid, type_, _reason(exc))
+            return
+        self.writer.submit("event", ops)
+
+    # -- direct reads ---------------------------------------------------------------------------------------
+    async def get_call(self, sid: str) -> dict[str, Any] | None:
+        """The call record with its JSON fields parsed, or None if there is none (or it expired)."""
+        raw = await self.redis.hgetall(self.keys.call(sid))
+        return decode_hash(raw) if raw else None
+
+    async def get_transcript(self, sid: str) -> list[dict[str, Any]]:
+        """Every transcript line, oldest first: ``{id, role, text, ts}``."""
+        entries = await self.redis.xrange(self.keys.transcript(sid))
+        return [
+            {"id": entry_id, "role": f.get("role", ""), "text": f.get("text", ""), "ts": _float(f.get("ts"))}
+            for entry_id, f in entries
+        ]
+
+    async def get_events(self, sid: str) -> list[dict[str, Any]]:
+        """Every event of the call so far, oldest first: ``{id, type, call_sid, ts, data}``."""
+        entries = await self.redis.xrange(self.keys.call_events(sid))
+        return [_decode_event(entry_id, fields) for entry_id, fields in entries]
+
+    async def active_calls(self) -> list[str]:
+        """Sids of calls in progress (on any instance), oldest first."""
+        return list(await self.redis.zrange(self.keys.active_calls(), 0, -1))
+
+    async def recent_calls(self, limit: int = 100) -> list[str]:
+        """Sids of the most recently ended calls, newest first."""
+        return list(await self.redis.zrevrange(self.keys.recent_calls(), 0, max(limit, 1) - 1))
+
+    async def follow_call_events(
+        self, sid: str, *, from_id: str = "0-0", block_ms: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Replay the call's events after ``from_id``, then follow new ones (XREAD BLOCK) to ``call.ended``.
+
+        Also stops when the call record says the call ended and no event is left to read (the ``call.ended``
+        event itself may have been lost). ``block_ms`` must stay below the client's socket timeout.
+        """
+        key = self.keys.call_events(sid)
+        last = from_id
+        while True:
+            reply = await self.redis.xread({key: last}, count=500, block=block_ms)
+            entries = reply[0][1] if reply else []
+            if not entries:
+                # Nothing new for a while: did the call end without its call.ended event reaching us?
+                if _float(await self.redis.hget(self.keys.call(sid), "ended_at")) is not None:
+                    tail = await self.redis.xread({key: last}, count=500)
+                    if not tail:
+                        return
+                continue
+            for entry_id, fields in entries:
+                last = entry_id
+                event = _decode_event(entry_id, fields)
+                yield event
+                if event["type"] == "call.ended":
+                    return
+
+    # -- call context (direct: the webhook can fall back to its own memory) ---------------------------------
+    async def save_context(self, sid: str, ctx: Mapping[str, Any], ttl_s: int = 3600) -> None:
+        """Store the webhook's call context so the media socket can land on any instance; replaces the old."""
+        key = self.keys.context(sid)
+        flat, json_names = encode_fields(ctx)
+        flat[JSON_FIELD] = ",".join(sorted(json_names))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=flat)
+            pipe.expire(key, max(int(ttl_s), 1))
+            await pipe.execute()
+
+    async def load_context(self, sid: str) -> dict[str, Any] | None:
+        raw = await self.redis.hgetall(self.keys.context(sid))
+        return decode_hash(raw) if raw else None
+
+    # -- instance bookkeeping -------------------------------------------------------------------------------
+    async def heartbeat(self) -> None:
+        """Refresh this instance's heartbeat hash (TTL 30 s); raises if Redis is unreachable."""
+        key = self.keys.instance(self.instance_id)
+        fields = {
+            "instance_id": self.instance_id,
+            "started_at": _ts(self.started_at),
+            "last_seen": _ts(self._clock()),
+            "pid": str(os.getpid()),
+            "host": socket.gethostname(),
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, HEARTBEAT_TTL_S)
+            await pipe.execute()
+
+    async def heartbeat_forever(self, interval_s: float = 10.0) -> None:
+        """Run :meth:`heartbeat` every ``interval_s`` until cancelled; Redis errors are logged, not raised."""
+        failing = False
+        while True:
+            try:
+                await self.heartbeat()
+                if failing:
+                    log.info("heartbeat to Redis works again")
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("heartbeat to Redis failed (%s: %s); retrying", type(exc).__name__, exc)
+                failing = True
+            await asyncio.sleep(interval_s)
+
+    async def reconcile(self, live: set[str]) -> list[str]:
+        """Calls this instance owned that are not live any more (it restarted): mark them ended.
+
+        Each gets ``outcome = "instance-restart"``, ``ended_at`` (and ``duration_s`` when the start is known),
+        leaves the active index for the recent one, and a ``call.ended`` event. Returns their sids. Direct
+        writes: raises if Redis is unreachable.
+        """
+        owned = await self.redis.smembers(self.keys.instance_calls(self.instance_id))
+        orphans = sorted(sid for sid in owned if sid not in live)
+        for sid in orphans:
+            now = self._clock()
+            started = _float(await self.redis.hget(self.keys.call(sid), "started_at"))
+            fields: dict[str, Any] = {"outcome": RESTART_OUTCOME, "ended_at": now}
+            if started is not None:
+                fields["duration_s"] = round(max(now - started, 0.0), 3)
+            event = {**fields, "instance_id": self.instance_id}
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.eval(_HSET_TYPED, 1, self.keys.call(sid), *_hset_typed_args(fields, self.retention_s))
+                self._end_indexes(pipe, sid, now)
+                # Auto ids: this process did not write the earlier entries, so it cannot continue their ids.
+                entry = _event_fields(sid, "call.ended", event, now)
+                pipe.xadd(self.keys.call_events(sid), entry, maxlen=CALL_EVENTS_MAXLEN, approximate=True)
+                pipe.xadd(self.keys.events(), entry, maxlen=EVENTS_MAXLEN, approximate=True)
+                self._expire_call(pipe, sid)
+                await pipe.execute()
+            log.warning("call %s was left in progress by a previous run of this instance; marked ended", sid)
+        return orphans
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _event_ops(
+        self, sid: str, type_: str, data: Mapping[str, Any], now: float
+    ) -> Callable[[Pipeline], None]:
+        """Build (now, so that errors surface to the caller's try) the commands appending one event."""
+        call_key = self.keys.call_events(sid)
+        entry = _event_fields(sid, type_, data, now)
+        entry_id = self._next_id(call_key)
+        global_entry = {**entry, "event_id": entry_id}
+        global_key = self.keys.events()
+        retention = self.retention_s
+
+        def apply(pipe: Pipeline) -> None:
+            pipe.xadd(call_key, entry, id=entry_id, maxlen=CALL_EVENTS_MAXLEN, approximate=True)
+            pipe.expire(call_key, retention)
+            pipe.xadd(global_key, global_entry, maxlen=EVENTS_MAXLEN, approximate=True)
+
+        return apply
+
+    def _end_indexes(self, pipe: Pipeline, sid: str, ended_at: float) -> None:
+        pipe.zrem(self.keys.active_calls(), sid)
+        pipe.zadd(self.keys.recent_calls(), {sid: ended_at})
+        pipe.zremrangebyscore(self.keys.recent_calls(), "-inf", f"({ended_at - self.retention_s}")
+        pipe.srem(self.keys.instance_calls(self.instance_id), sid)
+
+    def _expire_call(self, pipe: Pipeline, sid: str) -> None:
+        for key in (
+            self.keys.call(sid),
+            self.keys.transcript(sid),
+            self.keys.call_events(sid),
+            self.keys.call_approvals(sid),
+        ):
+            pipe.expire(key, self.retention_s)
+
+    def _next_id(self, stream_key: str) -> str:
+        """An explicit stream id from this process's clock, strictly above the last one for the stream."""
+        ms = int(self._clock() * 1000)
+        last = self._last_ids.get(stream_key)
+        if last is not None and ms <= last[0]:
+            ms, seq = last[0], last[1] + 1
+        else:
+            seq = 0
+        if ms == 0 and seq == 0:
+            seq = 1  # 0-0 is not a valid stream id
+        self._last_ids[stream_key] = (ms, seq)
+        self._last_ids.move_to_end(stream_key)
+        while len(self._last_ids) > self._max_tracked_streams:
+            self._last_ids.popitem(last=False)
+        return f"{ms}-{seq}"
+
+
+def _event_fields(sid: str, type_: str, data: Mapping[str, Any], now: float) -> dict[str, str]:
+    return {"type": type_, "call_sid": sid, "ts": _ts(now), "data": dumps(data)}
+
+
+def _decode_event(entry_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
+    data = loads_or_raw(fields.get("data", "{}"))
+    return {
+        "id": entry_id,
+        "type": fields.get("type", ""),
+        "call_sid": fields.get("call_sid", ""),
+        "ts": _float(fields.get("ts")),
+        "data": data,
+    }
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
