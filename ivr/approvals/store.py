@@ -1,0 +1,531 @@
+"""Approval requests and decisions in Redis, under the public key schema (docs/redis.md).
+
+Why Lua: "a decision can never be made twice" and "a repeated tool call must not create a second request"
+are read-then-write rules. Doing the read and the write inside one server-side script makes them atomic
+across every app instance and operator machine that shares the Redis, with no locks to leak. Each script
+also writes the audit entry, the dashboard event and (for decisions) the pub/sub notification in the same
+step, so nothing can record a decision without announcing it, or announce one that was not recorded.
+
+Times are Unix seconds. Unless a test passes ``now``, the scripts read the Redis server's clock (``TIME``),
+so an operator's laptop with a skewed clock cannot approve after the deadline.
+
+The request script reads the hashes of the call's earlier requests (ids from the call's index set), keys
+it cannot declare up front; that is fine on a single Redis or a primary/replica pair, not on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+import redis.asyncio as aioredis
+
+from ivr.store.keys import KeySchema
+
+__all__ = [
+    "Approval",
+    "ApprovalAlreadyDecided",
+    "ApprovalError",
+    "ApprovalExpired",
+    "ApprovalNotFound",
+    "ApprovalStore",
+    "Status",
+    "arguments_digest",
+]
+
+Status = Literal["pending", "approved", "denied", "expired"]
+_STATUSES: frozenset[str] = frozenset({"pending", "approved", "denied", "expired"})
+
+#: Approximate cap of the global event stream (same as the call store's).
+EVENTS_MAXLEN = 100_000
+#: Note stored on requests that ran out of time.
+EXPIRED_NOTE = "no decision before the deadline"
+#: decided_by of requests that ran out of time.
+TIMEOUT_OPERATOR = "timeout"
+
+
+class ApprovalError(Exception):
+    """Base class of the store's refusals; ``str()`` is a sentence an operator can act on."""
+
+
+class ApprovalNotFound(ApprovalError):
+    """No approval with this id (never existed, or removed after the retention period)."""
+
+    def __init__(self, aid: str) -> None:
+        super().__init__(f"no approval request {aid!r} (check the id with `ivr approvals list`)")
+        self.aid = aid
+
+
+class ApprovalAlreadyDecided(ApprovalError):
+    """The request was already decided (or expired); carries the stored record."""
+
+    def __init__(self, approval: Approval) -> None:
+        self.approval = approval
+        self.status = approval.status
+        super().__init__(f"approval {approval.id} was already {describe_decision(approval)}")
+
+
+class ApprovalExpired(ApprovalError):
+    """The decision came after the deadline; the request is now expired (denied). Carries the record."""
+
+    def __init__(self, approval: Approval) -> None:
+        self.approval = approval
+        super().__init__(
+            f"approval {approval.id} expired: its deadline passed before a decision, so it counts as denied"
+        )
+
+
+def describe_decision(approval: Approval) -> str:
+    """``"approved by alice at 2025-01-02 10:00:00 UTC"``: for messages to operators."""
+    if approval.status == "pending":
+        return "pending"
+    when = ""
+    if approval.decided_at is not None:
+        stamp = datetime.fromtimestamp(approval.decided_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        when = f" at {stamp}"
+    who = f" by {approval.decided_by}" if approval.decided_by else ""
+    if approval.status == "expired":
+        return f"expired (no decision before the deadline){when}"
+    return f"{approval.status}{who}{when}"
+
+
+def arguments_digest(tool: str, arguments: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of ``{tool, arguments}``."""
+    canonical = json.dumps(
+        {"tool": tool, "arguments": arguments}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One approval request and, once made, its decision."""
+
+    id: str
+    call_sid: str
+    instance_id: str
+    flow_id: str
+    tool: str
+    call_id: str
+    arguments: dict[str, Any]
+    digest: str
+    reason: str
+    status: Status
+    created_at: float
+    deadline: float
+    decided_by: str | None
+    decided_at: float | None
+    note: str | None
+    #: When the approved action was run (set once, atomically, by the gate).
+    executed_at: float | None = None
+
+    @property
+    def decided(self) -> bool:
+        return self.status != "pending"
+
+    def time_left(self, now: float) -> float:
+        """Seconds until the deadline (negative when overdue)."""
+        return self.deadline - now
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the HTTP API's record shape)."""
+        return asdict(self)
+
+    @classmethod
+    def from_hash(cls, fields: Mapping[str, str]) -> Approval:
+        """Decode a stored hash; raises ValueError naming the field when the record is damaged."""
+
+        def opt_float(name: str) -> float | None:
+            raw = fields.get(name)
+            return float(raw) if raw not in (None, "") else None
+
+        try:
+            status = fields["status"]
+            if status not in _STATUSES:
+                raise ValueError(f"unknown status {status!r}")
+            arguments = json.loads(fields.get("arguments") or "{}")
+            if not isinstance(arguments, dict):
+                raise ValueError("arguments is not a JSON object")
+            return cls(
+                id=fields["id"],
+                call_sid=fields["call_sid"],
+                instance_id=fields.get("instance_id", ""),
+                flow_id=fields.get("flow_id", ""),
+                tool=fields["tool"],
+                call_id=fields.get("call_id", ""),
+                arguments=arguments,
+                digest=fields["digest"],
+                reason=fields.get("reason", ""),
+                status=cast(Status, status),
+                created_at=float(fields["created_at"]),
+                deadline=float(fields["deadline"]),
+                decided_by=fields.get("decided_by") or None,
+                decided_at=opt_float("decided_at"),
+                note=fields.get("note") or None,
+                executed_at=opt_float("executed_at"),
+            )
+        except KeyError as exc:
+            raise ValueError(f"approval record is missing the field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"approval record {fields.get('id', '?')!r} is damaged: {exc}") from None
+
+
+# --- server-side scripts -------------------------------------------------------------------------------
+
+_LUA_CLOCK = """
+local function clock(arg)
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function stamp(x) return string.format('%.6f', x) end
+local function audit_minid(now, retention)
+  return string.format('%.0f', math.max(0, (now - retention) * 1000))
+end
+"""
+
+# KEYS: 1 call's approval index (set), 2 the new approval hash, 3 pending (zset), 4 audit (stream),
+#       5 events (stream)
+# ARGV: 1 approval key head (key = head .. id), 2 digest, 3 mode ('pending' | 'gate'), 4 now ('' = server),
+#       5 id, 6 call_sid, 7 instance_id, 8 flow_id, 9 tool, 10 call_id, 11 arguments JSON, 12 reason,
+#       13 timeout_s, 14 retention_s, 15 events maxlen
+_REQUEST_LUA = (
+    _LUA_CLOCK
+    + """
+local digest, mode = ARGV[2], ARGV[3]
+local found_pending, found_approved, found_closed
+for _, aid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local h = redis.call('HMGET', ARGV[1] .. aid, 'digest', 'status', 'executed_at')
+  if h[1] == digest then
+    if h[2] == 'pending' then found_pending = aid
+    elseif h[2] == 'approved' and not h[3] then found_approved = aid
+    elseif h[2] == 'denied' or h[2] == 'expired' then found_closed = aid end
+  end
+end
+local existing = found_pending
+if mode == 'gate' then existing = found_closed or found_approved or found_pending end
+if existing then
+  return {'existing', unpack(redis.call('HGETALL', ARGV[1] .. existing))}
+end
+local now = clock(ARGV[4])
+local timeout, retention = tonumber(ARGV[13]), tonumber(ARGV[14])
+local deadline = now + timeout
+local aid = ARGV[5]
+redis.call('HSET', KEYS[2], 'id', aid, 'call_sid', ARGV[6], 'instance_id', ARGV[7], 'flow_id', ARGV[8],
+  'tool', ARGV[9], 'call_id', ARGV[10], 'arguments', ARGV[11], 'digest', digest, 'reason', ARGV[12],
+  'status', 'pending', 'created_at', stamp(now), 'deadline', stamp(deadline))
+redis.call('EXPIRE', KEYS[2], math.ceil(timeout + retention))
+redis.call('ZADD', KEYS[3], stamp(deadline), aid)
+redis.call('SADD', KEYS[1], aid)
+redis.call('EXPIRE', KEYS[1], math.ceil(timeout + retention))
+redis.call('XADD', KEYS[4], 'MINID', '~', audit_minid(now, retention), '*',
+  'action', 'requested', 'approval_id', aid, 'call_sid', ARGV[6], 'flow_id', ARGV[8], 'tool', ARGV[9],
+  'arguments', ARGV[11], 'reason', ARGV[12], 'by', 'instance:' .. ARGV[7], 'ts', stamp(now))
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[15], '*', 'type', 'approval.requested',
+  'call_sid', ARGV[6], 'ts', stamp(now),
+  'data', cjson.encode({id = aid, tool = ARGV[9], reason = ARGV[12], deadline = deadline,
+                        instance_id = ARGV[7], flow_id = ARGV[8]}))
+return {'created', unpack(redis.call('HGETALL', KEYS[2]))}
+"""
+)
+
+# KEYS: 1 approval hash, 2 pending (zset), 3 audit (stream), 4 events (stream)
+# ARGV: 1 new status, 2 operator, 3 note, 4 now ('' = server), 5 retention_s, 6 channel, 7 events maxlen,
+#       8 expired note, 9 timeout operator
+_DECIDE_LUA = (
+    _LUA_CLOCK
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'notfound'} end
+local h = redis.call('HMGET', KEYS[1], 'status', 'deadline', 'id', 'call_sid', 'instance_id', 'tool',
+  'arguments', 'flow_id')
+if h[1] ~= 'pending' then
+  return {'decided', unpack(redis.call('HGETALL', KEYS[1]))}
+end
+local now = clock(ARGV[4])
+local retention = tonumber(ARGV[5])
+local status, by, note, outcome = ARGV[1], ARGV[2], ARGV[3], 'ok'
+if status ~= 'expired' and now > tonumber(h[2]) then
+  outcome, status, by, note = 'expired', 'expired', ARGV[9], ARGV[8]
+end
+redis.call('HSET', KEYS[1], 'status', status, 'decided_by', by, 'decided_at', stamp(now))
+if note ~= '' then redis.call('HSET', KEYS[1], 'note', note) end
+redis.call('EXPIRE', KEYS[1], math.ceil(retention))
+redis.call('ZREM', KEYS[2], h[3])
+redis.call('XADD', KEYS[3], 'MINID', '~', audit_minid(now, retention), '*',
+  'action', status, 'approval_id', h[3], 'call_sid', h[4], 'flow_id', h[8], 'tool', h[6],
+  'arguments', h[7], 'by', by, 'note', note, 'ts', stamp(now))
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', 'approval.decided', 'call_sid', h[4],
+  'ts', stamp(now),
+  'data', cjson.encode({id = h[3], tool = h[6], status = status, decided_by = by, instance_id = h[5]}))
+redis.call('PUBLISH', ARGV[6],
+  cjson.encode({id = h[3], call_sid = h[4], instance_id = h[5], status = status}))
+return {outcome, unpack(redis.call('HGETALL', KEYS[1]))}
+"""
+)
+
+# KEYS: 1 approval hash, 2 audit (stream); ARGV: 1 now ('' = server), 2 retention_s, 3 instance id
+_EXECUTED_LUA = (
+    _LUA_CLOCK
+    + """
+local h = redis.call('HMGET', KEYS[1], 'status', 'executed_at', 'id', 'call_sid', 'tool', 'arguments',
+  'flow_id')
+if h[1] ~= 'approved' or h[2] then return 0 end
+local now = clock(ARGV[1])
+redis.call('HSET', KEYS[1], 'executed_at', stamp(now))
+redis.call('XADD', KEYS[2], 'MINID', '~', audit_minid(now, tonumber(ARGV[2])), '*',
+  'action', 'executed', 'approval_id', h[3], 'call_sid', h[4], 'flow_id', h[7], 'tool', h[5],
+  'arguments', h[6], 'by', 'instance:' .. ARGV[3], 'ts', stamp(now))
+return 1
+"""
+)
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+def _now_arg(now: float | None) -> str:
+    if now is None:
+        return ""
+    if not math.isfinite(now):
+        raise ValueError(f"now={now!r} is not a finite time")
+    return repr(float(now))
+
+
+class ApprovalStore:
+    """Create, decide, expire and read approval requests. One per app (or CLI) process; safe to share."""
+
+    def __init__(self, redis: aioredis.Redis, keys: KeySchema, *, retention_s: float = 30 * 86400.0) -> None:
+        if not retention_s > 0:
+            raise ValueError(f"retention_s={retention_s!r} must be positive")
+        self.redis = redis
+        self.keys = keys
+        self.retention_s = float(retention_s)
+        probe = keys.approval("ID")
+        if not probe.endswith("ID"):  # pragma: no cover - guards a change of the key schema
+            raise RuntimeError(f"approval keys no longer end with the id: {probe!r}")
+        self._approval_head = probe[: -len("ID")]
+        self._request = redis.register_script(_REQUEST_LUA)
+        self._decide = redis.register_script(_DECIDE_LUA)
+        self._executed = redis.register_script(_EXECUTED_LUA)
+
+    # -- writes --------------------------------------------------------------------------------------------
+    async def request(
+        self,
+        *,
+        call_sid: str,
+        instance_id: str,
+        flow_id: str,
+        tool: str,
+        call_id: str,
+        arguments: Mapping[str, Any],
+        reason: str,
+        timeout_s: float,
+        now: float | None = None,
+    ) -> Approval:
+        """Store a pending request, or return this call's pending one for the same tool and arguments."""
+        approval, _ = await self._request_or_existing(
+            mode="pending",
+            call_sid=call_sid,
+            instance_id=instance_id,
+            flow_id=flow_id,
+            tool=tool,
+            call_id=call_id,
+            arguments=arguments,
+            reason=reason,
+            timeout_s=timeout_s,
+            now=now,
+        )
+        return approval
+
+    async def request_for_gate(
+        self,
+        *,
+        call_sid: str,
+        instance_id: str,
+        flow_id: str,
+        tool: str,
+        call_id: str,
+        arguments: Mapping[str, Any],
+        reason: str,
+        timeout_s: float,
+        now: float | None = None,
+    ) -> tuple[Approval, bool]:
+        """Like :meth:`request`, but an earlier denied/expired or approved-not-yet-run request for the same
+        digest on this call is returned instead of a new one. Returns ``(approval, created)``."""
+        return await self._request_or_existing(
+            mode="gate",
+            call_sid=call_sid,
+            instance_id=instance_id,
+            flow_id=flow_id,
+            tool=tool,
+            call_id=call_id,
+            arguments=arguments,
+            reason=reason,
+            timeout_s=timeout_s,
+            now=now,
+        )
+
+    async def _request_or_existing(
+        self,
+        *,
+        mode: str,
+        call_sid: str,
+        instance_id: str,
+        flow_id: str,
+        tool: str,
+        call_id: str,
+        arguments: Mapping[str, Any],
+        reason: str,
+        timeout_s: float,
+        now: float | None,
+    ) -> tuple[Approval, bool]:
+        if not isinstance(arguments, Mapping):
+            raise TypeError(f"arguments must be a JSON object (a dict), got {type(arguments).__name__}")
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"timeout_s={timeout_s!r} must be a positive number of seconds")
+        for name, value in (("tool", tool), ("instance_id", instance_id)):
+            if not value:
+                raise ValueError(f"{name} must not be empty")
+        arguments = dict(arguments)
+        aid = "ap_" + secrets.token_hex(8)
+        reply = await self._request(
+            keys=[
+                self.keys.call_approvals(call_sid),
+                self.keys.approval(aid),
+                self.keys.approvals_pending(),
+                self.keys.approvals_audit(),
+                self.keys.events(),
+            ],
+            args=[
+                self._approval_head,
+                arguments_digest(tool, arguments),
+                mode,
+                _now_arg(now),
+                aid,
+                call_sid,
+                instance_id,
+                flow_id,
+                tool,
+                call_id,
+                json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+                reason,
+                repr(float(timeout_s)),
+                repr(self.retention_s),
+                str(EVENTS_MAXLEN),
+            ],
+        )
+        return Approval.from_hash(_pairs(reply[1:])), reply[0] == "created"
+
+    async def decide(
+        self,
+        aid: str,
+        *,
+        approve: bool,
+        operator: str,
+        note: str | None = None,
+        now: float | None = None,
+    ) -> Approval:
+        """Approve or deny a pending request, once. Raises :class:`ApprovalNotFound`,
+        :class:`ApprovalAlreadyDecided` or :class:`ApprovalExpired` (the deadline passed: now expired)."""
+        operator = (operator or "").strip()
+        if not operator:
+            raise ValueError("operator must name who decides (e.g. a user name)")
+        if operator == TIMEOUT_OPERATOR:
+            raise ValueError(f"operator {TIMEOUT_OPERATOR!r} is reserved for requests that ran out of time")
+        return await self._finish(aid, "approved" if approve else "denied", operator, note or "", now)
+
+    async def expire(self, aid: str, *, now: float | None = None) -> Approval:
+        """Close a pending request as expired (denied by timeout). Raises like :meth:`decide`."""
+        return await self._finish(aid, "expired", TIMEOUT_OPERATOR, EXPIRED_NOTE, now)
+
+    async def _finish(self, aid: str, status: str, operator: str, note: str, now: float | None) -> Approval:
+        reply = await self._decide(
+            keys=[
+                self.keys.approval(aid),
+                self.keys.approvals_pending(),
+                self.keys.approvals_audit(),
+                self.keys.events(),
+            ],
+            args=[
+                status,
+                operator,
+                note,
+                _now_arg(now),
+                repr(self.retention_s),
+                self.keys.approval_channel(),
+                str(EVENTS_MAXLEN),
+                EXPIRED_NOTE,
+                TIMEOUT_OPERATOR,
+            ],
+        )
+        outcome = reply[0]
+        if outcome == "notfound":
+            raise ApprovalNotFound(aid)
+        approval = Approval.from_hash(_pairs(reply[1:]))
+        if outcome == "decided":
+            raise ApprovalAlreadyDecided(approval)
+        if outcome == "expired":
+            raise ApprovalExpired(approval)
+        return approval
+
+    async def mark_executed(self, aid: str, *, instance_id: str = "", now: float | None = None) -> bool:
+        """Record that an approved request's action ran; True only for the first caller."""
+        done = await self._executed(
+            keys=[self.keys.approval(aid), self.keys.approvals_audit()],
+            args=[_now_arg(now), repr(self.retention_s), instance_id or "?"],
+        )
+        return bool(done)
+
+    async def expire_overdue(self, *, now: float | None = None) -> list[Approval]:
+        """Expire every pending request whose deadline has passed (e.g. its instance died); returns them."""
+        if now is None:
+            seconds, micros = await self.redis.time()
+            now = seconds + micros / 1e6
+        overdue = await self.redis.zrangebyscore(self.keys.approvals_pending(), "-inf", f"({now!r}")
+        expired: list[Approval] = []
+        for aid in overdue:
+            try:
+                expired.append(await self.expire(aid, now=now))
+            except ApprovalNotFound:
+                await self.redis.zrem(self.keys.approvals_pending(), aid)
+            except ApprovalAlreadyDecided:
+                continue
+        return expired
+
+    # -- reads ---------------------------------------------------------------------------------------------
+    async def get(self, aid: str) -> Approval | None:
+        """The record, or None when there is no such approval."""
+        fields = await self.redis.hgetall(self.keys.approval(aid))
+        return Approval.from_hash(fields) if fields else None
+
+    async def pending(self, *, limit: int = 1000) -> list[Approval]:
+        """Undecided requests, soonest deadline first. Index entries whose record is gone are dropped."""
+        ids: list[str] = await self.redis.zrange(self.keys.approvals_pending(), 0, max(0, limit - 1))
+        records = await self.get_many(ids)
+        stale = [aid for aid, record in zip(ids, records, strict=True) if record is None]
+        if stale:
+            await self.redis.zrem(self.keys.approvals_pending(), *stale)
+        return [r for r in records if r is not None and r.status == "pending"]
+
+    async def for_call(self, call_sid: str) -> list[Approval]:
+        """Every request made during one call, oldest first."""
+        ids = sorted(await self.redis.smembers(self.keys.call_approvals(call_sid)))
+        records = [r for r in await self.get_many(ids) if r is not None]
+        return sorted(records, key=lambda r: (r.created_at, r.id))
+
+    async def get_many(self, ids: Sequence[str]) -> list[Approval | None]:
+        """Records for ``ids`` in one round trip (None where there is no such approval)."""
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for aid in ids:
+                pipe.hgetall(self.keys.approval(aid))
+            rows = await pipe.execute()
+        return [Approval.from_hash(row) if row else None for row in rows]
