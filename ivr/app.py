@@ -25,14 +25,17 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from redis.exceptions import RedisError
 from starlette.datastructures import ImmutableMultiDict
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from .approvals.api import approvals_router
 from .call.registry import CallRecord, CallRegistry
 from .call.session import CallSession
 from .flows import FlowSet
 from .logs import mask_number, redact
 from .settings import Settings
+from .state import RedisServices
 from .telephony import media_stream as tw
 from .telephony.rest import CallController
 from .telephony.signature import SignatureChecker
@@ -59,6 +62,7 @@ class AppState:
             settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base
         )
         self.counters: dict[str, int] = {}
+        self.services = RedisServices(settings)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -108,15 +112,21 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for warning in startup_warnings(settings):
             log.warning("%s", warning)
+        await state.services.start()
+        assert state.services.approvals is not None
+        app.include_router(approvals_router(state.services.approvals, operator))
         log.info(
             "ready: %d flow(s); webhook %s/twilio/voice; stream %s",
             len(flowset),
             settings.public_url,
             settings.media_stream_url,
         )
-        yield
-        for session in list(state.sessions.values()):
-            await session.finish("server-shutdown")
+        try:
+            yield
+        finally:
+            for session in list(state.sessions.values()):
+                await session.finish("server-shutdown")
+            await state.services.stop()
 
     app = FastAPI(title="ivr", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ivr = state
@@ -162,6 +172,19 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
             flow.id,
         )
         params = {"flow": flow.id, "caller": caller, "called": called}
+        if state.services.calls is not None:
+            # So the media socket may land on another instance; the <Parameter>s carry the same essentials.
+            context = {
+                **params,
+                "account_sid": form.get("AccountSid", ""),
+                "direction": form.get("Direction", ""),
+            }
+            try:
+                await state.services.calls.save_context(call_sid, context)
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "call=%s context not saved to Redis (%s); relying on stream parameters", call_sid, exc
+                )
         twiml = connect_stream(settings.media_stream_url, params)
         return Response(twiml, media_type="application/xml")
 
@@ -232,25 +255,59 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
     async def list_calls(request: Request) -> dict[str, Any]:
         operator(request)
         live = [state.calls.get(sid) for sid in state.calls.live]
-        return {"live": [f.record.to_dict() for f in live if f is not None], "counters": state.counters}
+        active: list[str] | None = None
+        if state.services.calls is not None:
+            with contextlib.suppress(RedisError, OSError):
+                active = await state.services.calls.active_calls()
+        return {
+            "live": [f.record.to_dict() for f in live if f is not None],
+            "active_everywhere": active,
+            "instance": state.services.instance_id,
+            "counters": state.counters,
+            "redis_writer": state.services.writer.counters() if state.services.writer else None,
+        }
 
     @app.get("/api/calls/{call_sid}")
     async def get_call(call_sid: str, request: Request) -> dict[str, Any]:
+        """The call record: from this instance's memory while it runs here, else from Redis."""
         operator(request)
         feed = state.calls.get(call_sid)
-        if feed is None:
-            raise HTTPException(404, f"no call {call_sid} on this instance")
-        return feed.record.to_dict()
+        if feed is not None:
+            return feed.record.to_dict()
+        calls = state.services.calls
+        if calls is not None:
+            try:
+                record = await calls.get_call(call_sid)
+                if record is not None:
+                    record["transcript"] = await calls.get_transcript(call_sid)
+                    return record
+            except (RedisError, OSError) as exc:
+                raise HTTPException(503, f"Redis is unreachable ({exc}); try again shortly") from None
+        raise HTTPException(404, f"no call {call_sid}")
 
     @app.get("/api/calls/{call_sid}/events")
     async def call_events(call_sid: str, request: Request) -> StreamingResponse:
+        """Server-sent events of one call: replayed from its start, then live, until ``call.ended``.
+
+        Served from memory when the call runs on this instance, else from the call's Redis stream.
+        """
         operator(request)
         feed = state.calls.get(call_sid)
-        if feed is None:
-            raise HTTPException(404, f"no call {call_sid} on this instance (yet)")
+        events: AsyncIterator[dict[str, Any]]
+        if feed is not None:
+            events = feed.follow()
+        else:
+            calls = state.services.calls
+            known = False
+            if calls is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    known = await calls.get_call(call_sid) is not None
+            if not known or calls is None:
+                raise HTTPException(404, f"no call {call_sid} (yet)")
+            events = _flatten(calls.follow_call_events(call_sid))
 
         async def stream() -> AsyncIterator[bytes]:
-            async for event in feed.follow():
+            async for event in events:
                 yield b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
         return StreamingResponse(
@@ -260,6 +317,18 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         )
 
     return app
+
+
+async def _flatten(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """Redis stream entries → the shape of in-memory feed events (type, ts, call_sid, data fields)."""
+    async for entry in events:
+        data = entry.get("data")
+        yield {
+            "type": entry["type"],
+            "ts": entry["ts"],
+            "call_sid": entry["call_sid"],
+            **(data if isinstance(data, dict) else {}),
+        }
 
 
 async def _receive(ws: WebSocket) -> str | None:
@@ -295,7 +364,10 @@ async def _await_start(ws: WebSocket, state: AppState) -> tw.Start | None:
 
 async def _run_call(ws: WebSocket, start: tw.Start, state: AppState) -> None:
     settings = state.settings
-    params = start.custom_parameters
+    params = dict(start.custom_parameters)
+    if "flow" not in params and state.services.calls is not None:
+        with contextlib.suppress(RedisError, OSError):
+            params.update(await state.services.calls.load_context(start.call_sid) or {})
     flow = state.flows.get(params.get("flow", "")) or state.flows.for_number(params.get("called", ""))
     record = CallRecord(
         call_sid=start.call_sid,
@@ -305,7 +377,7 @@ async def _run_call(ws: WebSocket, start: tw.Start, state: AppState) -> None:
         caller=params.get("caller", ""),
         called=params.get("called", ""),
     )
-    feed = state.calls.open(record)
+    feed = state.calls.open(record, state.services.sink(record) if state.services.calls else None)
     context = flow.call_context(
         caller_number=record.caller,
         called_number=record.called,

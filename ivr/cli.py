@@ -24,6 +24,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.flows:
         settings = settings.with_(flows_dir=args.flows)
+    if not settings.instance_id:
+        from .store.store import default_instance_id
+
+        settings = settings.with_(instance_id=default_instance_id(args.port))
     if not settings.public_url:
         origin = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}"
         settings = settings.with_(public_url=origin)
@@ -70,11 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
+    from .approvals.cli import register as register_approvals
     from .caller.cli import register as register_call
     from .flows.cli import register as register_flows
 
     register_call(sub)
     register_flows(sub)
+    register_approvals(sub)
     return parser
 
 

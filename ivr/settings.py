@@ -83,6 +83,8 @@ class Settings:
     public_url: str = ""
     flows_dir: Path = field(default_factory=lambda: Path("flows"))
     redis_url: str = ""
+    #: This instance's name in Redis (call ownership, restart reconciliation); default host-port.
+    instance_id: str = ""
     #: Prefix of every Redis key (see docs/redis.md).
     redis_prefix: str = "ivr:"
     #: How long ended calls, transcripts, events and decided approvals are kept in Redis.
@@ -115,6 +117,7 @@ class Settings:
             flows_dir=Path(env.get("IVR_FLOWS", "") or "flows"),
             redis_url=env.get("REDIS_URL", ""),
             redis_prefix=env.get("IVR_REDIS_PREFIX", "") or "ivr:",
+            instance_id=env.get("IVR_INSTANCE_ID", "").strip(),
             retention_days=_float(env, "IVR_RETENTION_DAYS", 30.0, minimum=0.01),
             verify_signatures=_bool(env, "IVR_VERIFY_SIGNATURES", True),
             twilio_api_base=(env.get("IVR_TWILIO_API_BASE", "") or "https://api.twilio.com").rstrip("/"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +28,8 @@ class CallRecord:
     model: str = ""
     dialect: str = ""
     audio_mode: str = ""
+    stage: str = ""
+    cost_usd: float | None = None
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     outcome: str = "in-progress"
@@ -62,12 +64,23 @@ class CallRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """The flat fields of the Redis call hash (transcript and tool calls live in their own streams)."""
+        data = asdict(self)
+        data.pop("transcript")
+        data.pop("tool_calls")
+        return data
+
+
+EventSink = Callable[[dict[str, Any]], None]
+
 
 class CallFeed:
-    """The event list of one call, with followers."""
+    """The event list of one call, with followers; every event also goes to ``sink`` (the Redis store)."""
 
-    def __init__(self, record: CallRecord) -> None:
+    def __init__(self, record: CallRecord, sink: EventSink | None = None) -> None:
         self.record = record
+        self._sink = sink
         self.events: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
         self.ended = False
@@ -75,6 +88,8 @@ class CallFeed:
     def emit(self, type_: str, **data: Any) -> dict[str, Any]:
         event = {"type": type_, "ts": round(time.time(), 3), "call_sid": self.record.call_sid, **data}
         self.events.append(event)
+        if self._sink is not None:
+            self._sink(event)
         if type_ == "call.ended":
             self.ended = True
         self._changed.set()
@@ -107,10 +122,10 @@ class CallRegistry:
         self._idle.set()
         self.draining = False
 
-    def open(self, record: CallRecord) -> CallFeed:
+    def open(self, record: CallRecord, sink: EventSink | None = None) -> CallFeed:
         feed = self._feeds.get(record.call_sid)
         if feed is None or feed.ended:
-            feed = CallFeed(record)
+            feed = CallFeed(record, sink)
             self._feeds[record.call_sid] = feed
         self._feeds.move_to_end(record.call_sid)
         self.live.add(record.call_sid)

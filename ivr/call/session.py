@@ -41,6 +41,7 @@ from ..telephony.rest import CallController, TwilioRestError
 from ..telephony.twiml import dial, say_and_hang_up
 from ..tools.registry import ToolContext, ToolOutcome, registry_for_flow
 from .playback import MarkKind, PlaybackTracker
+from .pricing import estimate_cost_usd
 from .registry import CallFeed, CallRecord
 
 log = logging.getLogger("ivr.call")
@@ -340,6 +341,7 @@ class CallSession:
         self.record.ended_at = time.time()
         self.record.duration_s = round(self.record.ended_at - self.record.started_at, 3)
         self.record.counters["stale_marks"] = self.tracker.stale_marks
+        self.record.cost_usd = estimate_cost_usd(self.model, self.record.usage)
         self.feed.emit(
             "call.ended",
             outcome=self.record.outcome,
