@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -48,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = make_server(app, args.host, args.port, settings.drain_timeout_s, settings.log_level)
     try:
-        asyncio.run(server.serve())
+        server.run()  # uvicorn picks uvloop when installed (11-24 % less CPU per call, docs/performance.md)
     except OSError as exc:
         print(
             f"ivr serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. "

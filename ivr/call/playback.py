@@ -88,21 +88,25 @@ class PlaybackTracker:
         tag = self._barriers.pop(name, None)
         if tag is not None:
             return MarkResult(MarkKind.BARRIER, tag=tag)
-        entry = self._pending.pop(name, None)
+        entry = self._pending.get(name)
         if entry is None:
             if name.startswith("a"):
                 self.stale_marks += 1
                 return MarkResult(MarkKind.STALE)
             return MarkResult(MarkKind.UNKNOWN)
-        item_id, at_ms = entry
+        # Twilio plays in order, so every mark sent before this one has played too. ``_pending`` keeps
+        # insertion order: pop from the front up to and including this mark (amortised O(1) per mark).
+        while True:
+            earlier, (earlier_item, earlier_ms) = next(iter(self._pending.items()))
+            del self._pending[earlier]
+            if (item := self._items.get(earlier_item)) is not None:
+                item.played_ms = max(item.played_ms, earlier_ms)
+            if earlier == name:
+                break
+        item_id = entry[0]
         item = self._items.get(item_id)
         if item is None:
             return MarkResult(MarkKind.STALE)
-        item.played_ms = max(item.played_ms, at_ms)
-        # Twilio plays in order: earlier marks of this item are implicitly played too.
-        for other, (other_item, other_ms) in list(self._pending.items()):
-            if other_item == item_id and other_ms <= at_ms:
-                del self._pending[other]
         return MarkResult(MarkKind.PLAYED, item_id=item_id, played_ms=int(item.played_ms))
 
     def sent_ms(self, item_id: str) -> int:

@@ -51,6 +51,9 @@ _MAX_BUFFERED_FRAMES = 150  # 3 s at 20 ms
 #: How long a hang-up or transfer waits for the goodbye to finish playing before acting anyway.
 _ACTION_TIMEOUT_S = 15.0
 _APOLOGY = "Sorry, we are having technical difficulties. Please call again later. Goodbye."
+#: A mark after every ~100 ms of model audio (and at the end of each item): what the caller heard is known
+#: to that precision, and marks stay a small share of the messages we send.
+MARK_EVERY_MS = 100.0
 
 
 def _b64_safe(payload: str) -> bool:
@@ -100,6 +103,8 @@ class CallSession:
 
         self.writer = tw.StreamWriter(self.stream_sid)
         self.tracker = PlaybackTracker()
+        self._unmarked_ms = 0.0
+        self._unmarked_item: str | None = None
         self.inbound = InboundConverter() if self.audio_mode == "pcm" else None
         self.outbound = OutboundConverter() if self.audio_mode == "pcm" else None
 
@@ -449,7 +454,10 @@ class CallSession:
             self.response_in_flight = True
             self.current_response = event.response_id
             self.cancel_sent = False
+        elif isinstance(event, ev.AudioDone):
+            await self._mark_played_so_far()
         elif isinstance(event, ev.ResponseDone):
+            await self._mark_played_so_far()
             await self._on_response_done(event)
         elif isinstance(event, ev.AgentTranscriptDone):
             if event.transcript:
@@ -498,9 +506,20 @@ class CallSession:
                 self.record.count("malformed_model")
                 return
             duration_ms = (len(payload) * 3 // 4 - payload.count("=", -2)) / 8.0
+        if self._unmarked_item != event.item_id:
+            await self._mark_played_so_far()
+            self._unmarked_item = event.item_id
         await self._send_caller(self.writer.media(payload))
-        mark = self.tracker.on_audio_sent(event.item_id, duration_ms)
-        await self._send_caller(self.writer.mark(mark))
+        self._unmarked_ms += duration_ms
+        if self._unmarked_ms >= MARK_EVERY_MS:
+            await self._mark_played_so_far()
+
+    async def _mark_played_so_far(self) -> None:
+        """Send one mark covering the audio sent since the previous one."""
+        if self._unmarked_ms and self._unmarked_item is not None:
+            mark = self.tracker.on_audio_sent(self._unmarked_item, self._unmarked_ms)
+            self._unmarked_ms = 0.0
+            await self._send_caller(self.writer.mark(mark))
 
     async def _on_speech_started(self) -> None:
         """Barge-in: stop playback, cancel the response if one is running, truncate at what was heard."""
@@ -511,6 +530,7 @@ class CallSession:
         await self._send_caller(self.writer.clear())
         self.last_clear_latency_ms = (time.perf_counter() - self.speech_started_at) * 1000
         truncations = self.tracker.interrupt()
+        self._unmarked_ms, self._unmarked_item = 0.0, None  # that audio was cleared with the rest
         if self.response_in_flight and self.current_response and not self.cancel_sent:
             self.cancel_sent = True
             self._discard.add(self.current_response)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 from ivr.flows.errors import FlowError
 from ivr.flows.flowset import FlowSet
-from ivr.flows.model import Flow, TransferToHumanConfig
+from ivr.flows.hours import DAY_NAMES, describe_opening
+from ivr.flows.model import Flow, LookupConfig, ToolConfig, TransferToHumanConfig
+from ivr.flows.state import FlowState
 from ivr.settings import Settings, SettingsError
 
 
@@ -48,8 +51,12 @@ def check_command(args: argparse.Namespace) -> int:
     return check(path, out=sys.stdout, err=sys.stderr)
 
 
-def check(path: Path, *, out: TextIO, err: TextIO) -> int:
-    """Validate the flows at ``path``; print a summary to ``out`` or the problems to ``err``."""
+def check(path: Path, *, out: TextIO, err: TextIO, now: datetime | None = None) -> int:
+    """Validate the flows at ``path``; print a summary to ``out`` or the problems to ``err``.
+
+    ``now`` (default: the current time) is the moment "today's hours" and "open now" refer to.
+    """
+    now = now or datetime.now(UTC)
     if not path.exists():
         print(f"error: {path} does not exist (give a folder of flow files or one .yaml file)", file=err)
         return 1
@@ -61,15 +68,20 @@ def check(path: Path, *, out: TextIO, err: TextIO) -> int:
         print(f"FAILED: {count} problem{'s' if count != 1 else ''}", file=err)
         return 1
     for flow in flows:
-        print(summary(flow, flows.source_of(flow.id) or ""), file=out)
+        print(summary(flow, flows.source_of(flow.id) or "", now=now), file=out)
+    for line in dataset_lines(flows):
+        print(line, file=out)
+    for warning in flows.warnings():
+        print(f"warning: {warning}", file=out)
     if flows.default is None:
         print("note: no flow has default: true; other numbers get the built-in assistant", file=out)
     print(f"OK: {len(flows)} flow{'s' if len(flows) != 1 else ''}", file=out)
     return 0
 
 
-def summary(flow: Flow, source: str) -> str:
+def summary(flow: Flow, source: str, *, now: datetime | None = None) -> str:
     """A few readable lines saying what a flow does."""
+    now = now or datetime.now(UTC)
     model = flow.model
     turns = model.turn_detection
     lines = [
@@ -78,13 +90,90 @@ def summary(flow: Flow, source: str) -> str:
         f"  model    {model.name or 'default model'} (dialect {model.dialect}), voice {model.voice}, "
         f"audio {model.audio}, speed {model.speed}, turns {turns.type}",
     ]
-    tools = []
-    for tool in flow.tools:
-        text = tool.name if tool.name == tool.type else f"{tool.name} ({tool.type})"
-        if isinstance(tool, TransferToHumanConfig):
-            text += f" -> {flow.transfer_number(tool)}"
-        tools.append(text)
-    lines.append(f"  tools    {', '.join(tools) or '-'}")
+    lines.append(f"  tools    {', '.join(_tool_text(flow, tool) for tool in flow.tools) or '-'}")
     if flow.dtmf:
         lines.append("  keypad   " + ", ".join(f"{key} -> {name}" for key, name in sorted(flow.dtmf.items())))
+    lines.extend(_stage_lines(flow))
+    lines.extend(_hours_lines(flow, now))
     return "\n".join(lines)
+
+
+def _tool_text(flow: Flow, tool: ToolConfig) -> str:
+    text = tool.name if tool.name == tool.type else f"{tool.name} ({tool.type})"
+    if isinstance(tool, TransferToHumanConfig):
+        text += f" -> {flow.transfer_number(tool)}"
+    policy = tool.approval
+    if policy.required == "always":
+        text += " [approval: always]"
+    elif policy.required == "when":
+        text += f" [approval when {policy.when}]"
+    return text
+
+
+def _stage_lines(flow: Flow) -> list[str]:
+    if not flow.stages:
+        return []
+    lines = []
+    for stage in flow.stages:
+        state = FlowState(flow, {}, stage=stage.id, definitions=[])
+        start = " (start)" if stage.id == flow.start_stage_id else ""
+        moves = [f"{t.to} via {t.tool}" for t in stage.transitions]
+        keys = [f"{key} -> {target}" for key, target in sorted(stage.dtmf.items())]
+        text = f"  stage    {stage.id}{start}: tools {', '.join(state.tool_names()) or '-'}"
+        if moves:
+            text += f"; next {', '.join(moves)}"
+        if keys:
+            text += f"; keys {', '.join(keys)}"
+        lines.append(text)
+    return lines
+
+
+def _hours_lines(flow: Flow, now: datetime) -> list[str]:
+    hours = flow.opening_hours
+    if hours is None:
+        return ["  hours    always open"]
+    local = now.astimezone(hours.zone)
+    today = local.date()
+    state = (
+        "open now"
+        if hours.is_open(now)
+        else f"closed now, opens {describe_opening(hours.next_opening(now), now)}"
+    )
+    return [
+        f"  hours    today ({DAY_NAMES[today.weekday()]} {today.isoformat()}, {hours.zone}): "
+        f"{hours.describe_day(today)}; {state}",
+        f"           week: {hours.describe_week()}"
+        + (f"; closed {', '.join(d.isoformat() for d in hours.closed_dates)}" if hours.closed_dates else ""),
+        f"           after hours: {flow.after_hours.action}",
+    ]
+
+
+def dataset_lines(flows: FlowSet) -> list[str]:
+    """One line per lookup dataset: its file, key and rows, or what is wrong with the file."""
+    if not any(isinstance(t, LookupConfig) for flow in flows for t in flow.tools):
+        return []
+    from ivr.tools import datasets  # the tools import the flow models; import late to avoid a cycle
+
+    try:
+        specs = datasets.collect(flows)
+    except datasets.DatasetError as exc:
+        return [f"warning: {line}" for line in str(exc).splitlines()]
+    lines = []
+    for spec in specs:
+        head = f"dataset  {spec.name} <- {_shown(spec.source)} by {spec.key_field} ({spec.normalize})"
+        try:
+            rows = sum(1 for _ in datasets.read_records(spec))
+        except datasets.DatasetError as exc:
+            lines.append(f"{head}: PROBLEM")
+            lines.append(f"warning: {exc}")
+            continue
+        lines.append(f"{head}: {rows} rows, fields {', '.join(spec.fields)}")
+    return lines
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (shorter, and what people typed)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

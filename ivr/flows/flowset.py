@@ -14,7 +14,15 @@ from pathlib import Path
 
 from ivr.flows.errors import FlowError, Problem
 from ivr.flows.loader import flow_files, load_flow
-from ivr.flows.model import EndCallConfig, Flow, ToolConfig, Transfer, TransferToHumanConfig, normalise_number
+from ivr.flows.model import (
+    EndCallConfig,
+    Flow,
+    ToolConfig,
+    Transfer,
+    TransferToHumanConfig,
+    dotted,
+    normalise_number,
+)
 
 BUILTIN_FLOW_ID = "builtin-default"
 
@@ -35,6 +43,7 @@ class _Entry:
     flow: Flow
     source: str
     locate: Callable[[tuple[str | int, ...]], int | None]
+    warnings: tuple[Problem, ...] = ()
 
     def at(self, path: tuple[str | int, ...]) -> str:
         line = self.locate(path)
@@ -46,7 +55,15 @@ class FlowSet:
 
     def __init__(self, flows: Iterable[Flow] = ()) -> None:
         """Build from flows made in code; raises :class:`FlowError` on cross-flow conflicts."""
-        entries = [_Entry(flow, f"flow '{flow.id}'", lambda _path: None) for flow in flows]
+        entries = [
+            _Entry(
+                flow,
+                f"flow '{flow.id}'",
+                lambda _path: None,
+                tuple(Problem(f"flow '{flow.id}'", None, dotted(w.path), w.message) for w in flow.warnings()),
+            )
+            for flow in flows
+        ]
         problems = _cross_problems(entries)
         if problems:
             raise FlowError(problems)
@@ -76,7 +93,7 @@ class FlowSet:
             except FlowError as exc:
                 problems.extend(exc.problems)
                 continue
-            entries.append(_Entry(loaded.flow, loaded.document.source, loaded.document.line))
+            entries.append(_Entry(loaded.flow, loaded.document.source, loaded.document.line, loaded.warnings))
         problems.extend(_cross_problems(entries))
         if problems:
             raise FlowError(problems)
@@ -118,6 +135,10 @@ class FlowSet:
         """The file a flow came from (``flow 'id'`` for flows built in code)."""
         entry = self._entries.get(flow_id)
         return entry.source if entry else None
+
+    def warnings(self) -> list[Problem]:
+        """Problems that did not stop any flow from loading (unreachable stages, hours without a zone...)."""
+        return [warning for entry in self._entries.values() for warning in entry.warnings]
 
     def __iter__(self) -> Iterator[Flow]:
         return (entry.flow for entry in self._entries.values())

@@ -60,6 +60,8 @@ class LoadedFlow:
 
     flow: Flow
     document: Document
+    #: Problems that do not stop the flow from loading (e.g. an unreachable stage), by line.
+    warnings: tuple[Problem, ...] = ()
 
 
 def parse_flow(text: str, source: str) -> LoadedFlow:
@@ -106,13 +108,18 @@ def parse_flow(text: str, source: str) -> LoadedFlow:
     except ValidationError as exc:
         problems.extend(_translate(exc, data, document))
         raise FlowError(_by_line(problems)) from None
-    problems.extend(
-        Problem(source, document.line(issue.path, issue.needle), dotted(issue.path), issue.message)
+    located = [
+        (
+            issue.severity,
+            Problem(source, document.line(issue.path, issue.needle), dotted(issue.path), issue.message),
+        )
         for issue in issues
-    )
+    ]
+    problems.extend(problem for severity, problem in located if severity == "error")
     if problems:
         raise FlowError(_by_line(problems))
-    return LoadedFlow(flow, document)
+    warnings = _by_line([problem for severity, problem in located if severity == "warning"])
+    return LoadedFlow(flow, document, tuple(warnings))
 
 
 def _by_line(problems: list[Problem]) -> list[Problem]:

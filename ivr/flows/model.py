@@ -3,28 +3,30 @@
 A flow file is data written by people, so the models are strict (no silent coercion of ``"yes"`` into
 ``True``), reject unknown keys (a typo must not quietly fall back to a default), and check ranges that the
 Realtime API only documents in prose (speed, token limits). Tools carry a ``type`` discriminator so new
-kinds of tools slot in as new members of :data:`ToolConfig` without touching the rest.
+kinds of tools slot in as new members of :data:`ToolConfig` (see :mod:`ivr.flows.tool_configs`) without
+touching the rest.
 
-Checks that span several fields (placeholders, tool names used by ``dtmf``, a transfer tool without a
-number) live in :meth:`Flow.issues`. They run on every construction; the YAML loader collects them
-through the validation context instead of stopping at the first one, so it can give each its own line.
+A flow may be split into stages (reception → booking → wrap-up), each with its own instructions, allowed
+tools, keypad shortcuts and transitions; :class:`ivr.flows.state.FlowState` walks them during a call. A flow
+without stages is one implicit stage (:data:`IMPLICIT_STAGE`) with every tool.
+
+Checks that span several fields (placeholders, tool names used by ``dtmf`` and stages, a transfer tool
+without a number, unreachable stages) live in :meth:`Flow.issues`. They run on every construction; the
+YAML loader collects them through the validation context instead of stopping at the first one, so it can
+give each its own line. Issues with severity ``warning`` never stop a flow from loading.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationInfo,
     model_validator,
@@ -32,29 +34,90 @@ from pydantic import (
 
 from ivr.flows import template
 from ivr.flows.errors import FlowError
+from ivr.flows.fields import (
+    STAGE_TARGET,
+    DtmfKey,
+    DtmfTarget,
+    FlowId,
+    Issue,
+    PhoneNumber,
+    Slug,
+    Text,
+    TimeZoneName,
+    ToolName,
+    did_you_mean,
+    dotted,
+    in_range,
+    is_time_zone,
+    normalise_number,
+)
+from ivr.flows.fields import Strict as _Strict
+from ivr.flows.hours import AfterHours, OpeningHours, describe_opening
+from ivr.flows.tool_configs import (
+    BookingConfig,
+    EndCallConfig,
+    HttpConfig,
+    LookupConfig,
+    ToolConfig,
+    TransferToHumanConfig,
+)
+
+__all__ = [
+    "BUILTIN_PLACEHOLDERS",
+    "GA_ONLY_VOICES",
+    "IMPLICIT_STAGE",
+    "ISSUES_CONTEXT_KEY",
+    "VOICES",
+    "AfterHours",
+    "BookingConfig",
+    "EndCallConfig",
+    "Flow",
+    "HttpConfig",
+    "Issue",
+    "Limits",
+    "LookupConfig",
+    "ModelSettings",
+    "OpeningHours",
+    "SemanticVad",
+    "ServerVad",
+    "Stage",
+    "ToolConfig",
+    "Transcription",
+    "Transfer",
+    "TransferToHumanConfig",
+    "Transition",
+    "dialect_for",
+    "did_you_mean",
+    "dotted",
+    "normalise_number",
+]
 
 #: Voices the Realtime API offers; ``marin`` and ``cedar`` exist only on the GA (``gpt-realtime*``) models.
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 GA_ONLY_VOICES = frozenset({"marin", "cedar"})
 
-#: Placeholders every call fills in, whatever the flow says.
-BUILTIN_PLACEHOLDERS = ("caller_number", "called_number", "call_sid", "flow_id", "today", "now")
+#: Placeholders every call fills in, whatever the flow says. ``stage`` is the current stage's id,
+#: ``open_now`` is yes/no from the opening hours, ``next_opening`` says when the line opens next.
+BUILTIN_PLACEHOLDERS = (
+    "caller_number",
+    "called_number",
+    "call_sid",
+    "flow_id",
+    "today",
+    "now",
+    "stage",
+    "open_now",
+    "next_opening",
+)
+
+#: The id of the single stage of a flow that declares none.
+IMPLICIT_STAGE = "main"
 
 #: Key of the list in the validation context where :class:`Flow` deposits cross-field issues.
 ISSUES_CONTEXT_KEY = "ivr_flow_issues"
 
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_NUMBER_PUNCTUATION = re.compile(r"[\s\-().]")
-_FLOW_ID = re.compile(r"[a-z0-9-]{1,64}")
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LANGUAGE = re.compile(r"[a-z]{2}")
-_DTMF_KEYS = "0123456789*#"
-
-
-def normalise_number(text: str) -> str:
-    """Drop spaces, dashes, dots and parentheses: ``"+1 (555) 123-0001"`` → ``"+15551230001"``."""
-    return _NUMBER_PUNCTUATION.sub("", text)
 
 
 def dialect_for(model_name: str) -> Literal["ga", "beta"]:
@@ -63,48 +126,6 @@ def dialect_for(model_name: str) -> Literal["ga", "beta"]:
 
 
 # --- field types with messages a person can act on ------------------------------------------------------
-
-
-def _in_range(low: float, high: float) -> AfterValidator:
-    def check(value: Any) -> Any:
-        if not low <= value <= high:
-            raise ValueError(f"{value} is out of range (use {low} to {high})")
-        return value
-
-    return AfterValidator(check)
-
-
-def _phone_number(value: object) -> object:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return value  # let the str type report the wrong type
-    if isinstance(value, int):
-        raise ValueError(f"{value} was read as a number; quote it so YAML keeps the '+' (e.g. \"+{value}\")")
-    compact = normalise_number(value)
-    if not _E164.fullmatch(compact):
-        raise ValueError(
-            f'{value!r} is not an E.164 number (use + country code and number, e.g. "+15551230001")'
-        )
-    return compact
-
-
-def _flow_id(value: str) -> str:
-    if not _FLOW_ID.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a valid id (use lowercase letters, digits and dashes, e.g. dental-clinic)"
-        )
-    return value
-
-
-def _tool_name(value: str) -> str:
-    if not _TOOL_NAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid tool name (use 1-64 letters, digits, '_' or '-')")
-    return value
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty (write some text or leave the key out)")
-    return value
 
 
 def _variable_name(value: str) -> str:
@@ -127,27 +148,9 @@ def _variable_value(value: object) -> object:
     return value
 
 
-def _dtmf_key(value: object) -> object:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 9:
-        value = str(value)
-    if isinstance(value, str) and (len(value) != 1 or value not in _DTMF_KEYS):
-        raise ValueError(f"{value!r} is not a keypad key (use one of 0-9, * or #, quoted)")
-    return value
-
-
 def _language(value: str) -> str:
     if not _LANGUAGE.fullmatch(value):
         raise ValueError(f"{value!r} is not an ISO-639-1 language code (e.g. en, de, es)")
-    return value
-
-
-def _time_zone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"{value!r} is not a known time zone (use an IANA name such as Europe/Berlin)"
-        ) from None
     return value
 
 
@@ -161,21 +164,11 @@ def _max_tokens(value: object) -> object:
     return value
 
 
-PhoneNumber = Annotated[str, BeforeValidator(_phone_number)]
-FlowId = Annotated[str, AfterValidator(_flow_id)]
-ToolName = Annotated[str, AfterValidator(_tool_name)]
-Text = Annotated[str, AfterValidator(_non_empty)]
+_in_range = in_range
 VariableName = Annotated[str, AfterValidator(_variable_name)]
 VariableValue = Annotated[str, BeforeValidator(_variable_value)]
-DtmfKey = Annotated[str, BeforeValidator(_dtmf_key)]
 Voice = Literal["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"]
 MaxOutputTokens = Annotated[int | Literal["inf"], BeforeValidator(_max_tokens)]
-
-
-class _Strict(BaseModel):
-    """Base for every flow model: strict types, no unknown keys, immutable once loaded."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 # --- model connection ------------------------------------------------------------------------------------
@@ -249,68 +242,49 @@ class Limits(_Strict):
     max_tool_calls: Annotated[int, _in_range(0, 1000)] = 20
 
 
-class _ToolConfigBase(_Strict):
-    name: ToolName
-    description: Text
+# --- stages ----------------------------------------------------------------------------------------------
 
 
-class EndCallConfig(_ToolConfigBase):
-    """Lets the model hang up once the conversation is over."""
+class Transition(_Strict):
+    """A way out of a stage: a tool the model calls (declared, or new and made up for the move)."""
 
-    type: Literal["end_call"] = "end_call"
-    name: ToolName = "end_call"
-    description: Text = (
-        "Hang up the call. Use it when the caller says goodbye, asks to end the call, or the conversation "
-        "is clearly finished."
-    )
-
-
-class TransferToHumanConfig(_ToolConfigBase):
-    """Lets the model hand the caller to a person."""
-
-    type: Literal["transfer_to_human"] = "transfer_to_human"
-    name: ToolName = "transfer_to_human"
-    description: Text = (
-        "Transfer the caller to a human team member. Use it when the caller asks for a person or when you "
-        "cannot help with their request."
-    )
-    #: Overrides ``transfer.number`` of the flow for this tool.
-    number: PhoneNumber | None = None
+    to: Slug = Field(description="the id of the stage to move to")
+    #: A declared tool (the stage changes after it succeeds) or a new name (a tool that only moves).
+    tool: ToolName = Field(description="a tool name: a declared tool, or a new name for a move-only tool")
+    #: Tells the model when to call a new (move-only) tool; ignored for declared tools.
+    description: Text | None = None
 
 
-#: Every tool type a flow may declare; add new members here (each with its own ``type`` literal).
-ToolConfig = Annotated[EndCallConfig | TransferToHumanConfig, Field(discriminator="type")]
+class Stage(_Strict):
+    """One part of the conversation with its own instructions, tools, keys and ways out."""
+
+    id: Slug = Field(description="a stage id such as booking")
+    #: Added after the flow's instructions while the call is in this stage.
+    instructions: Text | None = None
+    #: Tools the model may use here; ``None`` (left out) means every tool of the flow.
+    tools: list[ToolName] | None = None
+    #: Keypad key → tool name, or ``stage:<id>`` to move; overrides the flow's ``dtmf`` for the same key.
+    dtmf: dict[DtmfKey, DtmfTarget] = Field(default_factory=dict)
+    transitions: list[Transition] = Field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Issue:
-    """A cross-field problem: the field path, what is wrong, and optionally the exact text to point at."""
-
-    path: tuple[str | int, ...]
-    message: str
-    #: Text inside the field's value (e.g. a placeholder) whose line the loader should report.
-    needle: str | None = None
+# --- the flow --------------------------------------------------------------------------------------------
 
 
-def dotted(path: tuple[str | int, ...]) -> str:
-    """``("tools", 1, "name")`` → ``tools[1].name``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def did_you_mean(word: str, options: list[str] | tuple[str, ...] | frozenset[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest option, or an empty string."""
-    close = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def _inherit_time_zone(data: Any) -> Any:
+    """Give ``opening_hours`` the flow's ``timezone`` when it names none, so its methods need no zone."""
+    if not isinstance(data, dict) or not is_time_zone(data.get("timezone")):
+        return data
+    hours = data.get("opening_hours")
+    if isinstance(hours, dict) and hours.get("timezone") is None:
+        return {**data, "opening_hours": {**hours, "timezone": data["timezone"]}}
+    if isinstance(hours, OpeningHours) and hours.timezone is None:
+        return {**data, "opening_hours": hours.model_copy(update={"timezone": data["timezone"]})}
+    return data
 
 
 class Flow(_Strict):
-    """One phone number's behaviour: prompt, voice, tools, transfer target and limits."""
+    """One phone number's behaviour: prompt, voice, stages, tools, opening hours, transfer target, limits."""
 
     id: FlowId = Field(description="a unique id such as dental-clinic")
     #: The flow for numbers no other flow claims (at most one per folder).
@@ -324,14 +298,27 @@ class Flow(_Strict):
     #: Values for ``{{ placeholders }}``; a Twilio <Parameter> of the same name overrides one at call time.
     variables: dict[VariableName, VariableValue] = Field(default_factory=dict)
     #: IANA time zone for ``{{ today }}`` and ``{{ now }}``; ``None`` means UTC.
-    timezone: Annotated[str, AfterValidator(_time_zone)] | None = None
+    timezone: TimeZoneName | None = None
     transfer: Transfer | None = None
     #: Said while a tool takes long.
     hold_phrase: Text = "One moment please."
-    #: Keypad key → name of a tool (from ``tools``) to run directly.
-    dtmf: dict[DtmfKey, ToolName] = Field(default_factory=dict)
+    #: Keypad key → name of a tool (from ``tools``) to run directly, or ``stage:<id>``; in every stage.
+    dtmf: dict[DtmfKey, DtmfTarget] = Field(default_factory=dict)
     tools: list[ToolConfig] = Field(default_factory=list)
+    #: Stages of the conversation; none means one stage with every tool.
+    stages: list[Stage] = Field(default_factory=list)
+    #: Where calls begin; defaults to the first stage.
+    start_stage: Slug | None = None
+    #: When the line is open, in ``timezone``; ``None`` means always open.
+    opening_hours: OpeningHours | None = None
+    #: What a call gets while the line is closed.
+    after_hours: AfterHours = Field(default_factory=AfterHours)
     limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_zone(cls, data: Any) -> Any:
+        return _inherit_time_zone(data)
 
     @model_validator(mode="after")
     def _check_across_fields(self, info: ValidationInfo) -> Flow:
@@ -342,7 +329,46 @@ class Flow(_Strict):
         if isinstance(sink, list):
             sink.extend(issues)
             return self
-        raise ValueError("; ".join(f"{dotted(i.path)}: {i.message}" for i in issues))
+        errors = [i for i in issues if i.severity == "error"]
+        if errors:
+            raise ValueError("; ".join(f"{dotted(i.path)}: {i.message}" for i in errors))
+        return self
+
+    # -- structure ---------------------------------------------------------------------------------------
+
+    @property
+    def zone(self) -> tzinfo:
+        """The flow's time zone (UTC when none is set)."""
+        return ZoneInfo(self.timezone) if self.timezone else UTC
+
+    @property
+    def start_stage_id(self) -> str:
+        """The stage a call begins in: ``start_stage``, else the first stage, else :data:`IMPLICIT_STAGE`."""
+        if self.start_stage is not None:
+            return self.start_stage
+        return self.stages[0].id if self.stages else IMPLICIT_STAGE
+
+    def stage(self, stage_id: str) -> Stage | None:
+        """The stage with this id (``None`` for an unknown id and for flows without stages)."""
+        return next((s for s in self.stages if s.id == stage_id), None)
+
+    def tool(self, name: str) -> ToolConfig | None:
+        """The declared tool with this name."""
+        return next((t for t in self.tools if t.name == name), None)
+
+    def transition_tools(self) -> dict[str, str]:
+        """Move-only tools the stages' transitions create: name → description (first one given)."""
+        declared = {t.name for t in self.tools}
+        out: dict[str, str] = {}
+        for stage in self.stages:
+            for transition in stage.transitions:
+                if transition.tool not in declared and transition.tool not in out:
+                    out[transition.tool] = transition.description or f"Move on to the {transition.to} stage."
+        return out
+
+    def warnings(self) -> list[Issue]:
+        """Issues that do not stop the flow from loading (shown by ``ivr flows check``)."""
+        return [i for i in self.issues() if i.severity == "warning"]
 
     # -- checks ------------------------------------------------------------------------------------------
 
@@ -375,13 +401,29 @@ class Flow(_Strict):
                 )
             )
 
+        issues.extend(self._placeholder_issues())
+        issues.extend(self._tool_issues())
+        stage_ids = {stage.id for stage in self.stages}
+        declared = list(dict.fromkeys(tool.name for tool in self.tools))
+        for key, target in self.dtmf.items():
+            issues.extend(self._target_issues(("dtmf", key), target, declared, stage_ids))
+        issues.extend(self._stage_issues(declared))
+        issues.extend(self._hours_issues())
+        return issues
+
+    def _placeholder_issues(self) -> list[Issue]:
+        issues: list[Issue] = []
         known = self.placeholder_names()
         spoken: list[tuple[tuple[str | int, ...], str | None]] = [
             (("greeting",), self.greeting),
             (("instructions",), self.instructions),
             (("hold_phrase",), self.hold_phrase),
             (("transfer", "announcement"), self.transfer.announcement if self.transfer else None),
+            (("after_hours", "message"), self.after_hours.message),
         ]
+        spoken.extend(
+            (("stages", i, "instructions"), stage.instructions) for i, stage in enumerate(self.stages)
+        )
         for path, text in spoken:
             if text is None:
                 continue
@@ -400,8 +442,12 @@ class Flow(_Strict):
                             placeholder.text,
                         )
                     )
+        return issues
 
+    def _tool_issues(self) -> list[Issue]:
+        issues: list[Issue] = []
         names: dict[str, int] = {}
+        datasets: dict[str, tuple[int, LookupConfig]] = {}
         for i, tool in enumerate(self.tools):
             if tool.name in names:
                 issues.append(
@@ -411,6 +457,7 @@ class Flow(_Strict):
                     )
                 )
             names.setdefault(tool.name, i)
+            issues.extend(issue.under("tools", i) for issue in tool.issues())
             if isinstance(tool, TransferToHumanConfig) and tool.number is None and self.transfer is None:
                 issues.append(
                     Issue(
@@ -418,17 +465,232 @@ class Flow(_Strict):
                         "transfer_to_human has no number to call (set number here or add transfer.number)",
                     )
                 )
-
-        for key, tool_name in self.dtmf.items():
-            if tool_name not in names:
-                available = ", ".join(names) or "none declared"
+            if isinstance(tool, BookingConfig) and self.opening_hours is None:
                 issues.append(
                     Issue(
-                        ("dtmf", key),
-                        f"no tool named {tool_name!r}{did_you_mean(tool_name, tuple(names))} "
-                        f"(tools of this flow: {available})",
+                        ("tools", i),
+                        "a booking tool offers times within the opening hours, and this flow has none "
+                        '(add opening_hours, e.g. mon: ["09:00-17:00"])',
                     )
                 )
+            if isinstance(tool, LookupConfig):
+                if tool.dataset in datasets:
+                    j, first = datasets[tool.dataset]
+                    same = (first.source, first.key_field, first.normalize) == (
+                        tool.source,
+                        tool.key_field,
+                        tool.normalize,
+                    )
+                    if not same:
+                        issues.append(
+                            Issue(
+                                ("tools", i, "dataset"),
+                                f"dataset {tool.dataset!r} is also used by tools[{j}] with another "
+                                "source, key_field or normalize (use another dataset id, or make them match)",
+                            )
+                        )
+                datasets.setdefault(tool.dataset, (i, tool))
+        return issues
+
+    def _target_issues(
+        self,
+        path: tuple[str | int, ...],
+        target: str,
+        tools: list[str],
+        stage_ids: set[str],
+    ) -> list[Issue]:
+        """A keypad target must name a usable tool or an existing stage."""
+        if target.startswith(STAGE_TARGET):
+            stage = target[len(STAGE_TARGET) :]
+            if stage in stage_ids:
+                return []
+            if not self.stages:
+                return [Issue(path, f"{target!r} moves to a stage, but this flow has no stages")]
+            return [
+                Issue(
+                    path,
+                    f"no stage named {stage!r}{did_you_mean(stage, stage_ids)} "
+                    f"(stages of this flow: {', '.join(dict.fromkeys(s.id for s in self.stages))})",
+                )
+            ]
+        if target in tools:
+            return []
+        available = ", ".join(tools) or "none declared"
+        return [
+            Issue(
+                path,
+                f"no tool named {target!r}{did_you_mean(target, tools)} (tools of this flow: {available})",
+            )
+        ]
+
+    def _stage_issues(self, declared: list[str]) -> list[Issue]:
+        issues: list[Issue] = []
+        if not self.stages:
+            if self.start_stage is not None:
+                issues.append(
+                    Issue(("start_stage",), "this flow has no stages (add stages or remove start_stage)")
+                )
+            return issues
+        ids: dict[str, int] = {}
+        for i, stage in enumerate(self.stages):
+            if stage.id in ids:
+                issues.append(
+                    Issue(
+                        ("stages", i, "id"),
+                        f"{stage.id!r} is already the id of stages[{ids[stage.id]}] "
+                        "(stage ids must be unique)",
+                    )
+                )
+            ids.setdefault(stage.id, i)
+        stage_ids = set(ids)
+        if self.start_stage is not None and self.start_stage not in stage_ids:
+            issues.append(
+                Issue(
+                    ("start_stage",),
+                    f"no stage named {self.start_stage!r}{did_you_mean(self.start_stage, stage_ids)} "
+                    f"(stages of this flow: {', '.join(ids)})",
+                )
+            )
+
+        for i, stage in enumerate(self.stages):
+            own_moves = {t.tool for t in stage.transitions if t.tool not in declared}
+            for j, name in enumerate(stage.tools or []):
+                if name not in declared and name not in own_moves:
+                    issues.append(
+                        Issue(
+                            ("stages", i, "tools", j),
+                            f"no tool named {name!r}{did_you_mean(name, declared)} "
+                            f"(tools of this flow: {', '.join(declared) or 'none declared'})",
+                        )
+                    )
+            seen: dict[str, int] = {}
+            for j, transition in enumerate(stage.transitions):
+                path = ("stages", i, "transitions", j)
+                if transition.to not in stage_ids:
+                    issues.append(
+                        Issue(
+                            (*path, "to"),
+                            f"no stage named {transition.to!r}{did_you_mean(transition.to, stage_ids)} "
+                            f"(stages of this flow: {', '.join(ids)})",
+                        )
+                    )
+                elif transition.to == stage.id:
+                    issues.append(
+                        Issue((*path, "to"), f"a transition from {stage.id!r} cannot lead to itself")
+                    )
+                if transition.tool in seen:
+                    issues.append(
+                        Issue(
+                            (*path, "tool"),
+                            f"{transition.tool!r} already leads out of this stage "
+                            f"(transitions[{seen[transition.tool]}])",
+                        )
+                    )
+                seen.setdefault(transition.tool, j)
+                if transition.tool not in declared:
+                    hint = did_you_mean(transition.tool, declared)
+                    typo = did_you_mean(transition.tool, declared, cutoff=0.85)
+                    if transition.description is None:
+                        issues.append(
+                            Issue(
+                                (*path, "tool"),
+                                f"{transition.tool!r} is not a declared tool{hint}, so it becomes a new "
+                                f"tool that moves to {transition.to!r}; add a description saying when the "
+                                "model should call it",
+                            )
+                        )
+                    elif typo:
+                        issues.append(
+                            Issue(
+                                (*path, "tool"),
+                                f"{transition.tool!r} is not a declared tool{typo}; it becomes a new "
+                                f"tool that only moves to {transition.to!r}",
+                                severity="warning",
+                            )
+                        )
+            usable = [*declared, *own_moves]
+            for key, target in stage.dtmf.items():
+                issues.extend(self._target_issues(("stages", i, "dtmf", key), target, usable, stage_ids))
+
+        start = self.start_stage_id
+        if start in stage_ids:
+            reached = self._reachable(start)
+            for i, stage in enumerate(self.stages):
+                if stage.id not in reached and ids.get(stage.id) == i:
+                    issues.append(
+                        Issue(
+                            ("stages", i, "id"),
+                            f"stage {stage.id!r} cannot be reached from the start stage {start!r} "
+                            "(add a transition or a stage:<id> key that leads to it)",
+                            severity="warning",
+                        )
+                    )
+        return issues
+
+    def _reachable(self, start: str) -> set[str]:
+        """Stage ids reachable from ``start`` through transitions and ``stage:<id>`` keys."""
+        everywhere = {t[len(STAGE_TARGET) :] for t in self.dtmf.values() if t.startswith(STAGE_TARGET)}
+        reached = {start}
+        frontier = [start]
+        while frontier:
+            stage = self.stage(frontier.pop())
+            if stage is None:
+                continue
+            nexts = {t.to for t in stage.transitions} | everywhere
+            nexts |= {t[len(STAGE_TARGET) :] for t in stage.dtmf.values() if t.startswith(STAGE_TARGET)}
+            for stage_id in nexts - reached:
+                reached.add(stage_id)
+                frontier.append(stage_id)
+        return reached
+
+    def _hours_issues(self) -> list[Issue]:
+        issues: list[Issue] = []
+        hours = self.opening_hours
+        after = self.after_hours
+        if hours is None:
+            if "after_hours" in self.model_fields_set:
+                issues.append(
+                    Issue(
+                        ("after_hours",),
+                        "has no effect without opening_hours (add opening_hours or remove after_hours)",
+                        severity="warning",
+                    )
+                )
+        else:
+            issues.extend(issue.under("opening_hours") for issue in hours.issues())
+            if hours.timezone is None:
+                issues.append(
+                    Issue(
+                        ("opening_hours",),
+                        "no timezone is set, so these hours are read as UTC (add timezone: to the flow, "
+                        "e.g. timezone: America/New_York)",
+                        severity="warning",
+                    )
+                )
+            if not any(hours.weekly(day) for day in range(7)):
+                issues.append(
+                    Issue(
+                        ("opening_hours",),
+                        'no day has any hours, so the line is always closed (add e.g. mon: ["09:00-17:00"])',
+                        severity="warning",
+                    )
+                )
+        if after.action == "transfer" and after.number is None and self.transfer is None:
+            issues.append(
+                Issue(
+                    ("after_hours", "action"),
+                    "transfer has no number to call (set after_hours.number or add transfer.number)",
+                )
+            )
+        if after.action == "continue" and after.message is not None:
+            issues.append(
+                Issue(
+                    ("after_hours", "message"),
+                    "is not said with action: continue (use message_and_hangup or transfer, or put it in "
+                    "the instructions using {{ open_now }})",
+                    severity="warning",
+                )
+            )
         return issues
 
     # -- call time ---------------------------------------------------------------------------------------
@@ -452,11 +714,14 @@ class Flow(_Strict):
 
         ``variables`` are overridden by Twilio <Parameter>s of the same name, and both by the built-ins
         (a parameter cannot spoof ``caller_number``). ``now`` is the call's start; a naive datetime is read
-        as UTC. ``today``/``now`` are shown in the flow's time zone.
+        as UTC. ``today``/``now`` are shown in the flow's time zone. ``stage`` is the start stage (a
+        :class:`~ivr.flows.state.FlowState` keeps it current); ``open_now``/``next_opening`` come from the
+        opening hours (a flow without hours is always open).
         """
-        zone: tzinfo = ZoneInfo(self.timezone) if self.timezone else UTC
         moment = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
-        local = moment.astimezone(zone)
+        local = moment.astimezone(self.zone)
+        hours = self.opening_hours
+        opening = hours.next_opening(moment) if hours is not None else moment
         context: dict[str, str] = dict(self.variables)
         context.update(parameters or {})
         context.update(
@@ -466,6 +731,9 @@ class Flow(_Strict):
             flow_id=self.id,
             today=local.strftime("%Y-%m-%d"),
             now=local.strftime("%H:%M"),
+            stage=self.start_stage_id,
+            open_now="yes" if hours is None or hours.is_open(moment) else "no",
+            next_opening=describe_opening(opening, moment),
         )
         return context
 

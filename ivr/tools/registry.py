@@ -15,15 +15,21 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from ivr.flows.model import Flow
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from ivr.store.keys import KeySchema
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +60,39 @@ class CallControl(Protocol):
         ...
 
 
+def utc_now() -> datetime:
+    """The default clock of a :class:`ToolContext`."""
+    return datetime.now(UTC)
+
+
 @dataclass
 class ToolContext:
-    """The call a tool runs for."""
+    """The call a tool runs for, and the shared resources a tool may use.
+
+    ``redis``/``keys`` are ``None`` when the deployment runs without Redis; tools that need them answer
+    with a structured ``unavailable`` error (see :meth:`require_redis`). ``now`` is the clock (tests pass
+    a fixed one). ``env`` is where ``${VAR}`` references of http tools are read; ``None`` means the
+    process environment.
+    """
 
     call_sid: str
     flow: Flow
     call: CallControl
     caller_number: str
+    redis: Redis | None = None
+    keys: KeySchema | None = None
+    now: Callable[[], datetime] = utc_now
+    env: Mapping[str, str] | None = None
+
+    def require_redis(self, tool: str) -> tuple[Redis, KeySchema]:
+        """The Redis client and key schema, or a :class:`ToolError` the model can act on."""
+        if self.redis is None or self.keys is None:
+            raise ToolError(
+                "unavailable",
+                f"{tool!r} cannot work right now (its data store is not configured). Tell the caller it "
+                "cannot be done at the moment and offer to transfer them or take a message.",
+            )
+        return self.redis, self.keys
 
 
 class Tool(Protocol):
@@ -263,10 +294,14 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 def registry_for_flow(flow: Flow) -> ToolRegistry:
-    """A registry holding the tools declared in ``flow.tools``, built from their ``type``."""
-    from ivr.tools.builtin import build_tool  # builtin.py imports this module's types
+    """A registry holding the tools declared in ``flow.tools``, built from their ``type``, followed by the
+    move-only tools its stage transitions create (which stage each one allows is :class:`FlowState`'s job).
+    """
+    from ivr.tools.builtin import StageTransition, build_tool  # builtin.py imports this module's types
 
     registry = ToolRegistry()
     for config in flow.tools:
         registry.register(build_tool(config))
+    for name, description in flow.transition_tools().items():
+        registry.register(StageTransition(name, description))
     return registry
