@@ -79,7 +79,8 @@ def test_shipped_flows_render_every_spoken_text() -> None:
         for text in texts:
             rendered = flow.render(text, context)
             assert "{{" not in rendered and "}}" not in rendered
-        assert {t.type for t in flow.tools} == {"end_call", "transfer_to_human"}
+        assert {"end_call", "transfer_to_human"} <= {t.type for t in flow.tools}
+        assert flow.opening_hours is not None and flow.timezone is not None  # every shipped flow has hours
 
 
 def test_minimal_flow_gets_documented_defaults() -> None:
@@ -266,8 +267,10 @@ def test_literal_choice_with_did_you_mean() -> None:
 def test_tool_type_errors() -> None:
     text = MINIMAL + "tools:\n  - type: hangup\n  - name: bye\n  - end_call\n"
     assert errors_of(text) == [
-        "flows/dental.yaml:4: tools[0].type: unknown type 'hangup' (use one of: end_call, transfer_to_human)",
-        "flows/dental.yaml:5: tools[1]: missing 'type' (use one of: end_call, transfer_to_human)",
+        "flows/dental.yaml:4: tools[0].type: unknown type 'hangup' "
+        "(use one of: end_call, transfer_to_human, booking, lookup, http)",
+        "flows/dental.yaml:5: tools[1]: missing 'type' "
+        "(use one of: end_call, transfer_to_human, booking, lookup, http)",
         "flows/dental.yaml:6: tools[2]: 'end_call' is text, expected a mapping with a type "
         "(e.g. {type: end_call})",
     ]
@@ -298,8 +301,8 @@ def test_unknown_placeholder_names_placeholder_file_and_line() -> None:
     assert errors_of(text) == [
         "flows/dental.yaml:5: instructions: unknown placeholder {{ caller_numbr }} "
         "(did you mean 'caller_number'?) "
-        "(use one of: business_name, call_sid, called_number, caller_number, flow_id, now, today; "
-        "or add it under variables)"
+        "(use one of: business_name, call_sid, called_number, caller_number, flow_id, next_opening, now, "
+        "open_now, stage, today; or add it under variables)"
     ]
 
 
@@ -520,7 +523,10 @@ def test_cli_check_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"dental-clinic  {SHIPPED / 'dental-clinic.yaml'}" in out
     assert "  numbers  +15551230001" in out
     assert "voice coral, audio pcm" in out
-    assert "  tools    end_call, transfer_to_human -> +15550009999" in out
+    assert (
+        "  tools    end_call, transfer_to_human -> +15550009999, find_patient (lookup), "
+        "appointments (booking) [approval when action == 'cancel']"
+    ) in out
     assert "general-reception (default)" in out
 
 
@@ -566,3 +572,70 @@ def test_yaml_aliases_cannot_hang_or_crash_the_loader() -> None:
 def test_merge_keys_still_report_lines() -> None:
     text = MINIMAL + "model:\n  <<: {voice: ash, speed: 1.2}\n  speed: 3\n"
     assert errors_of(text) == ["flows/dental.yaml:5: model.speed: 3.0 is out of range (use 0.25 to 1.5)"]
+
+
+def test_cli_check_shows_stages_hours_approvals_and_datasets() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    monday_0930_chicago = datetime(2026, 3, 2, 15, 30, tzinfo=UTC)
+    assert flows_cli.check(SHIPPED, out=out, err=err, now=monday_0930_chicago) == 0
+    text = out.getvalue()
+    assert err.getvalue() == ""
+    assert (
+        "  stage    reception (start): tools end_call, transfer_to_human, find_patient, start_booking; "
+        "next booking via start_booking; keys 1 -> stage:booking"
+    ) in text
+    assert "  hours    today (Monday 2026-03-02, America/Chicago): 08:00-12:00, 13:00-18:00; open now" in text
+    assert (
+        "  hours    today (Monday 2026-03-02, America/New_York): closed; closed now, opens tomorrow at 12:00"
+    ) in text
+    assert "reservations (booking) [approval when action == 'book' and party_size > 8]" in text
+    assert "           after hours: message_and_hangup" in text
+    patients = next(line for line in text.splitlines() if line.startswith("dataset  patients <- "))
+    assert patients.endswith(
+        "flows/data/patients.csv by phone (phone): 20 rows, fields first_name, last_name, last_visit, dentist"
+    )
+    assert "warning" not in text
+
+
+def test_cli_check_prints_warnings_and_dataset_problems(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "desk.yaml",
+        """\
+        id: desk
+        instructions: hi
+        tools:
+          - {type: lookup, name: find, description: Find., dataset: people, source: people.csv,
+             key_field: phone, fields: [name]}
+        stages:
+          - id: start
+          - id: island
+        """,
+    )
+    (tmp_path / "people.csv").write_text("telephone,name\n+1,A\n", encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    assert flows_cli.check(tmp_path, out=out, err=err) == 0  # warnings do not fail the check
+    lines = out.getvalue().splitlines()
+    assert f"dataset  people <- {tmp_path / 'people.csv'} by phone (none): PROBLEM" in lines
+    assert (
+        f"warning: {tmp_path / 'people.csv'}:1: column 'phone' not found "
+        "(the flow's key_field/fields name it); columns are: telephone, name"
+    ) in lines
+    assert (
+        f"warning: {tmp_path / 'desk.yaml'}:8: stages[1].id: stage 'island' cannot be reached from the start "
+        "stage 'start' (add a transition or a stage:<id> key that leads to it)"
+    ) in lines
+
+
+def test_shipped_approval_policies_gate_only_what_they_should() -> None:
+    flows = FlowSet.load(SHIPPED)
+    dental, restaurant = flows.get("dental-clinic"), flows.get("restaurant")
+    assert dental is not None and restaurant is not None
+    appointments, reservations = dental.tool("appointments"), restaurant.tool("reservations")
+    assert appointments is not None and reservations is not None
+    assert appointments.approval.requires_approval({"action": "cancel", "booking_id": "ABC234"})
+    assert not appointments.approval.requires_approval({"action": "find_slots", "service": "checkup"})
+    assert reservations.approval.requires_approval({"action": "book", "party_size": 9})
+    assert not reservations.approval.requires_approval({"action": "book", "party_size": 8})
+    assert not reservations.approval.requires_approval({"action": "find_slots", "service": "dinner"})
+    assert reservations.approval.requires_approval({"action": "book"})  # fails closed without a size

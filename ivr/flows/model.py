@@ -164,7 +164,6 @@ def _max_tokens(value: object) -> object:
     return value
 
 
-_in_range = in_range
 VariableName = Annotated[str, AfterValidator(_variable_name)]
 VariableValue = Annotated[str, BeforeValidator(_variable_value)]
 Voice = Literal["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"]
@@ -178,9 +177,9 @@ class ServerVad(_Strict):
     """Voice activity detection on loudness and silence; predictable, good on clean lines."""
 
     type: Literal["server_vad"] = "server_vad"
-    threshold: Annotated[float, _in_range(0.0, 1.0)] = 0.5
-    prefix_padding_ms: Annotated[int, _in_range(0, 5000)] = 300
-    silence_duration_ms: Annotated[int, _in_range(0, 10000)] = 500
+    threshold: Annotated[float, in_range(0.0, 1.0)] = 0.5
+    prefix_padding_ms: Annotated[int, in_range(0, 5000)] = 300
+    silence_duration_ms: Annotated[int, in_range(0, 10000)] = 500
 
 
 class SemanticVad(_Strict):
@@ -209,7 +208,7 @@ class ModelSettings(_Strict):
     #: ``auto`` picks the dialect from the model name (see :func:`dialect_for`).
     dialect: Literal["auto", "ga", "beta"] = "auto"
     voice: Voice = "marin"
-    speed: Annotated[float, _in_range(0.25, 1.5)] = 1.0
+    speed: Annotated[float, in_range(0.25, 1.5)] = 1.0
     #: ``pcm``: 8 kHz μ-law is resampled to 24 kHz PCM16 (better recognition); ``pcmu``: passed through.
     audio: Literal["pcm", "pcmu"] = "pcm"
     turn_detection: TurnDetection = Field(default_factory=ServerVad)
@@ -238,8 +237,8 @@ class Transfer(_Strict):
 class Limits(_Strict):
     """Guard rails that end runaway calls."""
 
-    max_call_seconds: Annotated[int, _in_range(10, 14400)] = 900
-    max_tool_calls: Annotated[int, _in_range(0, 1000)] = 20
+    max_call_seconds: Annotated[int, in_range(10, 14400)] = 900
+    max_tool_calls: Annotated[int, in_range(0, 1000)] = 20
 
 
 # --- stages ----------------------------------------------------------------------------------------------
