@@ -34,13 +34,14 @@ from .approvals.api import approvals_router
 from .call.registry import CallRecord, CallRegistry
 from .call.session import CallSession
 from .flows import FlowSet
+from .flows.hours import after_hours_decision
 from .logs import mask_number, redact
 from .settings import Settings
 from .state import RedisServices
 from .telephony import media_stream as tw
 from .telephony.rest import CallController
 from .telephony.signature import SignatureChecker
-from .telephony.twiml import connect_stream, say_and_hang_up
+from .telephony.twiml import connect_stream, dial, say_and_hang_up
 
 log = logging.getLogger("ivr.app")
 
@@ -176,6 +177,16 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
             mask_number(called),
             flow.id,
         )
+        closed = after_hours_decision(flow, datetime.now(UTC))
+        if closed is not None and closed.action != "continue":
+            context = flow.call_context(
+                caller_number=caller, called_number=called, call_sid=call_sid, now=datetime.now(UTC)
+            )
+            message = flow.render(closed.message, context) if closed.message else None
+            log.info("call=%s after hours for flow %s: %s", call_sid, flow.id, closed.action)
+            if closed.action == "transfer" and closed.number:
+                return Response(dial(closed.number, message), media_type="application/xml")
+            return Response(say_and_hang_up(message or DRAINING_MESSAGE), media_type="application/xml")
         params = {"flow": flow.id, "caller": caller, "called": called}
         if state.services.calls is not None:
             # So the media socket may land on another instance; the <Parameter>s carry the same essentials.
@@ -401,6 +412,7 @@ async def _run_call(ws: WebSocket, start: tw.Start, state: AppState) -> None:
                 await ws.close(code=code)
 
     try:
+        services = state.services
         session = CallSession(
             settings=settings,
             flow=flow,
@@ -411,6 +423,9 @@ async def _run_call(ws: WebSocket, start: tw.Start, state: AppState) -> None:
             close_twilio=close,
             controller=state.controller,
             context=context,
+            gate=services.gate,
+            redis=services.redis,
+            keys=services.keys if services.redis is not None else None,
         )
     except ValueError as exc:  # a flow whose settings the model session cannot take
         log.error("call=%s cannot start: %s", start.call_sid, exc)

@@ -20,11 +20,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from ..approvals.gate import ApprovalGate
 from ..audio.convert import InboundConverter, OutboundConverter
 from ..flows import Flow
+from ..flows.state import FlowState
 from ..logs import call_logger, mask_number, redact
 from ..realtime import events as ev
 from ..realtime.connection import (
@@ -36,6 +39,7 @@ from ..realtime.connection import (
 )
 from ..realtime.dialect import ClientEvents, SessionConfig, TurnDetection, dialect_for_model
 from ..settings import Settings
+from ..store.keys import KeySchema
 from ..telephony import media_stream as tw
 from ..telephony.rest import CallController, TwilioRestError
 from ..telephony.twiml import dial, say_and_hang_up
@@ -76,6 +80,9 @@ class CallSession:
         close_twilio: Callable[[int], Awaitable[None]],
         controller: CallController,
         context: dict[str, str],
+        gate: ApprovalGate | None = None,
+        redis: Redis | None = None,
+        keys: KeySchema | None = None,
     ) -> None:
         self.settings = settings
         self.flow = flow
@@ -95,11 +102,20 @@ class CallSession:
         record.model, record.dialect, record.audio_mode = self.model, self.dialect, self.audio_mode
 
         self.context = context
-        self.session_config = self._session_config()
         self.tools = registry_for_flow(flow)
+        self.state = FlowState(flow, context, definitions=self.tools.realtime_tools())
+        record.stage = self.state.stage
+        self.session_config = self._session_config()
+        self.gate = gate
         self.tool_context = ToolContext(
-            call_sid=self.call_sid, flow=flow, call=self, caller_number=context.get("caller_number", "")
+            call_sid=self.call_sid,
+            flow=flow,
+            call=self,
+            caller_number=context.get("caller_number", ""),
+            redis=redis,
+            keys=keys,
         )
+        self._hold_requested = False
 
         self.writer = tw.StreamWriter(self.stream_sid)
         self.tracker = PlaybackTracker()
@@ -151,14 +167,14 @@ class CallSession:
             )
         tr = m.transcription
         return SessionConfig(
-            instructions=self.flow.render(self.flow.instructions, self.context),
+            instructions=self.state.instructions(),
             voice=m.voice,
             speed=m.speed,
             audio=m.audio,
             turn_detection=td,
             transcription_model=tr.model if tr else None,
             transcription_language=tr.language if tr else None,
-            tools=tuple(registry_for_flow(self.flow).realtime_tools()),
+            tools=tuple(self.state.tools()),
             max_output_tokens=m.max_output_tokens,
             model=None,
         )
@@ -227,6 +243,8 @@ class CallSession:
             return client.user_text(entry[1])
         if kind == "assistant":
             return client.assistant_text(entry[1])
+        if kind == "system":
+            return client.system_text(entry[1])
         if kind == "call":
             return client.function_call_item(entry[1], entry[2], entry[3])
         return client.function_output(entry[1], entry[2])
@@ -410,13 +428,16 @@ class CallSession:
         self._dtmf_count += 1
         self.feed.emit("dtmf", digit=digit)
         self.log.info("caller pressed %s", digit)
-        tool = (self.flow.dtmf or {}).get(digit)
-        if tool:
-            outcome = await self.tools.dispatch(tool, "{}", f"dtmf_{self._dtmf_count}", self.tool_context)
-            self._record_tool(outcome)
-            text = f"The caller pressed {digit} on the keypad, which ran {tool}. Result: {outcome.output}"
-        else:
-            text = f"The caller pressed {digit} on the keypad."
+        action = self.state.on_key(digit)
+        text = f"The caller pressed {digit} on the keypad."
+        if action is not None and action.stage_change is not None:
+            await self._apply_stage_change(action.stage_change)
+            text += f" That moves the conversation to the {action.stage_change.stage!r} stage."
+        if action is not None and action.tool:
+            outcome = await self._execute(action.tool, "{}", f"dtmf_{self._dtmf_count}")
+            text = (
+                f"The caller pressed {digit} on the keypad, which ran {action.tool}. Result: {outcome.output}"
+            )
         self.history.append(("user", text))
         await self._send_model(self.client.user_text(text))
         await self._request_response()
@@ -581,13 +602,106 @@ class CallSession:
                     duration_ms=0.0,
                     arguments=None,
                 )
+                self._record_tool(outcome)
             else:
-                outcome = await self.tools.dispatch(fc.name, fc.arguments, fc.call_id, self.tool_context)
-            self._record_tool(outcome)
+                outcome = await self._execute(fc.name, fc.arguments, fc.call_id)
             self.history.append(("output", fc.call_id, outcome.output))
             await self._send_model(self.client.function_output(fc.call_id, outcome.output))
         # A hang-up/transfer requested by these tools arms after the response that says goodbye.
+        if self._hold_requested:
+            self._hold_requested = False
+            await self._request_response(self._hold_instructions())
+        else:
+            await self._request_response()
+
+    async def _execute(self, name: str, arguments_json: str, call_id: str) -> ToolOutcome:
+        """Run one tool call through the stage check and the approval gate; record it; follow transitions."""
+
+        async def guard(arguments: dict[str, Any]) -> tuple[Any, str] | None:
+            if not self.state.allowed(name):
+                return {"error": {"type": "not_allowed", "message": self.state.not_allowed_message(name)}}, (
+                    "not_allowed"
+                )
+            config = self.flow.tool(name)
+            policy = getattr(config, "approval", None) if config is not None else None
+            if policy is None or not policy.requires_approval(arguments):
+                return None
+            if self.gate is None:
+                return {
+                    "error": {
+                        "type": "unavailable",
+                        "message": "This action needs a person's approval, and approvals are unavailable "
+                        "right now. Tell the caller it cannot be done at the moment.",
+                    }
+                }, "unavailable"
+            decision = await self.gate.check(
+                call_sid=self.call_sid,
+                flow_id=self.flow.id,
+                tool=name,
+                call_id=call_id,
+                policy=policy,
+                arguments=arguments,
+            )
+            if decision.kind == "run":
+                return None
+            if decision.kind == "pending" and decision.approval is not None:
+                self._hold_requested = True
+                self.feed.emit("approval.requested", approval_id=decision.approval.id, tool=name)
+                self._spawn(self._await_approval(decision.approval), "approval")
+            return decision.as_output(), decision.kind
+
+        outcome = await self.tools.dispatch(name, arguments_json, call_id, self.tool_context, guard)
+        self._record_tool(outcome)
+        change = self.state.on_tool_result(name, outcome.ok)
+        if change is not None:
+            await self._apply_stage_change(change)
+        return outcome
+
+    def _hold_instructions(self) -> str:
+        phrase = self.flow.hold_phrase or "One moment please."
+        return (
+            f'Say to the caller: "{phrase}" Then explain briefly that a staff member needs to approve the '
+            "request and ask them to stay on the line. Do not promise the outcome."
+        )
+
+    async def _await_approval(self, approval: Any) -> None:
+        """A gated tool call is pending: when the operator decides, run it (once) or tell the model no."""
+        assert self.gate is not None
+        decision = await self.gate.settle(approval)
+        if self.ended.is_set():
+            return
+        self.feed.emit(
+            "approval.decided",
+            approval_id=approval.id,
+            tool=approval.tool,
+            status=decision.approval.status if decision.approval else decision.kind,
+        )
+        if decision.kind == "run":
+            arguments = orjson.dumps(decision.arguments({})).decode()
+            outcome = await self.tools.dispatch(
+                approval.tool, arguments, f"{approval.call_id}_approved", self.tool_context
+            )
+            self._record_tool(outcome)
+            change = self.state.on_tool_result(approval.tool, outcome.ok)
+            if change is not None:
+                await self._apply_stage_change(change)
+            text = (
+                f"Update: a staff member approved {approval.tool}, and it has now been carried out. "
+                f"Result: {outcome.output}. Tell the caller."
+            )
+        else:
+            text = f"Update on {approval.tool}: {decision.message} Tell the caller; offer other help."
+        self.history.append(("system", text))
+        await self._send_model(self.client.system_text(text))
         await self._request_response()
+
+    async def _apply_stage_change(self, change: Any) -> None:
+        """Move to another stage: new instructions and tools for the live session (audio keeps flowing)."""
+        self.record.stage = change.stage
+        self.session_config = self._session_config()
+        self.feed.emit("stage.changed", previous=change.previous, stage=change.stage, trigger=change.trigger)
+        self.log.info("stage %s → %s (%s)", change.previous, change.stage, change.trigger)
+        await self._send_model(self.client.session_update(self.session_config))
 
     def _record_tool(self, outcome: ToolOutcome) -> None:
         entry = {

@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -134,6 +134,10 @@ class _Registered:
     validator: Draft202012Validator = field(repr=False)
 
 
+#: Runs between validation and execution; returns ``(result for the model, error type)`` to stop the tool.
+Guard = Callable[[dict[str, Any]], Awaitable[tuple[Any, str] | None]]
+
+
 class ToolRegistry:
     """The tools of one flow, by name, in registration order."""
 
@@ -178,8 +182,14 @@ class ToolRegistry:
             for r in self._tools.values()
         ]
 
-    async def dispatch(self, name: str, arguments_json: str, call_id: str, ctx: ToolContext) -> ToolOutcome:
-        """Validate and run one function call from the model. Never raises except on cancellation."""
+    async def dispatch(
+        self, name: str, arguments_json: str, call_id: str, ctx: ToolContext, guard: Guard | None = None
+    ) -> ToolOutcome:
+        """Validate and run one function call from the model. Never raises except on cancellation.
+
+        ``guard`` sees the validated arguments before the tool runs and may stop it by returning the
+        result the model gets instead, with its error type (the stage check and the approval gate).
+        """
         started = time.perf_counter()
 
         def done(
@@ -222,6 +232,12 @@ class ToolRegistry:
                 f"Arguments for {name!r} do not match its parameters: {details}. Fix them and call it again.",
                 arguments,
             )
+
+        if guard is not None:
+            blocked = await guard(arguments)
+            if blocked is not None:
+                payload, error_type = blocked
+                return done(False, payload, error_type, arguments)
 
         try:
             async with asyncio.timeout(spec.timeout_s):
