@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from types import SimpleNamespace
 
@@ -14,50 +13,13 @@ from twilio.request_validator import RequestValidator
 
 from tests.support.calls import place_call
 from tests.support.fake_realtime import FakeRealtimeServer, Reply
+from tests.support.process import ServerProcess, free_port
 from tests.support.server import ACCOUNT_SID, AUTH_TOKEN, OPERATOR_TOKEN, TEST_FLOWS
-
-
-class ServerProcess:
-    """Runs `python -m ivr serve` and collects its stderr lines, with awaitable matches."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._changed = asyncio.Condition()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            async with self._changed:
-                self.lines.append(raw.decode(errors="replace").rstrip())
-                self._changed.notify_all()
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_line(self, fragment: str, timeout: float = 10.0) -> str:
-        async def find() -> str:
-            async with self._changed:
-                while True:
-                    for line in self.lines:
-                        if fragment in line:
-                            return line
-                    if self._reader.done():
-                        raise AssertionError(f"server exited without {fragment!r}: {self.lines[-15:]}")
-                    await self._changed.wait()
-
-        return await asyncio.wait_for(find(), timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_sigterm_drains_live_calls_then_exits(fake_realtime: FakeRealtimeServer) -> None:
     fake_realtime.default_replies = [Reply(text="Hello.", audio_ms=300)]
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,

@@ -1,0 +1,55 @@
+"""`ivr serve` as a child process, with its stderr collected and awaitable."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+
+class ServerProcess:
+    """Runs `python -m ivr serve` and collects its stderr lines, with awaitable matches."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            async with self._changed:
+                self.lines.append(raw.decode(errors="replace").rstrip())
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def terminate(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited in 10 s; always reap the process and its reader."""
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10.0)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        await self._reader
+
+    async def wait_line(self, fragment: str, timeout: float = 10.0) -> str:
+        async def find() -> str:
+            async with self._changed:
+                while True:
+                    for line in self.lines:
+                        if fragment in line:
+                            return line
+                    if self._reader.done():
+                        raise AssertionError(f"server exited without {fragment!r}: {self.lines[-15:]}")
+                    await self._changed.wait()
+
+        return await asyncio.wait_for(find(), timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
