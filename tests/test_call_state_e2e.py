@@ -142,6 +142,7 @@ async def test_gated_booking_waits_for_the_operator_then_runs_once(
             lambda e: e["item"].get("role") == "system" and "approved" in json.dumps(e),
         )
         latency = time.monotonic() - decided_at
+        print(f"approval round trip (POST → system message at the model): {latency * 1000:.1f} ms")
         assert latency < 1.0, f"the decision took {latency:.3f} s to reach the call"
         assert "booked" in news["item"]["content"][0]["text"]
         assert await client.zcard(keys.calendar_bookings("test-clinic")) == 1

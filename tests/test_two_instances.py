@@ -86,6 +86,7 @@ async def test_approval_posted_to_b_reaches_the_call_on_a(
                 "conversation.item.create", lambda e: e["item"].get("role") == "system"
             )
             elapsed = time.monotonic() - decided_at
+            print(f"approval round trip across instances (POST to B → model on A): {elapsed * 1000:.1f} ms")
             assert "approved" in json.dumps(news)
             assert elapsed < 1.0, f"decision took {elapsed:.3f} s to reach the call on instance A"
             # B can follow the call on A from Redis too.

@@ -720,6 +720,8 @@ class CallSession:
             name=outcome.name,
             arguments=outcome.arguments,
             ok=outcome.ok,
+            error_type=outcome.error_type,
+            duration_ms=round(outcome.duration_ms, 1),
             output=outcome.output,
         )
         level = logging.INFO if outcome.ok else logging.WARNING
