@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from . import __version__
@@ -22,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ivr serve: {exc}", file=sys.stderr)
         return 2
     if args.flows:
-        settings = settings.with_(flows_dir=args.flows)
+        settings = settings.with_(flows_dir=Path(args.flows))
     if not settings.instance_id:
         from .store.store import default_instance_id
 

@@ -28,12 +28,11 @@ async def test_sigterm_drains_live_calls_then_exits(fake_realtime: FakeRealtimeS
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "IVR_OPERATOR_TOKEN": OPERATOR_TOKEN,
-        "IVR_FLOWS": str(TEST_FLOWS),
         "IVR_DRAIN_TIMEOUT": "20",
         "IVR_PUBLIC_URL": "",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ivr", "serve", "--port", str(port), env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "ivr", "serve", "--port", str(port), "--flows", str(TEST_FLOWS), env=env, stderr=asyncio.subprocess.PIPE
     )
     server = ServerProcess(proc)
     try:

@@ -232,8 +232,15 @@ class EmbeddedRedis:
             "--dir", str(directory),
         ]  # fmt: skip
         with open(self._log_path, "ab") as log_file:
+            # Its own session: a Ctrl-C or SIGTERM sent to the terminal's process group must reach only the
+            # app, which drains its calls and flushes its writes before it stops this server itself.
             self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, close_fds=True
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                start_new_session=True,
             )
         deadline = time.monotonic() + self._startup_timeout
         while True:
