@@ -74,10 +74,14 @@ async def test_stage_change_updates_the_live_session_and_the_record(
         assert refused["error"]["type"] in {"not_allowed", "unknown_tool"}
         result = await live.hang_up()
         call_sid = live.call.call_sid
+        # The caller saw call.ended on the live feed, so the app has queued its last write: flush the queue.
+        assert any(e["type"] == "call.ended" for e in result.transcript)
+        assert server.state.services.writer is not None
+        assert await server.state.services.writer.flush(5.0)
         client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         keys = KeySchema(redis_prefix)
         try:
-            await _until(lambda: client.hget(keys.call(call_sid), "outcome"), "completed")
+            assert await client.hget(keys.call(call_sid), "outcome") == "completed"
             record = await client.hgetall(keys.call(call_sid))
             assert record["stage"] == "booking"
             events = [f["type"] for _, f in await client.xrange(keys.call_events(call_sid))]
@@ -93,13 +97,15 @@ async def test_stage_change_updates_the_live_session_and_the_record(
     assert result.ended_by == "caller"
 
 
-async def _until(read: Any, expected: Any, timeout: float = 5.0) -> None:
-    """Poll a Redis read until it returns ``expected``: the writer is asynchronous by design."""
-    deadline = time.monotonic() + timeout
-    while (value := await read()) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value!r}, expected {expected!r}")
-        await asyncio.sleep(0.02)
+async def _pending_booking(session: Any) -> tuple[str, dict[str, Any]]:
+    """Drive the call to a gated `book` call; returns the start asked for and the pending tool output."""
+    await _enter_booking_stage(session)
+    await session.wait_response_done()
+    start = _tomorrow_10()
+    await session.respond(Reply(function_call=_book(start)))
+    pending = await _output_of(session, start=1)
+    assert pending["status"] == "pending_approval"
+    return start, pending
 
 
 async def test_gated_booking_waits_for_the_operator_then_runs_once(
@@ -112,12 +118,7 @@ async def test_gated_booking_waits_for_the_operator_then_runs_once(
     ):
         live = await place_call(server, to_number="+15550100004")
         session = await fake_realtime.next_session()
-        await _enter_booking_stage(session)
-        await session.wait_response_done()
-        start = _tomorrow_10()
-        await session.respond(Reply(function_call=_book(start)))
-        pending = await _output_of(session, start=1)
-        assert pending["status"] == "pending_approval"
+        start, pending = await _pending_booking(session)
         hold = await session.wait_for(
             "response.create",
             lambda e: "Please hold while I check" in e.get("response", {}).get("instructions", ""),
@@ -167,11 +168,7 @@ async def test_denied_action_stays_denied_and_new_arguments_need_a_new_approval(
     ):
         live = await place_call(server, to_number="+15550100004")
         session = await fake_realtime.next_session()
-        await _enter_booking_stage(session)
-        await session.wait_response_done()
-        start = _tomorrow_10()
-        await session.respond(Reply(function_call=_book(start)))
-        first = await _output_of(session, start=1)
+        start, first = await _pending_booking(session)
         await session.wait_response_done()
         denied = await http.post(
             f"/api/approvals/{first['approval_id']}", json={"decision": "deny", "note": "full"}

@@ -32,7 +32,16 @@ async def test_sigterm_drains_live_calls_then_exits(fake_realtime: FakeRealtimeS
         "IVR_PUBLIC_URL": "",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ivr", "serve", "--port", str(port), "--flows", str(TEST_FLOWS), env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "ivr",
+        "serve",
+        "--port",
+        str(port),
+        "--flows",
+        str(TEST_FLOWS),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
     )
     server = ServerProcess(proc)
     try:

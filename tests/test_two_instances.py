@@ -17,7 +17,7 @@ from tests.support.calls import place_call
 from tests.support.fake_realtime import FakeRealtimeServer, Reply
 from tests.support.process import ServerProcess, free_port
 from tests.support.server import ACCOUNT_SID, AUTH_TOKEN, OPERATOR_TOKEN
-from tests.test_call_state_e2e import _book, _enter_booking_stage, _output_of, _tomorrow_10
+from tests.test_call_state_e2e import _pending_booking
 
 CLINIC = Path(__file__).parent / "data" / "flows-clinic"
 
@@ -65,11 +65,7 @@ async def test_approval_posted_to_b_reaches_the_call_on_a(
             SimpleNamespace(base_url=f"http://127.0.0.1:{port_a}"), to_number="+15550100004"
         )  # type: ignore[arg-type]
         session = await fake_realtime.next_session()
-        await _enter_booking_stage(session)
-        await session.wait_response_done()
-        await session.respond(Reply(function_call=_book(_tomorrow_10())))
-        pending = await _output_of(session, start=1)
-        assert pending["status"] == "pending_approval"
+        _, pending = await _pending_booking(session)
 
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port_b}", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
