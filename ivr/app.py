@@ -89,9 +89,8 @@ def startup_warnings(settings: Settings) -> list[str]:
         )
     elif not settings.twilio_auth_token:
         warnings.append(
-            "TWILIO_AUTH_TOKEN is not set: every Twilio request will be refused (403). "
-            "Set it to your account's "
-            "auth token (for `ivr call` against this server, any secret both sides share)."
+            "TWILIO_AUTH_TOKEN is not set: every Twilio request will be refused (403). Set it to your "
+            "account's auth token (for `ivr call` against this server, any secret both sides share)."
         )
     if not settings.openai_api_key:
         warnings.append("OPENAI_API_KEY is not set: the model will refuse connections.")

@@ -11,7 +11,7 @@ from . import __version__
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import create_app, startup_warnings
+    from .app import create_app
     from .flows import FlowError, FlowSet
     from .logs import configure_logging
     from .server import make_server
@@ -39,8 +39,6 @@ def _serve(args: argparse.Namespace) -> int:
         print("Fix them (check with `ivr flows check`) and start again.", file=sys.stderr)
         return 2
     app = create_app(settings, flows)
-    for warning in startup_warnings(settings):
-        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"ivr {__version__}: listening on http://{args.host}:{args.port}  "
         f"(Twilio voice webhook: {settings.public_url}/twilio/voice)",
