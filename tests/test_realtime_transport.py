@@ -309,3 +309,24 @@ async def test_refused_upgrade_raises_invalid_status_with_the_response() -> None
             await open_socket(f"ws://127.0.0.1:{port}/")
         assert info.value.response.status_code == 401
         assert info.value.response.body == b"bad key\n"
+
+
+async def test_refusal_whose_body_ends_at_eof_is_still_reported() -> None:
+    """No Content-Length: the body runs to the end of the stream, so the response completes only at EOF."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nnot for you")
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            await open_socket(f"ws://127.0.0.1:{port}/")
+        assert info.value.response.status_code == 403
+        assert info.value.response.body == b"not for you"
+    finally:
+        srv.close()
+        await srv.wait_closed()

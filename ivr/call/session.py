@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from ..approvals.gate import ApprovalGate
@@ -38,6 +37,7 @@ from ..realtime.connection import (
     realtime_ws_url,
 )
 from ..realtime.dialect import ClientEvents, SessionConfig, TurnDetection, dialect_for_model
+from ..realtime.transport import RealtimeSocket
 from ..settings import Settings
 from ..store.keys import KeySchema
 from ..telephony import media_stream as tw
@@ -126,7 +126,7 @@ class CallSession:
 
         self.client = ClientEvents(self.dialect)
         self.parser = ev.ServerEventParser(self.dialect)
-        self.ws: ClientConnection | None = None
+        self.ws: RealtimeSocket | None = None
         self._connected = asyncio.Event()
         self._buffer: deque[str] = deque(maxlen=_MAX_BUFFERED_FRAMES)
         # Conversation so far, replayed into a new model session after a reconnect or roll-over.
@@ -220,7 +220,7 @@ class CallSession:
             self._timers.append(loop.call_later(limit, self._on_time_limit))
         self._spawn(self._model_loop(), "model")
 
-    async def _open_model(self, *, replay: bool) -> ClientConnection:
+    async def _open_model(self, *, replay: bool) -> RealtimeSocket:
         url = realtime_ws_url(self.settings.realtime_url, self.model)
         headers = realtime_headers(self.settings.openai_api_key, self.dialect, url)
         ws = await open_realtime(url, headers)
@@ -302,7 +302,7 @@ class CallSession:
             self._rolling = False
             replay = True
 
-    async def _read_model(self, ws: ClientConnection) -> str:
+    async def _read_model(self, ws: RealtimeSocket) -> str:
         try:
             async for raw in ws:
                 await self._on_model_event(self.parser.parse(raw))
