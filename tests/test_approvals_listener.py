@@ -24,17 +24,8 @@ LATENCY_SAMPLES = 50
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    redis_client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield redis_client
-    finally:
-        await redis_client.aclose()
-
-
-@pytest.fixture
-async def listener(client: aioredis.Redis, redis_keys: KeySchema) -> AsyncIterator[ApprovalListener]:
-    listener = ApprovalListener(client, redis_keys)
+async def listener(redis_client: aioredis.Redis, redis_keys: KeySchema) -> AsyncIterator[ApprovalListener]:
+    listener = ApprovalListener(redis_client, redis_keys)
     listener.start()
     await listener.wait_connected(timeout=5)
     try:
@@ -98,13 +89,13 @@ async def test_decision_from_another_connection_arrives_within_a_second(
 
 
 async def test_decision_made_before_the_listener_subscribed_is_found(
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     redis_keys: KeySchema,
     operator_store: ApprovalStore,
 ) -> None:
     approval = await make(operator_store)
     await operator_store.decide(approval.id, approve=True, operator="bob")  # published to nobody
-    listener = ApprovalListener(client, redis_keys)
+    listener = ApprovalListener(redis_client, redis_keys)
     listener.start()
     try:
         result = await asyncio.wait_for(listener.wait(approval.id, approval.deadline), 5)
@@ -138,21 +129,21 @@ async def test_a_decision_that_beats_the_expiry_wins(
 async def test_several_waiters_and_malformed_messages(
     listener: ApprovalListener,
     operator_store: ApprovalStore,
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     redis_keys: KeySchema,
 ) -> None:
     approval = await make(listener.store)
     waiters = [asyncio.create_task(listener.wait(approval.id, approval.deadline)) for _ in range(3)]
     for junk in ("not json", '{"no_id": 1}', "[1, 2]", '{"id": 5}'):
-        await client.publish(redis_keys.approval_channel(), junk)
+        await redis_client.publish(redis_keys.approval_channel(), junk)
     await operator_store.decide(approval.id, approve=False, operator="dave", note="no")
     results = await asyncio.wait_for(asyncio.gather(*waiters), 5)
     assert {r.status for r in results} == {"denied"}
     assert listener.awaited == frozenset()
 
 
-async def test_wait_requires_start(client: aioredis.Redis, redis_keys: KeySchema) -> None:
-    idle = ApprovalListener(client, redis_keys)
+async def test_wait_requires_start(redis_client: aioredis.Redis, redis_keys: KeySchema) -> None:
+    idle = ApprovalListener(redis_client, redis_keys)
     with pytest.raises(RuntimeError, match="start"):
         idle.wait("ap_0000000000000000", time.time() + 1)
 
@@ -180,9 +171,9 @@ async def test_listener_survives_a_redis_restart(
     resubscribed_first: bool,
 ) -> None:
     keys = KeySchema("ivr-restart:")
-    client = aioredis.Redis.from_url(embedded_redis.url, decode_responses=True)
+    redis_client = aioredis.Redis.from_url(embedded_redis.url, decode_responses=True)
     operator = aioredis.Redis.from_url(embedded_redis.url, decode_responses=True)
-    listener = ApprovalListener(client, keys)
+    listener = ApprovalListener(redis_client, keys)
     listener.start()
     try:
         await listener.wait_connected(timeout=5)
@@ -208,7 +199,7 @@ async def test_listener_survives_a_redis_restart(
         assert (await asyncio.wait_for(waiter2, 5)).status == "denied"
     finally:
         await listener.stop()
-        await client.aclose()
+        await redis_client.aclose()
         await operator.aclose()
 
 
@@ -216,8 +207,8 @@ async def test_record_lost_in_a_restart_fails_closed_at_the_deadline(
     embedded_redis: EmbeddedRedis,
 ) -> None:
     keys = KeySchema("ivr-restart:")
-    client = aioredis.Redis.from_url(embedded_redis.url, decode_responses=True)
-    listener = ApprovalListener(client, keys)
+    redis_client = aioredis.Redis.from_url(embedded_redis.url, decode_responses=True)
+    listener = ApprovalListener(redis_client, keys)
     listener.start()
     try:
         await listener.wait_connected(timeout=5)
@@ -229,7 +220,7 @@ async def test_record_lost_in_a_restart_fails_closed_at_the_deadline(
         assert result.arguments == approval.arguments
     finally:
         await listener.stop()
-        await client.aclose()
+        await redis_client.aclose()
 
 
 async def test_a_lost_message_is_recovered_by_the_reread_after_resubscribing(
@@ -238,20 +229,20 @@ async def test_a_lost_message_is_recovered_by_the_reread_after_resubscribing(
     """Store a decision without its pub/sub message (as if published during an outage), then drop the
     listener's connection: the re-read after it resubscribes must deliver the decision."""
     keys = KeySchema("ivr-lost:")
-    client = aioredis.Redis.from_url(embedded_redis.url, decode_responses=True)
-    listener = ApprovalListener(client, keys)
+    redis_client = aioredis.Redis.from_url(embedded_redis.url, decode_responses=True)
+    listener = ApprovalListener(redis_client, keys)
     listener.start()
     try:
         await listener.wait_connected(timeout=5)
         approval = await make(listener.store)
         waiter = asyncio.create_task(listener.wait(approval.id, approval.deadline))
         await listener.wait_until(lambda state: state.initial_checks >= 1, timeout=5)
-        await client.hset(
+        await redis_client.hset(
             keys.approval(approval.id),
             mapping={"status": "approved", "decided_by": "frank", "decided_at": repr(time.time())},
         )
         assert not waiter.done()
-        killed = await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        killed = await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         assert killed == 1
         result = await asyncio.wait_for(waiter, 10)
         assert result.status == "approved" and result.decided_by == "frank"
@@ -259,4 +250,4 @@ async def test_a_lost_message_is_recovered_by_the_reread_after_resubscribing(
         assert listener.subscriptions >= 2
     finally:
         await listener.stop()
-        await client.aclose()
+        await redis_client.aclose()

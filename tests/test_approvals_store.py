@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,17 +26,8 @@ RETENTION_S = 7 * 86400.0
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
-
-
-@pytest.fixture
-def store(client: aioredis.Redis, redis_keys: KeySchema) -> ApprovalStore:
-    return ApprovalStore(client, redis_keys, retention_s=RETENTION_S)
+def store(redis_client: aioredis.Redis, redis_keys: KeySchema) -> ApprovalStore:
+    return ApprovalStore(redis_client, redis_keys, retention_s=RETENTION_S)
 
 
 async def make(store: ApprovalStore, **changes: Any) -> Approval:
@@ -57,7 +47,7 @@ async def make(store: ApprovalStore, **changes: Any) -> Approval:
 
 async def test_request_stores_the_record_indexes_and_events(
     store: ApprovalStore,
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     redis_keys: KeySchema,
 ) -> None:
     before = time.time()
@@ -71,16 +61,16 @@ async def test_request_stores_the_record_indexes_and_events(
     assert approval.decided_by is None and approval.decided_at is None and approval.note is None
     assert await store.get(approval.id) == approval
 
-    pending = await client.zrange(redis_keys.approvals_pending(), 0, -1, withscores=True)
+    pending = await redis_client.zrange(redis_keys.approvals_pending(), 0, -1, withscores=True)
     assert pending == [(approval.id, pytest.approx(approval.deadline))]
-    assert await client.smembers(redis_keys.call_approvals("CA0001")) == {approval.id}
-    ttl = await client.ttl(redis_keys.approval(approval.id))
+    assert await redis_client.smembers(redis_keys.call_approvals("CA0001")) == {approval.id}
+    ttl = await redis_client.ttl(redis_keys.approval(approval.id))
     assert RETENTION_S < ttl <= RETENTION_S + 60  # pending records still expire eventually
 
-    [(_, audit)] = await client.xrange(redis_keys.approvals_audit())
+    [(_, audit)] = await redis_client.xrange(redis_keys.approvals_audit())
     assert audit["action"] == "requested" and audit["approval_id"] == approval.id
     assert json.loads(audit["arguments"]) == approval.arguments
-    [(_, event)] = await client.xrange(redis_keys.events())
+    [(_, event)] = await redis_client.xrange(redis_keys.events())
     assert event["type"] == "approval.requested" and event["call_sid"] == "CA0001"
     data = json.loads(event["data"])
     assert data["id"] == approval.id and data["tool"] == "refund"
@@ -113,7 +103,7 @@ async def test_a_decided_request_is_not_reused_by_request(store: ApprovalStore) 
 
 async def test_decide_records_who_when_and_why_once(
     store: ApprovalStore,
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     redis_keys: KeySchema,
 ) -> None:
     approval = await make(store)
@@ -124,7 +114,7 @@ async def test_decide_records_who_when_and_why_once(
     assert decided.decided_at is not None and decided.decided_at >= approval.created_at
     assert await store.get(approval.id) == decided
     assert await store.pending() == []
-    ttl = await client.ttl(redis_keys.approval(approval.id))
+    ttl = await redis_client.ttl(redis_keys.approval(approval.id))
     assert RETENTION_S - 5 < ttl <= RETENTION_S
 
     with pytest.raises(ApprovalAlreadyDecided, match="already approved by alice") as info:
@@ -134,18 +124,18 @@ async def test_decide_records_who_when_and_why_once(
         await store.expire(approval.id)
     assert (await store.get(approval.id)) == decided
 
-    audit = [fields for _, fields in await client.xrange(redis_keys.approvals_audit())]
+    audit = [fields for _, fields in await redis_client.xrange(redis_keys.approvals_audit())]
     assert [a["action"] for a in audit] == ["requested", "approved"]
     assert audit[1]["by"] == "alice" and audit[1]["note"] == "customer is a VIP"
     assert json.loads(audit[1]["arguments"]) == {"amount": 150, "currency": "USD"}
-    events = [fields for _, fields in await client.xrange(redis_keys.events())]
+    events = [fields for _, fields in await redis_client.xrange(redis_keys.events())]
     assert [e["type"] for e in events] == ["approval.requested", "approval.decided"]
     assert json.loads(events[1]["data"])["status"] == "approved"
 
 
 async def test_twenty_concurrent_decisions_exactly_one_wins(
     store: ApprovalStore,
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     redis_keys: KeySchema,
 ) -> None:
     approval = await make(store)
@@ -160,14 +150,14 @@ async def test_twenty_concurrent_decisions_exactly_one_wins(
     assert stored == winners[0]
     assert all(loser.approval == stored for loser in losers)  # every loser is told who won
     decisions = [
-        f for _, f in await client.xrange(redis_keys.approvals_audit()) if f["action"] != "requested"
+        f for _, f in await redis_client.xrange(redis_keys.approvals_audit()) if f["action"] != "requested"
     ]
     assert len(decisions) == 1 and decisions[0]["by"] == stored.decided_by
 
 
 async def test_decide_after_the_deadline_expires_the_request(
     store: ApprovalStore,
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     redis_keys: KeySchema,
 ) -> None:
     approval = await make(store, timeout_s=30.0)
@@ -187,11 +177,11 @@ async def test_decide_after_the_deadline_expires_the_request(
 
 async def test_expire_closes_a_pending_request_and_publishes(
     store: ApprovalStore,
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     redis_keys: KeySchema,
 ) -> None:
     approval = await make(store)
-    async with client.pubsub() as pubsub:
+    async with redis_client.pubsub() as pubsub:
         await pubsub.subscribe(redis_keys.approval_channel())
         confirmation = await pubsub.get_message(timeout=5)
         assert confirmation is not None and confirmation["type"] == "subscribe"
@@ -244,16 +234,16 @@ async def test_mark_executed_only_once_and_only_when_approved(store: ApprovalSto
 
 async def test_pending_is_ordered_by_deadline_and_skips_vanished_records(
     store: ApprovalStore,
-    client: aioredis.Redis,
+    redis_client: aioredis.Redis,
     redis_keys: KeySchema,
 ) -> None:
     late = await make(store, arguments={"n": 1}, timeout_s=300.0)
     soon = await make(store, arguments={"n": 2}, timeout_s=10.0)
     middle = await make(store, arguments={"n": 3}, timeout_s=100.0)
     assert [a.id for a in await store.pending()] == [soon.id, middle.id, late.id]
-    await client.delete(redis_keys.approval(middle.id))
+    await redis_client.delete(redis_keys.approval(middle.id))
     assert [a.id for a in await store.pending()] == [soon.id, late.id]
-    assert await client.zscore(redis_keys.approvals_pending(), middle.id) is None  # index cleaned
+    assert await redis_client.zscore(redis_keys.approvals_pending(), middle.id) is None  # index cleaned
 
 
 async def test_expire_overdue_closes_only_past_deadlines(store: ApprovalStore) -> None:

@@ -23,33 +23,24 @@ RETENTION = 3 * 86400
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield r
-    finally:
-        await r.aclose()
-
-
-@pytest.fixture
-async def store(client: aioredis.Redis, redis_keys: KeySchema) -> AsyncIterator[CallStore]:
-    writer = ResilientWriter(client)
+async def store(redis_client: aioredis.Redis, redis_keys: KeySchema) -> AsyncIterator[CallStore]:
+    writer = ResilientWriter(redis_client)
     writer.start()
     try:
-        yield CallStore(client, redis_keys, instance_id="node-a", retention_s=RETENTION, writer=writer)
+        yield CallStore(redis_client, redis_keys, instance_id="node-a", retention_s=RETENTION, writer=writer)
     finally:
         assert await writer.stop(5)
         assert (writer.dropped, writer.failed) == (0, 0)
 
 
-async def test_call_round_trip(store: CallStore, client: aioredis.Redis, redis_keys: KeySchema) -> None:
+async def test_call_round_trip(store: CallStore, redis_client: aioredis.Redis, redis_keys: KeySchema) -> None:
     record = CallRecord(call_sid=SID, flow_id="123", caller="+15550001111", called="+15550002222", model="m")
     record.started_at = 1_767_225_600.125
     store.call_started(record.to_dict())
     assert await store.writer.flush(5)
     assert await store.active_calls() == [SID]
-    assert await client.zscore(redis_keys.active_calls(), SID) == pytest.approx(1_767_225_600.125)
-    assert await client.smembers(redis_keys.instance_calls("node-a")) == {SID}
+    assert await redis_client.zscore(redis_keys.active_calls(), SID) == pytest.approx(1_767_225_600.125)
+    assert await redis_client.smembers(redis_keys.instance_calls("node-a")) == {SID}
 
     store.transcript(SID, "assistant", "Hello, Bright Smile Dental.", ts=1_767_225_601.5)
     store.transcript(SID, "user", "I'd like to book a cleaning.", ts=1_767_225_603.25)
@@ -71,7 +62,7 @@ async def test_call_round_trip(store: CallStore, client: aioredis.Redis, redis_k
     assert call["transcript"] == [] and call["twilio_status"] is None
     assert call["instance_id"] == "node-a"
     assert "_json" not in call
-    raw = await client.hgetall(redis_keys.call(SID))
+    raw = await redis_client.hgetall(redis_keys.call(SID))
     assert raw["outcome"] == "caller-hung-up" and raw["usage"] == '{"input_tokens":120,"output_tokens":30}'
     assert set(raw["_json"].split(",")) >= {"started_at", "ended_at", "duration_s", "usage", "twilio_status"}
     assert "flow_id" not in raw["_json"].split(",")
@@ -91,13 +82,13 @@ async def test_call_round_trip(store: CallStore, client: aioredis.Redis, redis_k
     # Indexes moved; every per-call key has the retention TTL.
     assert await store.active_calls() == []
     assert await store.recent_calls() == [SID]
-    assert await client.zscore(redis_keys.recent_calls(), SID) == 1_767_225_700.0
-    assert await client.smembers(redis_keys.instance_calls("node-a")) == set()
+    assert await redis_client.zscore(redis_keys.recent_calls(), SID) == 1_767_225_700.0
+    assert await redis_client.smembers(redis_keys.instance_calls("node-a")) == set()
     for key in (redis_keys.call(SID), redis_keys.transcript(SID), redis_keys.call_events(SID)):
-        assert RETENTION - 60 < await client.ttl(key) <= RETENTION, key
+        assert RETENTION - 60 < await redis_client.ttl(key) <= RETENTION, key
 
     # The global stream has the same events, each pointing at its per-call entry.
-    global_entries = [f for _, f in await client.xrange(redis_keys.events()) if f["call_sid"] == SID]
+    global_entries = [f for _, f in await redis_client.xrange(redis_keys.events()) if f["call_sid"] == SID]
     assert [f["type"] for f in global_entries] == ["call.started", "stage.changed", "call.ended"]
     assert [f["event_id"] for f in global_entries] == [e["id"] for e in events]
 
@@ -184,38 +175,40 @@ async def test_follow_stops_when_the_record_says_ended(store: CallStore) -> None
 
 
 async def test_context_round_trip_replaces_and_expires(
-    store: CallStore, client: aioredis.Redis, redis_keys: KeySchema
+    store: CallStore, redis_client: aioredis.Redis, redis_keys: KeySchema
 ) -> None:
     await store.save_context(SID, {"flow_id": "dental", "from": "+15550001111", "params": {"lang": "en"}})
     await store.save_context(SID, {"flow_id": "restaurant", "open_now": False}, ttl_s=120)
     assert await store.load_context(SID) == {"flow_id": "restaurant", "open_now": False}
-    assert 100 < await client.ttl(redis_keys.context(SID)) <= 120
+    assert 100 < await redis_client.ttl(redis_keys.context(SID)) <= 120
 
 
-async def test_heartbeat(store: CallStore, client: aioredis.Redis, redis_keys: KeySchema) -> None:
+async def test_heartbeat(store: CallStore, redis_client: aioredis.Redis, redis_keys: KeySchema) -> None:
     await store.heartbeat()
-    beat = await client.hgetall(redis_keys.instance("node-a"))
+    beat = await redis_client.hgetall(redis_keys.instance("node-a"))
     assert beat["instance_id"] == "node-a"
     assert float(beat["last_seen"]) >= float(beat["started_at"])
     assert int(beat["pid"]) > 0
-    assert 0 < await client.ttl(redis_keys.instance("node-a")) <= 30
+    assert 0 < await redis_client.ttl(redis_keys.instance("node-a")) <= 30
 
 
 async def test_reconcile_marks_orphaned_calls_ended(
-    client: aioredis.Redis, redis_keys: KeySchema, store: CallStore
+    redis_client: aioredis.Redis, redis_keys: KeySchema, store: CallStore
 ) -> None:
     for sid in ("CAorphan", "CAlive", "CAdone"):
         store.call_started({"call_sid": sid, "started_at": 1_767_225_600.0})
     store.call_ended("CAdone", {"outcome": "completed"})
-    other = ResilientWriter(client)
-    other_store = CallStore(client, redis_keys, instance_id="node-b", writer=other)
+    other = ResilientWriter(redis_client)
+    other_store = CallStore(redis_client, redis_keys, instance_id="node-b", writer=other)
     other.start()
     other_store.call_started({"call_sid": "CAelsewhere"})
     assert await store.writer.flush(5) and await other.flush(5)
     await other.stop(1)
 
     # node-a restarts: a new store with the same instance id; only CAlive survived (e.g. still on its socket).
-    restarted = CallStore(client, redis_keys, instance_id="node-a", writer=ResilientWriter(client))
+    restarted = CallStore(
+        redis_client, redis_keys, instance_id="node-a", writer=ResilientWriter(redis_client)
+    )
     assert await restarted.reconcile({"CAlive"}) == ["CAorphan"]
 
     orphan = await restarted.get_call("CAorphan")
@@ -224,11 +217,11 @@ async def test_reconcile_marks_orphaned_calls_ended(
     assert orphan["duration_s"] == pytest.approx(orphan["ended_at"] - 1_767_225_600.0, abs=0.01)
     assert set(await restarted.active_calls()) == {"CAlive", "CAelsewhere"}
     assert "CAorphan" in await restarted.recent_calls()
-    assert await client.smembers(redis_keys.instance_calls("node-a")) == {"CAlive"}
+    assert await redis_client.smembers(redis_keys.instance_calls("node-a")) == {"CAlive"}
     events = await restarted.get_events("CAorphan")
     assert [e["type"] for e in events] == ["call.started", "call.ended"]
     assert events[-1]["data"]["outcome"] == "instance-restart"
-    assert 0 < await client.ttl(redis_keys.call("CAorphan")) <= 30 * 86400
+    assert 0 < await redis_client.ttl(redis_keys.call("CAorphan")) <= 30 * 86400
     # A second pass finds nothing more.
     assert await restarted.reconcile({"CAlive"}) == []
 
@@ -239,6 +232,6 @@ def test_default_instance_id_is_stable_and_key_safe() -> None:
     KeySchema().instance(default_instance_id(8080))  # no ':' or whitespace
 
 
-async def test_bad_instance_id_is_refused(client: aioredis.Redis) -> None:
+async def test_bad_instance_id_is_refused(redis_client: aioredis.Redis) -> None:
     with pytest.raises(ValueError, match="instance id='a:b' contains ':'"):
-        CallStore(client, KeySchema(), instance_id="a:b", writer=ResilientWriter(client))
+        CallStore(redis_client, KeySchema(), instance_id="a:b", writer=ResilientWriter(redis_client))

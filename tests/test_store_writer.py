@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -100,19 +99,10 @@ def test_abandon_counts_what_was_left() -> None:
 
 
 # -- against a real server ----------------------------------------------------------------------------------
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield r
-    finally:
-        await r.aclose()
-
-
 async def test_submit_returns_at_once_and_flush_writes_in_order(
-    client: aioredis.Redis, redis_prefix: str
+    redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
-    writer = ResilientWriter(client, batch_size=7)
+    writer = ResilientWriter(redis_client, batch_size=7)
     key = redis_prefix + "list"
     for i in range(50):
         writer.submit("push", lambda pipe, i=i: pipe.rpush(key, i))
@@ -120,7 +110,7 @@ async def test_submit_returns_at_once_and_flush_writes_in_order(
     assert not await writer.flush(0.05)  # not started: nothing is sent
     writer.start()
     assert await writer.flush(5)
-    assert await client.lrange(key, 0, -1) == [str(i) for i in range(50)]
+    assert await redis_client.lrange(key, 0, -1) == [str(i) for i in range(50)]
     assert writer.counters() == {
         "queued": 50,
         "written": 50,
@@ -137,11 +127,11 @@ async def test_submit_returns_at_once_and_flush_writes_in_order(
 
 
 async def test_rejected_command_is_counted_and_does_not_block_the_queue(
-    client: aioredis.Redis, redis_prefix: str, caplog: pytest.LogCaptureFixture
+    redis_client: aioredis.Redis, redis_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = ResilientWriter(client)
+    writer = ResilientWriter(redis_client)
     writer.start()
-    await client.set(redis_prefix + "str", "x")
+    await redis_client.set(redis_prefix + "str", "x")
     writer.submit("bad-type", lambda pipe: pipe.rpush(redis_prefix + "str", 1))  # WRONGTYPE
 
     def broken(pipe: Pipeline) -> None:
@@ -153,7 +143,9 @@ async def test_rejected_command_is_counted_and_does_not_block_the_queue(
     with caplog.at_level(logging.ERROR, logger="ivr.store.writer"):
         assert await writer.flush(5)
     assert (writer.written, writer.failed) == (1, 2)
-    assert await client.lrange(redis_prefix + "list", 0, -1) == ["ok"]  # the broken op's partial command too
+    assert await redis_client.lrange(redis_prefix + "list", 0, -1) == [
+        "ok"
+    ]  # the broken op's partial command too
     text = caplog.text
     assert "Redis rejected write 'bad-type'" in text and "WRONGTYPE" in text
     assert "Redis write 'broken' could not be prepared" in text
@@ -161,28 +153,28 @@ async def test_rejected_command_is_counted_and_does_not_block_the_queue(
 
 
 async def test_repeated_explicit_stream_id_counts_as_already_written(
-    client: aioredis.Redis, redis_prefix: str
+    redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
-    writer = ResilientWriter(client)
+    writer = ResilientWriter(redis_client)
     writer.start()
     key = redis_prefix + "stream"
     for _ in range(2):  # what a batch re-sent after a half-finished attempt looks like
         writer.submit("transcript", lambda pipe: pipe.xadd(key, {"text": "hello"}, id="1000-0"))
     assert await writer.flush(5)
-    assert await client.xlen(key) == 1
+    assert await redis_client.xlen(key) == 1
     assert (writer.written, writer.duplicates, writer.failed) == (2, 1, 0)
     await writer.stop(1)
 
 
 async def _private_store(server: EmbeddedRedis, **writer_args: int) -> tuple[aioredis.Redis, CallStore]:
-    client = aioredis.Redis.from_url(server.url, decode_responses=True)
-    writer = ResilientWriter(client, **writer_args)
+    redis_client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    writer = ResilientWriter(redis_client, **writer_args)
     writer.start()
-    return client, CallStore(client, KeySchema("ivr:"), instance_id="test-1", writer=writer)
+    return redis_client, CallStore(redis_client, KeySchema("ivr:"), instance_id="test-1", writer=writer)
 
 
 async def test_outage_500_transcript_lines_all_written_in_order(embedded_redis: EmbeddedRedis) -> None:
-    client, store = await _private_store(embedded_redis)
+    redis_client, store = await _private_store(embedded_redis)
     writer = store.writer
     try:
         store.call_started({"call_sid": SID, "flow_id": "dental"})
@@ -212,13 +204,13 @@ async def test_outage_500_transcript_lines_all_written_in_order(embedded_redis: 
         assert not writer.redis_down
     finally:
         await writer.stop(1)
-        await client.aclose()
+        await redis_client.aclose()
 
 
 async def test_restart_mid_call_with_persistence_keeps_every_line_exactly_once() -> None:
     server = EmbeddedRedis(appendonly=True)
     await asyncio.to_thread(server.start)
-    client, store = await _private_store(server, batch_size=20)
+    redis_client, store = await _private_store(server, batch_size=20)
     writer = store.writer
     try:
         store.call_started({"call_sid": SID})
@@ -244,15 +236,15 @@ async def test_restart_mid_call_with_persistence_keeps_every_line_exactly_once()
         assert (writer.dropped, writer.failed) == (0, 0)
     finally:
         await writer.stop(1)
-        await client.aclose()
+        await redis_client.aclose()
         await asyncio.to_thread(server.stop)
 
 
 async def test_overflow_drops_the_oldest_and_logs_them(
-    client: aioredis.Redis, redis_prefix: str, caplog: pytest.LogCaptureFixture
+    redis_client: aioredis.Redis, redis_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = ResilientWriter(client, max_pending=10, drop_log_interval_s=3600)
-    store = CallStore(client, KeySchema(redis_prefix), instance_id="test-1", writer=writer)
+    writer = ResilientWriter(redis_client, max_pending=10, drop_log_interval_s=3600)
+    store = CallStore(redis_client, KeySchema(redis_prefix), instance_id="test-1", writer=writer)
     with caplog.at_level(logging.ERROR, logger="ivr.store.writer"):
         for i in range(25):
             store.transcript(SID, "user", f"line {i}")  # never raises, never blocks
@@ -268,7 +260,7 @@ async def test_overflow_drops_the_oldest_and_logs_them(
 
 
 async def test_overflow_while_redis_is_down_keeps_memory_bounded(embedded_redis: EmbeddedRedis) -> None:
-    client, store = await _private_store(embedded_redis, max_pending=50, batch_size=10)
+    redis_client, store = await _private_store(embedded_redis, max_pending=50, batch_size=10)
     writer = store.writer
     try:
         await asyncio.to_thread(embedded_redis.stop)
@@ -286,13 +278,13 @@ async def test_overflow_while_redis_is_down_keeps_memory_bounded(embedded_redis:
         assert numbers == sorted(numbers) and numbers[-1] == 199
     finally:
         await writer.stop(1)
-        await client.aclose()
+        await redis_client.aclose()
 
 
 async def test_stop_while_redis_is_down_reports_what_is_left(
     embedded_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client, store = await _private_store(embedded_redis)
+    redis_client, store = await _private_store(embedded_redis)
     writer = store.writer
     try:
         await asyncio.to_thread(embedded_redis.stop)
@@ -308,12 +300,12 @@ async def test_stop_while_redis_is_down_reports_what_is_left(
         assert "8 write(s) not written (transcript=7, event=1)" in caplog.text
         assert "'transcript' submitted after the writer stopped" in caplog.text
     finally:
-        await client.aclose()
+        await redis_client.aclose()
 
 
-async def test_flush_of_10000_transcript_writes(client: aioredis.Redis, redis_prefix: str) -> None:
-    writer = ResilientWriter(client)
-    store = CallStore(client, KeySchema(redis_prefix), instance_id="test-1", writer=writer)
+async def test_flush_of_10000_transcript_writes(redis_client: aioredis.Redis, redis_prefix: str) -> None:
+    writer = ResilientWriter(redis_client)
+    store = CallStore(redis_client, KeySchema(redis_prefix), instance_id="test-1", writer=writer)
     writer.start()
     started = time.perf_counter()
     for i in range(10_000):
@@ -321,7 +313,7 @@ async def test_flush_of_10000_transcript_writes(client: aioredis.Redis, redis_pr
     submitted = time.perf_counter()
     assert await writer.flush(30)
     flushed = time.perf_counter()
-    assert await client.xlen(KeySchema(redis_prefix).transcript(SID)) == 10_000
+    assert await redis_client.xlen(KeySchema(redis_prefix).transcript(SID)) == 10_000
     assert writer.written == 10_000
     submit_s, flush_s = submitted - started, flushed - submitted
     print(f"\n10,000 transcript writes: submit {submit_s:.3f} s, flush {flush_s:.3f} s")

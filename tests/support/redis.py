@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from ivr.store.embedded import EmbeddedRedis
 from ivr.store.keys import KeySchema
@@ -78,3 +79,13 @@ def embedded_redis() -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A ``redis.asyncio`` client (``decode_responses=True``) on the test Redis; closed afterwards."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
