@@ -267,3 +267,35 @@ async def _restart_mid_call(
     caller_lines = [t["text"] for t in transcript if t["role"] == "caller"]
     assert caller_lines == lines  # every line, once, in order
     assert result.ended_by == "caller"
+
+
+async def test_unanswered_approval_expires_and_the_model_is_told_why(
+    fake_realtime: FakeRealtimeServer, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """No operator decides before the deadline: the request expires (denied) and nothing is booked."""
+    flow = (CLINIC / "clinic.yaml").read_text().replace("timeout_s: 60", "timeout_s: 5")
+    (tmp_path / "clinic.yaml").write_text(flow)
+    fake_realtime.default_replies = [GREETING]
+    async with app_for(
+        fake_realtime, flows_dir=tmp_path, redis_url=redis_url, redis_prefix=redis_prefix
+    ) as server:
+        live = await place_call(server, to_number="+15550100004")
+        session = await fake_realtime.next_session()
+        _, pending = await _pending_booking(session)
+        news = await session.wait_for(
+            "conversation.item.create",
+            lambda e: e["item"].get("role") == "system" and "within 5 seconds" in json.dumps(e),
+            timeout=10.0,
+        )
+        assert "not carried out" in news["item"]["content"][0]["text"]
+        # …and asked to speak about it: a response.create follows the system message.
+        after = session.received.index(news)
+        await session.wait_for("response.create", lambda e: session.received.index(e) > after)
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        keys = KeySchema(redis_prefix)
+        try:
+            assert await client.hget(keys.approval(pending["approval_id"]), "status") == "expired"
+            assert await client.zcard(keys.calendar_bookings("test-clinic")) == 0
+        finally:
+            await client.aclose()
+        await live.hang_up()
