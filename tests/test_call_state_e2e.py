@@ -289,8 +289,10 @@ async def test_unanswered_approval_expires_and_the_model_is_told_why(
         )
         assert "not carried out" in news["item"]["content"][0]["text"]
         # …and asked to speak about it: a response.create follows the system message.
-        after = session.received.index(news)
-        await session.wait_for("response.create", lambda e: session.received.index(e) > after)
+        after = next(i for i, e in enumerate(session.received) if e is news)
+        await session.wait_for(
+            "response.create", lambda e: any(x is e for x in session.received[after + 1 :])
+        )
         client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         keys = KeySchema(redis_prefix)
         try:
