@@ -324,10 +324,10 @@ class CallSession:
 
         Done between turns (no response in flight); caller audio arriving meanwhile is buffered and flushed.
         """
-        self.log.info("rolling the model session over to a fresh socket")
         old = self.ws
         if not self._rollover_due or old is None or self._rolling:
             return
+        self.log.info("rolling the model session over to a fresh socket")
         self._rollover_due = False
         self._rolling = True
         self.record.count("model_rollovers")
