@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from types import SimpleNamespace
@@ -13,24 +12,15 @@ from twilio.request_validator import RequestValidator
 
 from tests.support.calls import place_call
 from tests.support.fake_realtime import FakeRealtimeServer, Reply
-from tests.support.process import ServerProcess, free_port
-from tests.support.server import ACCOUNT_SID, AUTH_TOKEN, OPERATOR_TOKEN, TEST_FLOWS
+from tests.support.process import ServerProcess, free_port, serve_env
+from tests.support.server import ACCOUNT_SID, AUTH_TOKEN, TEST_FLOWS
 
 
 async def test_sigterm_drains_live_calls_then_exits(fake_realtime: FakeRealtimeServer) -> None:
     fake_realtime.default_replies = [Reply(text="Hello.", audio_ms=300)]
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "OPENAI_API_KEY": "sk-test",
-        "IVR_REALTIME_URL": fake_realtime.url,
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "IVR_OPERATOR_TOKEN": OPERATOR_TOKEN,
-        "IVR_DRAIN_TIMEOUT": "20",
-        "IVR_PUBLIC_URL": "",
-    }
+    env = serve_env(fake_realtime.url, IVR_DRAIN_TIMEOUT="20")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from contextlib import AsyncExitStack
@@ -15,8 +14,8 @@ import httpx
 
 from tests.support.calls import place_call
 from tests.support.fake_realtime import FakeRealtimeServer, Reply
-from tests.support.process import ServerProcess, free_port
-from tests.support.server import ACCOUNT_SID, AUTH_TOKEN, OPERATOR_TOKEN
+from tests.support.process import ServerProcess, free_port, serve_env
+from tests.support.server import OPERATOR_TOKEN
 from tests.test_call_state_e2e import _pending_booking
 
 CLINIC = Path(__file__).parent / "data" / "flows-clinic"
@@ -42,18 +41,9 @@ async def test_approval_posted_to_b_reaches_the_call_on_a(
     fake_realtime: FakeRealtimeServer, redis_url: str, redis_prefix: str
 ) -> None:
     fake_realtime.default_replies = [Reply(text="Hello, clinic.", audio_ms=200)]
-    env = {
-        **os.environ,
-        "OPENAI_API_KEY": "sk-test",
-        "IVR_REALTIME_URL": fake_realtime.url,
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "IVR_OPERATOR_TOKEN": OPERATOR_TOKEN,
-        "IVR_FLOWS": str(CLINIC),
-        "REDIS_URL": redis_url,
-        "IVR_REDIS_PREFIX": redis_prefix,
-        "IVR_PUBLIC_URL": "",
-    }
+    env = serve_env(
+        fake_realtime.url, IVR_FLOWS=str(CLINIC), REDIS_URL=redis_url, IVR_REDIS_PREFIX=redis_prefix
+    )
     port_a, port_b = free_port(), free_port()
     async with AsyncExitStack() as stack:
         a = await _start("instance-a", port_a, {**env, "IVR_PUBLIC_URL": f"http://127.0.0.1:{port_a}"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 
@@ -53,3 +54,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_env(realtime_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a child `ivr serve` talking to the fake model with the test credentials.
+
+    ``REDIS_URL`` from the surrounding environment is dropped unless passed in ``extra``: a child server
+    without one starts its own embedded Valkey instead of writing default-prefixed keys into a shared Redis.
+    """
+    from tests.support.server import ACCOUNT_SID, AUTH_TOKEN, OPERATOR_TOKEN
+
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(
+        OPENAI_API_KEY="sk-test",
+        IVR_REALTIME_URL=realtime_url,
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        IVR_OPERATOR_TOKEN=OPERATOR_TOKEN,
+        IVR_PUBLIC_URL="",
+    )
+    env.update(extra)
+    return env
