@@ -92,8 +92,14 @@ def startup_warnings(settings: Settings) -> list[str]:
             "TWILIO_AUTH_TOKEN is not set: every Twilio request will be refused (403). Set it to your "
             "account's auth token (for `ivr call` against this server, any secret both sides share)."
         )
-    if not settings.openai_api_key:
+    if settings.engine == "openai" and not settings.openai_api_key:
         warnings.append("OPENAI_API_KEY is not set: the model will refuse connections.")
+    elif settings.uses_local_engine:
+        why = "IVR_ENGINE=local" if settings.engine == "local" else "OPENAI_API_KEY is not set"
+        warnings.append(
+            f"{why}: every call runs on the offline engine (local speech recognition, the flows' offline "
+            "dialogue, local voice). Set OPENAI_API_KEY to use the flows' OpenAI models."
+        )
     if settings.public_url.startswith("http://"):
         warnings.append(
             f"IVR_PUBLIC_URL={settings.public_url} is plain http: real Twilio needs an https origin."

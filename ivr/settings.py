@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_REALTIME_MODEL = "gpt-realtime"
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: IVR_ENGINE values: who answers calls.
+ENGINES = ("auto", "openai", "local")
 
 
 class SettingsError(ValueError):
@@ -102,6 +105,11 @@ class Settings:
     #: Attempts to (re)open the model socket before the call is ended with an apology.
     model_connect_attempts: int = 6
     log_level: str = "INFO"
+    #: "openai": the flow's OpenAI model; "local": the offline engine for every call; "auto": OpenAI when
+    #: OPENAI_API_KEY is set, else the offline engine.
+    engine: str = "auto"
+    #: Base URL of the OpenAI HTTP API, for the Chat Completions audio models (an Azure or gateway URL works).
+    openai_base_url: str = DEFAULT_OPENAI_BASE_URL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -126,6 +134,8 @@ class Settings:
             model_session_max_s=_float(env, "IVR_MODEL_SESSION_MAX", 25 * 60.0, minimum=1.0),
             model_connect_attempts=_int(env, "IVR_MODEL_CONNECT_ATTEMPTS", 6, minimum=1),
             log_level=(env.get("IVR_LOG_LEVEL", "") or "INFO").upper(),
+            engine=(env.get("IVR_ENGINE", "") or "auto").strip().lower(),
+            openai_base_url=(env.get("IVR_OPENAI_BASE_URL", "") or DEFAULT_OPENAI_BASE_URL).rstrip("/"),
         )
         settings.check()
         return settings
@@ -152,8 +162,20 @@ class Settings:
                 )
             if parts.query or parts.fragment:
                 raise SettingsError(f"IVR_PUBLIC_URL={self.public_url!r} must not carry a query or fragment")
+        if self.engine not in ENGINES:
+            raise SettingsError(f"IVR_ENGINE={self.engine!r}: use auto, openai or local")
+        if urlsplit(self.openai_base_url).scheme not in {"http", "https"}:
+            raise SettingsError(
+                f"IVR_OPENAI_BASE_URL={self.openai_base_url!r} must start with https:// (or http:// for a "
+                "local server)"
+            )
         if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError(f"IVR_LOG_LEVEL={self.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def uses_local_engine(self) -> bool:
+        """Every call runs on the offline engine (IVR_ENGINE=local, or auto without an API key)."""
+        return self.engine == "local" or (self.engine == "auto" and not self.openai_api_key)
 
     @property
     def media_stream_url(self) -> str:

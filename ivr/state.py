@@ -111,6 +111,8 @@ class RedisServices:
             else:
                 if kind == "transcript":
                     calls.transcript(sid, data.get("role", ""), data.get("text", ""), event["ts"])
+                elif kind == "model.fallback":
+                    calls.call_updated(sid, {"engine": record.engine, "audio_mode": record.audio_mode})
                 calls.event(sid, kind, data)
 
         return sink

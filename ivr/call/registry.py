@@ -28,6 +28,8 @@ class CallRecord:
     model: str = ""
     dialect: str = ""
     audio_mode: str = ""
+    #: Who answered: realtime, chat or local (a fallback changes it mid-call; see the model.fallback event).
+    engine: str = ""
     stage: str = ""
     cost_usd: float | None = None
     started_at: float = field(default_factory=time.time)

@@ -25,6 +25,8 @@ from websockets.exceptions import ConnectionClosed
 
 from ..approvals.gate import ApprovalGate
 from ..audio.convert import InboundConverter, OutboundConverter
+from ..engines.base import InProcessModel
+from ..engines.factory import EngineKind, engine_kind, open_engine
 from ..flows import Flow
 from ..flows.state import FlowState
 from ..logs import call_logger, mask_number, redact
@@ -44,6 +46,7 @@ from ..telephony import media_stream as tw
 from ..telephony.rest import CallController, TwilioRestError
 from ..telephony.twiml import dial, say_and_hang_up
 from ..tools.registry import ToolContext, ToolOutcome, registry_for_flow
+from .notices import approval_notice, say_line
 from .playback import MarkKind, PlaybackTracker
 from .pricing import estimate_cost_usd
 from .registry import CallFeed, CallRecord
@@ -55,6 +58,10 @@ _MAX_BUFFERED_FRAMES = 150  # 3 s at 20 ms
 #: How long a hang-up or transfer waits for the goodbye to finish playing before acting anyway.
 _ACTION_TIMEOUT_S = 15.0
 _APOLOGY = "Sorry, we are having technical difficulties. Please call again later. Goodbye."
+#: Said when a call switches to the local engine (a flow's ``model.fallback: local``).
+FALLBACK_NOTICE = "Sorry about the wait. I'm switching you to our automated assistant."
+#: With a fallback, a call that never reached its model switches after this many failed attempts.
+FALLBACK_AFTER_ATTEMPTS = 2
 #: A mark after every ~100 ms of model audio (and at the end of each item): what the caller heard is known
 #: to that precision, and marks stay a small share of the messages we send.
 MARK_EVERY_MS = 100.0
@@ -96,10 +103,16 @@ class CallSession:
         self.log = call_logger("ivr.call", self.call_sid, self.stream_sid)
 
         self.model = flow.model.name or settings.realtime_model
-        override = flow.model.dialect if flow.model.dialect != "auto" else settings.realtime_dialect
-        self.dialect = dialect_for_model(self.model, override)
-        self.audio_mode = flow.model.audio
+        self.engine: EngineKind = engine_kind(settings, self.model)
+        if self.engine == "realtime":
+            override = flow.model.dialect if flow.model.dialect != "auto" else settings.realtime_dialect
+            self.dialect = dialect_for_model(self.model, override)
+            self.audio_mode = flow.model.audio
+        else:  # in-process engines speak GA events in the phone's own μ-law
+            self.model = "local" if self.engine == "local" else self.model
+            self.dialect, self.audio_mode = "ga", "pcmu"
         record.model, record.dialect, record.audio_mode = self.model, self.dialect, self.audio_mode
+        record.engine = self.engine
 
         self.context = context
         self.tools = registry_for_flow(flow)
@@ -126,7 +139,7 @@ class CallSession:
 
         self.client = ClientEvents(self.dialect)
         self.parser = ev.ServerEventParser(self.dialect)
-        self.ws: RealtimeSocket | None = None
+        self.ws: RealtimeSocket | InProcessModel | None = None
         self._connected = asyncio.Event()
         self._buffer: deque[str] = deque(maxlen=_MAX_BUFFERED_FRAMES)
         # Conversation so far, replayed into a new model session after a reconnect or roll-over.
@@ -144,6 +157,9 @@ class CallSession:
         self._dtmf_count = 0
         self._rollover_due = False
         self._rolling = False
+        self._ever_connected = False
+        self._fell_back = False
+        self._fallback_announced = False
 
         self.ended = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -220,10 +236,14 @@ class CallSession:
             self._timers.append(loop.call_later(limit, self._on_time_limit))
         self._spawn(self._model_loop(), "model")
 
-    async def _open_model(self, *, replay: bool) -> RealtimeSocket:
-        url = realtime_ws_url(self.settings.realtime_url, self.model)
-        headers = realtime_headers(self.settings.openai_api_key, self.dialect, url)
-        ws = await open_realtime(url, headers)
+    async def _open_model(self, *, replay: bool) -> RealtimeSocket | InProcessModel:
+        ws: RealtimeSocket | InProcessModel
+        if self.engine == "realtime":
+            url = realtime_ws_url(self.settings.realtime_url, self.model)
+            headers = realtime_headers(self.settings.openai_api_key, self.dialect, url)
+            ws = await open_realtime(url, headers)
+        else:
+            ws = await open_engine(self.engine, self, fallback=self._fell_back)
         client = ClientEvents(self.dialect)
         try:
             await ws.send(client.session_update(self.session_config), text=True)
@@ -260,9 +280,16 @@ class CallSession:
             except RealtimeConnectError as exc:
                 self.record.count("model_connect_failures")
                 failures += 1
-                delay = backoff.next_delay() if failures < self.settings.model_connect_attempts else None
+                attempts = self.settings.model_connect_attempts
+                if self._can_fall_back and not self._ever_connected:
+                    attempts = min(attempts, FALLBACK_AFTER_ATTEMPTS)  # the caller is waiting in silence
+                delay = backoff.next_delay() if failures < attempts else None
                 self.log.warning("model connection failed: %s", exc)
                 if delay is None:
+                    if self._can_fall_back:
+                        await self._fall_back(str(exc))
+                        replay = self._ever_connected
+                        continue
                     await self._give_up(str(exc))
                     return
                 await asyncio.sleep(delay)
@@ -270,7 +297,14 @@ class CallSession:
             backoff.reset()
             failures = 0
             self.ws = ws
-            if replay:
+            if self._fell_back and not self._fallback_announced:
+                self._fallback_announced = True
+                self._connected.set()
+                await self._flush_buffer()
+                await self._request_response(say_line(FALLBACK_NOTICE))
+                if replay:
+                    self.tracker.forget_items()
+            elif replay:
                 self.record.count("model_reconnects")
                 self.tracker.forget_items()
                 self.response_in_flight = False
@@ -279,6 +313,7 @@ class CallSession:
                 self.log.info("model session re-established; replayed %d history items", len(self.history))
             else:
                 self.log.info("model connected (%s)", self.dialect)
+                self._ever_connected = True
                 greeting = self.flow.render(self.flow.greeting, self.context) if self.flow.greeting else ""
                 if greeting:
                     await self._send_model(
@@ -302,7 +337,7 @@ class CallSession:
             self._rolling = False
             replay = True
 
-    async def _read_model(self, ws: RealtimeSocket) -> str:
+    async def _read_model(self, ws: RealtimeSocket | InProcessModel) -> str:
         try:
             async for raw in ws:
                 await self._on_model_event(self.parser.parse(raw))
@@ -334,6 +369,27 @@ class CallSession:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(old.close(), 1.0)
 
+    @property
+    def _can_fall_back(self) -> bool:
+        return self.flow.model.fallback == "local" and self.engine != "local"
+
+    async def _fall_back(self, reason: str) -> None:
+        """The model cannot be reached: carry on with the offline engine (``model.fallback: local``)."""
+        previous = self.engine
+        self.log.warning(
+            "model %s unreachable (%s); switching this call to the local engine", self.model, reason
+        )
+        self.engine, self._fell_back = "local", True
+        self.dialect, self.audio_mode = "ga", "pcmu"
+        self.inbound = self.outbound = None
+        self._buffer.clear()  # buffered audio is in the old engine's format
+        self.response_in_flight, self.current_response = False, None
+        self.record.engine, self.record.audio_mode = "local", "pcmu"
+        self.record.count("engine_fallbacks")
+        self.feed.emit(
+            "model.fallback", previous=previous, model=self.model, engine="local", reason=redact(reason)
+        )
+
     async def _give_up(self, reason: str) -> None:
         self.log.error("model unreachable after retries; ending the call politely (%s)", reason)
         self.feed.emit("error", message="model unreachable")
@@ -355,7 +411,7 @@ class CallSession:
             try:
                 await asyncio.wait_for(ws.close(), 0.5)
             except (TimeoutError, Exception):
-                ws.transport.abort()
+                ws.transport.abort()  # type: ignore[union-attr]
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -659,9 +715,9 @@ class CallSession:
 
     def _hold_instructions(self) -> str:
         phrase = self.flow.hold_phrase or "One moment please."
-        return (
-            f'Say to the caller: "{phrase}" Then explain briefly that a staff member needs to approve the '
-            "request and ask them to stay on the line. Do not promise the outcome."
+        return say_line(
+            f"{phrase} A staff member needs to approve this, so please stay on the line.",
+            "Do not promise the outcome.",
         )
 
     async def _await_approval(self, approval: Any) -> None:
@@ -685,12 +741,9 @@ class CallSession:
             change = self.state.on_tool_result(approval.tool, outcome.ok)
             if change is not None:
                 await self._apply_stage_change(change)
-            text = (
-                f"Update: a staff member approved {approval.tool}, and it has now been carried out. "
-                f"Result: {outcome.output}. Tell the caller."
-            )
+            text = approval_notice(approval.tool, True, output=outcome.output)
         else:
-            text = f"Update on {approval.tool}: {decision.message} Tell the caller; offer other help."
+            text = approval_notice(approval.tool, False, message=decision.message)
         self.history.append(("system", text))
         await self._send_model(self.client.system_text(text))
         await self._request_response()
@@ -750,7 +803,7 @@ class CallSession:
         self.request_hangup("time limit")
         self._spawn(
             self._request_response(
-                "The call has reached its time limit. Politely tell the caller and say goodbye."
+                say_line("We have reached the time limit for this call. Thank you for calling. Goodbye.")
             ),
             "limit",
         )
@@ -785,7 +838,10 @@ class CallSession:
                 self.feed.emit("error", message="transfer failed")
                 self.record.count("transfer_failures")
                 await self._request_response(
-                    "The transfer to a person failed. Apologise briefly and offer to help another way."
+                    say_line(
+                        "Sorry, I couldn't connect you to a person. Is there anything else I can do?",
+                        "The transfer to a person failed.",
+                    )
                 )
                 return
             self.record.outcome = "transferred"
