@@ -109,6 +109,21 @@ def startup_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
+async def _preload_offline_engine(settings: Settings, flows: FlowSet) -> None:
+    """Load the offline engine's models before the first call when calls may use it (no silent pause)."""
+    wanted = [f for f in flows if settings.uses_local_engine or f.model.fallback == "local"]
+    if not wanted:
+        return
+    from .engines.local import LocalResources
+
+    for flow in wanted:
+        log.info("loading the offline engine's speech models for flow %s …", flow.id)
+        try:
+            await asyncio.to_thread(LocalResources.for_flow, flow)
+        except Exception as exc:  # the first call will try again and report it
+            log.error("could not load the offline engine for flow %s: %s", flow.id, exc)
+
+
 def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
     if not settings.public_url:
         raise ValueError("settings.public_url is required (IVR_PUBLIC_URL)")
@@ -120,6 +135,7 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         for warning in startup_warnings(settings):
             log.warning("%s", warning)
         await state.services.start()
+        await _preload_offline_engine(settings, flowset)
         # Start-up objects live for the whole process: keep them out of the cyclic GC's generations, whose
         # full collections otherwise pause every live call for tens of milliseconds.
         gc.collect()

@@ -74,9 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .approvals.cli import register as register_approvals
     from .caller.cli import register as register_call
+    from .demo.cli import register as register_demo
     from .flows.cli import register as register_flows
     from .tools.data_cli import register as register_data
 
+    register_demo(sub)
     register_call(sub)
     register_flows(sub)
     register_approvals(sub)

@@ -525,7 +525,7 @@ def test_cli_check_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     assert "voice coral, audio pcm" in out
     assert (
         "  tools    end_call, transfer_to_human -> +15550009999, find_patient (lookup), "
-        "appointments (booking) [approval when action == 'cancel']"
+        "appointments (booking) [approval when action in ('book', 'cancel')]"
     ) in out
     assert "general-reception (default)" in out
 

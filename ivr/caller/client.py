@@ -85,6 +85,7 @@ class CallOptions:
     connect_to: str | None = None
     operator_token: str | None = None  # for the live transcript; None → IVR_OPERATOR_TOKEN
     observer: Callable[[str, str], None] | None = None  # observer("sent"|"received", raw) for every WS frame
+    on_event: Callable[[dict[str, Any]], None] | None = None  # each live-transcript (SSE) event on arrival
     send_status_callback: bool = True
 
 
@@ -210,6 +211,10 @@ class SimulatedCall:
         self._clears = 0
         self._close_code: int | None = None
         self._playback = PlaybackBuffer()
+        #: ms of real time since the agent's audio last played (0 while it plays)
+        self.agent_quiet_ms = 0
+        self._agent_spoke = False
+        self._quiet_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._sim = TwilioStreamSimulator(self.account_sid, self.call_sid, self.stream_sid, {})
         self._ws: ClientConnection | None = None
 
@@ -348,6 +353,9 @@ class SimulatedCall:
             for _predicate, future in self._waiters:
                 if not future.done():
                     future.set_exception(CallEndedError(f"call ended ({self._end_reason}) before a match"))
+            for _quiet, future in self._quiet_waiters:
+                if not future.done():
+                    future.set_exception(CallEndedError(f"call ended ({self._end_reason}) while waiting"))
 
     def _result(self, webhook_status: int | None, twiml: str) -> CallResult:
         return CallResult(
@@ -499,6 +507,11 @@ class SimulatedCall:
             self._error(f"live transcript: event data is not an object: {data[:120]!r}")
             return False
         self.transcript.append(event)
+        if self.options.on_event is not None:
+            try:
+                self.options.on_event(event)
+            except Exception as exc:  # a broken listener must not stop the transcript
+                self._error(f"on_event raised: {type(exc).__name__}: {exc}")
         kind = event.get("type")
         if kind == "transcript":
             self._print(f"{event.get('role', '?')}: {event.get('text', '')}")
@@ -656,9 +669,46 @@ class SimulatedCall:
             self._error(f"internal error while sending audio: {type(exc).__name__}: {exc}")
             self._stop.set()
 
+    @property
+    def ended(self) -> bool:
+        return self._done.is_set() or self._stop.is_set()
+
+    async def wait_ended(self) -> None:
+        """Return once the call is over (whoever ended it)."""
+        await self._done.wait()
+
+    @property
+    def queued_caller_bytes(self) -> int:
+        """Caller audio queued by :meth:`say` and not sent yet."""
+        return len(self._say)
+
+    async def wait_agent_quiet(self, quiet_ms: int = 800, timeout: float = 60.0) -> None:
+        """Return once the agent has spoken since this call and then been silent for ``quiet_ms``."""
+        self._agent_spoke = False
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (quiet_ms, future)
+        self._quiet_waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            raise TimeoutError(f"the agent did not speak and finish within {timeout:g} s") from None
+        finally:
+            if entry in self._quiet_waiters:
+                self._quiet_waiters.remove(entry)
+
     async def _play(self, ms: int) -> None:
+        playing = self._playback.queued_bytes > 0
         heard, marks = self._playback.advance(ms)
         self.played_audio += heard
+        if playing:
+            self.agent_quiet_ms, self._agent_spoke = 0, True
+        else:
+            self.agent_quiet_ms += ms
+        if self._agent_spoke:
+            for quiet_ms, future in self._quiet_waiters:
+                if self.agent_quiet_ms >= quiet_ms and not future.done():
+                    future.set_result(None)
         for name in marks:
             await self._echo_mark(name, "played")
 

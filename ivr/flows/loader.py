@@ -370,7 +370,7 @@ def _annotation_at(path: Path_, data: Any, *, pick: bool = True) -> Any:
 def _allowed_keys(path: Path_, data: Any) -> list[str]:
     model = _annotation_at(path, data)
     if isclass(model) and issubclass(model, BaseModel):
-        return list(model.model_fields)
+        return [info.alias or name for name, info in model.model_fields.items()]  # a step's "as" is as_
     return []
 
 

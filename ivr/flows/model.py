@@ -53,6 +53,8 @@ from ivr.flows.fields import (
 )
 from ivr.flows.fields import Strict as _Strict
 from ivr.flows.hours import AfterHours, OpeningHours, describe_opening
+from ivr.flows.offline import Intent, Offline, Slot, StageOffline, Step
+from ivr.flows.offline_checks import offline_issues
 from ivr.flows.tool_configs import (
     BookingConfig,
     EndCallConfig,
@@ -73,14 +75,19 @@ __all__ = [
     "EndCallConfig",
     "Flow",
     "HttpConfig",
+    "Intent",
     "Issue",
     "Limits",
     "LookupConfig",
     "ModelSettings",
+    "Offline",
     "OpeningHours",
     "SemanticVad",
     "ServerVad",
+    "Slot",
     "Stage",
+    "StageOffline",
+    "Step",
     "ToolConfig",
     "Transcription",
     "Transfer",
@@ -215,6 +222,9 @@ class ModelSettings(_Strict):
     #: ``None`` (``null`` in YAML) disables caller transcripts.
     transcription: Transcription | None = Field(default_factory=Transcription)
     max_output_tokens: MaxOutputTokens = "inf"
+    #: "local": when the model cannot be reached (or fails beyond its retries), the call carries on with the
+    #: offline engine instead of ending with an apology.
+    fallback: Literal["none", "local"] = "none"
 
     def dialect_with(self, default_model: str) -> Literal["ga", "beta"]:
         """The dialect actually used when the deployment's default model is ``default_model``."""
@@ -265,6 +275,8 @@ class Stage(_Strict):
     #: Keypad key → tool name, or ``stage:<id>`` to move; overrides the flow's ``dtmf`` for the same key.
     dtmf: dict[DtmfKey, DtmfTarget] = Field(default_factory=dict)
     transitions: list[Transition] = Field(default_factory=list)
+    #: How this stage runs on the local engine (no LLM); see :mod:`ivr.flows.offline`.
+    offline: StageOffline | None = None
 
 
 # --- the flow --------------------------------------------------------------------------------------------
@@ -313,6 +325,8 @@ class Flow(_Strict):
     #: What a call gets while the line is closed.
     after_hours: AfterHours = Field(default_factory=AfterHours)
     limits: Limits = Field(default_factory=Limits)
+    #: How calls run on the local engine (no LLM); ``None`` leaves only its built-in behaviour.
+    offline: Offline | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -408,6 +422,7 @@ class Flow(_Strict):
             issues.extend(self._target_issues(("dtmf", key), target, declared, stage_ids))
         issues.extend(self._stage_issues(declared))
         issues.extend(self._hours_issues())
+        issues.extend(offline_issues(self))
         return issues
 
     def _placeholder_issues(self) -> list[Issue]:

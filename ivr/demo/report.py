@@ -1,0 +1,83 @@
+"""What a demo call leaves behind: a two-channel recording and a JSON summary, plus figures from the audio.
+
+Both channels come from the simulated caller, on one clock: every 20 ms tick it sent one frame of caller
+audio and played 20 ms of whatever the agent had sent (silence when nothing was queued). So position *n*
+of both is the same moment, and the time from the caller's last word to the agent's first audio can be read
+straight off the two tracks.
+"""
+
+from __future__ import annotations
+
+import json
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..audio.g711 import ulaw_to_pcm16
+
+#: A μ-law sample this far from zero (in linear PCM16) counts as sound, not line silence.
+_SOUND_LEVEL = 200
+#: Agent audio shorter than this after the caller's line is not "the reply" (a click, the tail of a word).
+_MIN_REPLY_MS = 60
+
+
+def mulaw_to_pcm(mulaw: bytes | bytearray) -> np.ndarray:
+    return ulaw_to_pcm16(bytes(mulaw))
+
+
+def write_stereo_wav(
+    path: Path, caller: bytes | bytearray, agent: bytes | bytearray, rate: int = 8000
+) -> float:
+    """Caller on the left channel, agent on the right, 16-bit PCM; returns the length in seconds."""
+    left, right = mulaw_to_pcm(caller), mulaw_to_pcm(agent)
+    n = max(len(left), len(right))
+    frames = np.zeros((n, 2), dtype="<i2")
+    frames[: len(left), 0] = left
+    frames[: len(right), 1] = right
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames.tobytes())
+    return n / rate
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One caller line on the call's timeline (sample positions at 8 kHz)."""
+
+    text: str
+    start: int
+    end: int  # one past the last sample of sound
+
+
+def sound_span(mulaw: bytes) -> tuple[int, int] | None:
+    """First and one-past-last sample with sound, or ``None`` for silence."""
+    loud = np.flatnonzero(np.abs(mulaw_to_pcm(mulaw).astype(np.int32)) > _SOUND_LEVEL)
+    if loud.size == 0:
+        return None
+    return int(loud[0]), int(loud[-1]) + 1
+
+
+def reply_latency_ms(agent: bytes | bytearray, after: int, until: int | None = None) -> float | None:
+    """ms from sample ``after`` to the first agent sound that lasts at least ``_MIN_REPLY_MS``."""
+    pcm = np.abs(mulaw_to_pcm(agent[after:until]).astype(np.int32))
+    loud = pcm > _SOUND_LEVEL
+    if not loud.any():
+        return None
+    window = _MIN_REPLY_MS * 8
+    counts = np.convolve(loud.astype(np.int32), np.ones(window, dtype=np.int32), "valid")
+    start = np.flatnonzero(counts >= window // 4)
+    if start.size == 0:
+        return None
+    first = int(np.flatnonzero(loud[int(start[0]) :])[0]) + int(start[0])
+    return first / 8.0
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,120 @@
+"""Reading one slot's value out of an utterance, and the options of an ``offer`` slot.
+
+Glue between the slot types of a flow (:class:`~ivr.flows.offline.Slot`) and the parsers of
+:mod:`ivr.dialogue.slots`: each type gets its machine form (what tool arguments receive) and its spoken form
+(what the caller hears) as a :class:`~ivr.dialogue.values.SlotValue`. Offers take their options from a tool
+result (``options``/``value``/``label`` of the slot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, time
+from typing import Any
+
+from ivr.dialogue import slots as parse
+from ivr.dialogue.values import Missing, SlotValue, apply_filters, lookup
+from ivr.flows.offline import Slot, split_filters
+
+__all__ = ["chosen", "hinted", "option_label", "option_value", "read_slot", "usable_options"]
+
+
+def read_slot(
+    slot: Slot,
+    text: str,
+    *,
+    today: date,
+    plausible: Callable[[time], bool] | None,
+    options: Sequence[Mapping[str, Any]] = (),
+    strict: bool = False,
+) -> SlotValue | None:
+    """The value of ``slot`` in ``text``, or ``None``.
+
+    ``strict`` is for text that did not answer this slot's question: only dates, times, numbers, names,
+    choices and booking ids with a clear cue are read then (see :mod:`ivr.dialogue.slots`).
+    """
+    kind = slot.type
+    if kind == "date":
+        day = parse.parse_date(text, today, strict=strict)
+        return SlotValue(day.isoformat(), parse.spoken_date(day)) if day else None
+    if kind == "time":
+        moment = parse.parse_time(text, strict=strict, plausible=plausible)
+        return SlotValue(moment.strftime("%H:%M"), parse.spoken_time(moment)) if moment else None
+    if kind == "number":
+        number = parse.parse_number(text, strict=strict)
+        if number is None or (slot.min is not None and number < slot.min):
+            return None
+        if slot.max is not None and number > slot.max:
+            return None
+        return SlotValue(number, str(number))
+    if kind == "choice":
+        choice = parse.parse_choice(text, slot.choices or {})
+        return SlotValue(choice, choice.replace("_", " ")) if choice else None
+    if kind == "name":
+        name = parse.parse_name(text, strict=strict)
+        return SlotValue(name, name) if name else None
+    if kind == "booking_id":
+        found = parse.parse_booking_id(text, strict=strict)
+        return SlotValue(found, parse.spell(found)) if found else None
+    if strict:
+        return None
+    if kind == "yes_no":
+        answer = parse.parse_yes_no(text)
+        return SlotValue(answer, "yes" if answer else "no") if answer is not None else None
+    if kind == "text":
+        said = " ".join(text.split())
+        return SlotValue(said, said) if said else None
+    if kind in ("phone", "digits"):
+        digits = parse.parse_phone(text) if kind == "phone" else parse.parse_digits(text)
+        return SlotValue(digits, parse.spoken_digits(digits)) if digits else None
+    labels = [option_label(slot, option) for option in options]
+    values = [str(option_value(slot, option)) for option in options]
+    index = parse.pick_option(text, labels, values)
+    return chosen(slot, options[index]) if index is not None else None
+
+
+def option_label(slot: Slot, option: Mapping[str, Any]) -> str:
+    """What is said for an option: its ``label`` field, filters applied."""
+    assert slot.label is not None
+    path, filters = split_filters(slot.label)
+    return apply_filters(lookup(option, path), filters, path)
+
+
+def option_value(slot: Slot, option: Mapping[str, Any]) -> Any:
+    """What is kept for an option: its ``value`` field."""
+    assert slot.value is not None
+    return lookup(option, tuple(slot.value.split(".")))
+
+
+def chosen(slot: Slot, option: Mapping[str, Any]) -> SlotValue:
+    """The slot value for a picked option (its fields stay readable as ``{{ slot.<field> }}``)."""
+    return SlotValue(option_value(slot, option), option_label(slot, option), dict(option))
+
+
+def usable_options(slot: Slot, data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The options in a tool result that have a value and a label, at most ``max_options`` of them."""
+    assert slot.options is not None
+    try:
+        found = lookup(data, tuple(slot.options.split(".")))
+    except Missing:
+        return []
+    usable = []
+    for option in found if isinstance(found, list) else []:
+        if not isinstance(option, Mapping):
+            continue
+        try:
+            option_label(slot, option)
+            option_value(slot, option)
+        except Missing:
+            continue
+        usable.append(option)
+    return usable[: slot.max_options]
+
+
+def hinted(slot: Slot, options: Sequence[Mapping[str, Any]], hint: time | None) -> SlotValue | None:
+    """The one option at the time the caller already mentioned ("… at ten thirty"), if exactly one fits."""
+    if hint is None:
+        return None
+    times = [parse.option_time(str(option_value(slot, o)), option_label(slot, o)) for o in options]
+    hits = [i for i, moment in enumerate(times) if moment == hint]
+    return chosen(slot, options[hits[0]]) if len(hits) == 1 else None

@@ -1,0 +1,794 @@
+"""Slot parsers: read a date, a time, a number, a name, a yes or no … out of what the caller said.
+
+Pure functions over recogniser text (lower-case words: "tuesday at ten thirty", "the twenty first", "my
+name is maria lopez") that also accept digits ("10:30", "21st", "2026-03-03") for typed and keypad input.
+Each returns ``None`` when the text does not clearly hold a value: the dialogue then asks again rather than
+guess. Most parsers have a ``strict`` mode for text that was *not* an answer to the slot's question (the
+caller volunteering "a table for four tomorrow at seven"); strict mode wants a cue ("at seven", "four
+people", "my name is …") so that words meant for one thing do not fill another.
+
+Rules worth knowing (also in docs/offline-dialogue.md):
+
+* Weekdays: "tuesday"/"on tuesday" is the next Tuesday after today (1–7 days ahead); "this tuesday" is
+  the next Tuesday from today on (today counts); "next tuesday" is the Tuesday of next week (weeks start
+  on Monday), so said on a Saturday it is three days ahead, said on a Monday eight.
+* A day of the month without a month ("the twenty first") is in this month if not yet past, else next
+  month. A month and day ("march third") is this year if not yet past, else next year.
+* A time without am/pm is resolved with ``plausible`` (e.g. "is this within the opening hours") when
+  exactly one of the two readings passes it; otherwise business hours are assumed: 1–6 → pm, 7–11 → am,
+  12 → noon.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, time, timedelta
+
+from ivr.dialogue.words import (
+    MONTH_NUMBERS,
+    ORDINALS,
+    TENS,
+    UNITS,
+    WEEKDAYS,
+    digit_string,
+    number_at,
+    numbers,
+    ordinal_at,
+    tokens,
+)
+
+__all__ = [
+    "option_time",
+    "parse_booking_id",
+    "parse_choice",
+    "parse_date",
+    "parse_digits",
+    "parse_name",
+    "parse_number",
+    "parse_phone",
+    "parse_time",
+    "parse_yes_no",
+    "pick_option",
+    "spell",
+    "spoken_date",
+    "spoken_digits",
+    "spoken_time",
+]
+
+# --- yes / no --------------------------------------------------------------------------------------------
+
+_YES = (
+    "yes",
+    "yeah",
+    "yea",
+    "yep",
+    "yup",
+    "sure",
+    "correct",
+    "right",
+    "that's right",
+    "thats right",
+    "please do",
+    "go ahead",
+    "ok",
+    "okay",
+    "absolutely",
+    "definitely",
+    "of course",
+    "sounds good",
+    "perfect",
+    "affirmative",
+    "i think so",
+    "that's it",
+    "that's correct",
+    "book it",
+    "do it",
+)
+_NO = (
+    "no",
+    "nope",
+    "nah",
+    "not really",
+    "that's wrong",
+    "thats wrong",
+    "wrong",
+    "no thanks",
+    "no thank you",
+    "not right",
+    "that's not right",
+    "not correct",
+    "incorrect",
+    "don't",
+    "do not",
+    "negative",
+    "not quite",
+    "i don't think so",
+    "don't think so",
+    "not that",
+    "isn't right",
+    "isn't correct",
+)
+#: Noes that outweigh a yes said in the same breath.
+_CLEAR_NO = frozenset(
+    tuple(tokens(p))
+    for p in ("that's wrong", "thats wrong", "wrong", "not right", "that's not right", "not correct",
+              "incorrect", "no thanks", "no thank you", "i don't think so", "isn't right", "isn't correct")
+)  # fmt: skip
+_YES_NO_PHRASES = sorted(
+    [(tuple(tokens(p)), True) for p in _YES] + [(tuple(tokens(p)), False) for p in _NO],
+    key=lambda item: -len(item[0]),
+)
+
+
+def parse_yes_no(text: str) -> bool | None:
+    """True for yes/yeah/sure/correct/that's right/go ahead…, False for no/nope/not really/that's wrong….
+
+    Phrases are matched longest first, so "not right" is a no and "i don't think so" is not a yes. An
+    answer holding both a yes and a no is ``None`` (asked again: "yes… no, wait"), unless the no is clear
+    ("yeah, no, that's wrong", "sure… no thanks").
+    """
+    words = tokens(text)
+    found: set[tuple[str, ...]] = set()
+    meanings: set[bool] = set()
+    i = 0
+    while i < len(words):
+        for phrase, meaning in _YES_NO_PHRASES:
+            if tuple(words[i : i + len(phrase)]) == phrase:
+                found.add(phrase)
+                meanings.add(meaning)
+                i += len(phrase)
+                break
+        else:
+            i += 1
+    if len(meanings) == 1:
+        return meanings.pop()
+    if meanings and found & _CLEAR_NO:
+        return False
+    return None
+
+
+# --- numbers ---------------------------------------------------------------------------------------------
+
+_PEOPLE = frozenset(
+    {"people", "persons", "person", "guests", "guest", "adults", "diners", "kids", "children", "of"}
+)
+_NUMBER_FILLERS = frozenset(
+    {"please", "people", "persons", "guests", "of", "us", "just", "we", "are", "we're", "there", "will", "be",
+     "it's", "its", "it", "'ll", "we'll", "um", "uh", "a", "table", "party"}
+)  # fmt: skip
+
+
+def parse_number(text: str, *, strict: bool = False) -> int | None:
+    """A whole number: "four", "twenty one", "a hundred and five", "12".
+
+    A number with a people cue ("four people", "for four", "party of six") wins over others. Strict mode
+    accepts only such cued numbers. Leniently (an answer to "how many?"), a lone "for" is read as four and
+    a lone "to"/"too" as two — recognisers often write those for a bare number.
+    """
+    words = tokens(text)
+    spans = [s for s in numbers(words) if not (s.start > 0 and words[s.start - 1] in ("at", "around"))]
+    spans = [s for s in spans if not (s.end < len(words) and words[s.end] in ("oclock", "am", "pm"))]
+    cued = [
+        s
+        for s in spans
+        if (s.end < len(words) and words[s.end] in _PEOPLE)
+        or (s.start > 0 and words[s.start - 1] in ("for", "of", "are", "we're"))
+    ]
+    if cued:
+        return cued[0].value
+    for k, word in enumerate(words):  # "a table for for people": the recogniser wrote "for" for four
+        if word == "for" and k + 1 < len(words) and words[k + 1] in _PEOPLE - {"of"}:
+            return 4
+    if strict:
+        return None
+    if spans:
+        return spans[0].value
+    rest = [w for w in words if w not in _NUMBER_FILLERS]
+    if rest == ["for"]:
+        return 4
+    if rest in (["to"], ["too"]):
+        return 2
+    return None
+
+
+def parse_digits(text: str) -> str | None:
+    """Digits read out or typed: "one two three four" → "1234", "double five" → "55"."""
+    digits = digit_string(tokens(text))
+    return digits or None
+
+
+def parse_phone(text: str) -> str | None:
+    """A phone number from words or digits ("five five five oh one oh one" → "5550101"); at least 7 digits.
+
+    A spoken "plus" at the start keeps a leading ``+``.
+    """
+    words = tokens(text)
+    digits = digit_string(words)
+    if len(digits) < 7:
+        return None
+    return ("+" if "plus" in words[:2] else "") + digits
+
+
+# --- dates -----------------------------------------------------------------------------------------------
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_date(text: str, today: date, *, strict: bool = False) -> date | None:
+    """A day: today, tomorrow, the day after tomorrow, weekdays, "march third", "the 21st", ISO dates.
+
+    See the module docstring for how weekdays and days without a month are placed. Strict mode accepts a
+    bare day of the month only as "on the twenty first" or "the twenty first of …".
+    """
+    words = tokens(text)
+    joined = " ".join(words)
+    for word in words:
+        if _ISO_DATE.fullmatch(word):
+            try:
+                return date.fromisoformat(word)
+            except ValueError:
+                return None
+    if "day after tomorrow" in joined:
+        return today + timedelta(days=2)
+    if re.search(r"\btomorrow\b", joined):
+        return today + timedelta(days=1)
+    if re.search(r"\b(today|tonight)\b", joined):
+        return today
+    relative = _in_days(words)
+    if relative is not None:
+        return today + timedelta(days=relative)
+    dated = _month_day(words, today)
+    if dated is not None:
+        return dated
+    weekday = next((k for k, word in enumerate(words) if word in WEEKDAYS), None)
+    if weekday is not None:
+        named = WEEKDAYS.index(words[weekday])
+        on_day = _day_of_month(words, today, strict=False, weekday=named)  # "monday the twenty third"
+        if on_day is not None:
+            return on_day
+        return _weekday(today, named, words[weekday - 1] if weekday > 0 else "")
+    return _day_of_month(words, today, strict=strict)
+
+
+def _in_days(words: list[str]) -> int | None:
+    for k, word in enumerate(words):
+        if word != "in" or k + 2 >= len(words) + 1:
+            continue
+        rest = words[k + 1 :]
+        if rest[:2] in (["a", "week"], ["one", "week"]):
+            return 7
+        if rest[:2] in (["a", "day"], ["one", "day"]):
+            return 1
+        span = number_at(words, k + 1)
+        if span is not None and span.end < len(words) and words[span.end] in ("days", "day", "weeks", "week"):
+            return span.value * (7 if words[span.end].startswith("week") else 1)
+    return None
+
+
+def _weekday(today: date, weekday: int, before: str) -> date:
+    ahead = (weekday - today.weekday()) % 7
+    if before == "next":
+        monday_next_week = today + timedelta(days=7 - today.weekday())
+        return monday_next_week + timedelta(days=weekday)
+    if before == "this":
+        return today + timedelta(days=ahead)
+    return today + timedelta(days=ahead or 7)
+
+
+def _safe_date(year: int, month: int, day: int) -> date | None:
+    try:
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def _month_day(words: list[str], today: date) -> date | None:
+    for k, word in enumerate(words):
+        month = MONTH_NUMBERS.get(word)
+        if month is None or (word == "may" and not _near_day(words, k)):
+            continue
+        day = None
+        after = k + 1 + (1 if k + 1 < len(words) and words[k + 1] == "the" else 0)
+        if after < len(words):
+            day = _day_number(words, after)
+        if day is None and k >= 2 and words[k - 1] == "of":  # "the third of march"
+            start = k - 2
+            while start > 0 and words[start - 1] in TENS:
+                start -= 1
+            day = _day_number(words, start) if start >= 0 else None
+        if day is None:
+            continue
+        found = _safe_date(today.year, month, day)
+        if found is not None and found < today:
+            found = _safe_date(today.year + 1, month, day)
+        return found
+    return None
+
+
+def _near_day(words: list[str], k: int) -> bool:
+    """ "may" is a month only next to a day number ("may third", "the third of may")."""
+    after = k + 1 < len(words) and (_day_number(words, k + 1) is not None or words[k + 1] == "the")
+    return after or (k > 0 and words[k - 1] == "of")
+
+
+def _day_number(words: list[str], i: int) -> int | None:
+    ordinal = ordinal_at(words, i)
+    if ordinal is not None:
+        return ordinal[0] if 1 <= ordinal[0] <= 31 else None
+    span = number_at(words, i)
+    if span is not None and 1 <= span.value <= 31:
+        return span.value
+    return None
+
+
+def _day_of_month(words: list[str], today: date, *, strict: bool, weekday: int | None = None) -> date | None:
+    """ "the twenty first": this month if not past, else the next month that has the day (and the weekday
+    said with it, if any)."""
+    for k in range(len(words)):
+        found = ordinal_at(words, k)
+        if found is None or k == 0 or words[k - 1] != "the":
+            continue
+        day, end = found
+        if end < len(words) and words[end] in ("one", "option", "time", "slot"):
+            continue  # "the first one": an option, not a date
+        if strict and not (k >= 2 and words[k - 2] == "on") and not (end < len(words) and words[end] == "of"):
+            continue
+        if not 1 <= day <= 31:
+            return None
+        year, month = today.year, today.month
+        for _ in range(3 if weekday is None else 14):
+            candidate = _safe_date(year, month, day)
+            if candidate is not None and candidate >= today and weekday in (None, candidate.weekday()):
+                return candidate
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        return None
+    return None
+
+
+# --- times -----------------------------------------------------------------------------------------------
+
+_AM = (("in", "the", "morning"), ("this", "morning"), ("am",))
+_PM = (
+    ("in", "the", "afternoon"),
+    ("in", "the", "evening"),
+    ("this", "afternoon"),
+    ("this", "evening"),
+    ("at", "night"),
+    ("tonight",),
+    ("pm",),
+)
+_CLOCK = re.compile(r"(\d{1,2}):(\d{2})")
+#: An hour word right after these is not a time ("the first one", "for four", "which one").
+_NOT_BEFORE_HOUR = frozenset({"the", "for", "of", "that", "this", "which", "any", "no", "every", *ORDINALS})
+
+
+def _marker(words: list[str], i: int) -> tuple[str | None, int]:
+    """``("am"|"pm"|None, end)`` for a part-of-day marker at ``i``."""
+    for phrase in _AM:
+        if tuple(words[i : i + len(phrase)]) == phrase:
+            return "am", i + len(phrase)
+    for phrase in _PM:
+        if tuple(words[i : i + len(phrase)]) == phrase:
+            return "pm", i + len(phrase)
+    return None, i
+
+
+def _minutes_at(words: list[str], i: int) -> tuple[int, int] | None:
+    """Minutes after an hour: "thirty", "forty five", "oh five", "15" → ``(minutes, end)``."""
+    if i >= len(words):
+        return None
+    word = words[i]
+    if word in ("oh", "o") and i + 1 < len(words) and words[i + 1] in UNITS and 0 < UNITS[words[i + 1]] < 10:
+        return UNITS[words[i + 1]], i + 2
+    if word.isdigit() and len(word) == 2 and int(word) < 60:
+        return int(word), i + 1
+    if word in TENS and TENS[word] < 60:
+        if i + 1 < len(words) and words[i + 1] in UNITS and 0 < UNITS[words[i + 1]] < 10:
+            return TENS[word] + UNITS[words[i + 1]], i + 2
+        return TENS[word], i + 1
+    if word in UNITS and UNITS[word] >= 10:
+        return UNITS[word], i + 1
+    return None
+
+
+def _hour_at(words: list[str], i: int) -> int | None:
+    word = words[i]
+    if word.isdigit() and len(word) <= 2 and int(word) <= 23:
+        return int(word)
+    if word in UNITS and 1 <= UNITS[word] <= 12:
+        return UNITS[word]
+    return None
+
+
+def _resolve(hour: int, minute: int, marker: str | None, plausible: Callable[[time], bool] | None) -> time:
+    if marker == "pm" and hour < 12:
+        hour += 12
+    elif marker == "am" and hour == 12:
+        hour = 0
+    elif marker is None and 1 <= hour <= 11:
+        readings = [time(hour, minute), time(hour + 12, minute)]
+        if plausible is not None:
+            fitting = [t for t in readings if plausible(t)]
+            if len(fitting) == 1:
+                return fitting[0]
+        hour = hour + 12 if hour <= 6 else hour
+    return time(hour % 24, minute)
+
+
+def parse_time(
+    text: str, *, strict: bool = False, plausible: Callable[[time], bool] | None = None
+) -> time | None:
+    """A time of day: "ten thirty", "10:30", "three pm", "half past two", "quarter to five", "noon".
+
+    Candidates with a clear cue (am/pm, o'clock, "at", "half past", a clock reading, noon) win over an
+    hour followed by minutes ("ten thirty"), which wins over a bare hour ("ten"). Strict mode ignores bare
+    hours. See the module docstring for how am/pm is chosen when not said.
+    """
+    words = tokens(text)
+    best: tuple[int, int, time] | None = None  # (rank, position, time)
+
+    def offer(rank: int, position: int, value: time) -> None:
+        nonlocal best
+        if best is None or (rank, position) < best[:2]:
+            best = (rank, position, value)
+
+    for i, word in enumerate(words):
+        if word in ("noon", "midday"):
+            offer(0, i, time(12, 0))
+            continue
+        if word == "midnight":
+            offer(0, i, time(0, 0))
+            continue
+        clock = _CLOCK.fullmatch(word)
+        if clock:
+            hour, minute = int(clock.group(1)), int(clock.group(2))
+            if hour <= 23 and minute <= 59:
+                marker, _ = _marker(words, i + 1)
+                offer(0, i, _resolve(hour, minute, marker, plausible if hour <= 12 else None))
+            continue
+        relative = _relative_time(words, i)
+        if relative is not None:
+            hour, minute, end = relative
+            marker, _ = _marker(words, end)
+            offer(0, i, _resolve(hour, minute, marker, plausible))
+            continue
+        hour = _hour_at(words, i)
+        if hour is None or (i > 0 and words[i - 1] in _NOT_BEFORE_HOUR):
+            continue
+        end = i + 1
+        if end < len(words) and words[end] in _PEOPLE:
+            continue  # "four people"
+        minute = 0
+        has_minutes = False
+        if end < len(words) and words[end] == "oclock":
+            end += 1
+            cued = True
+        else:
+            found = _minutes_at(words, end)
+            if found is not None and not (found[1] < len(words) and words[found[1]] in ("people", "minutes")):
+                minute, end = found
+                has_minutes = True
+            cued = False
+        marker, _ = _marker(words, end)
+        cued = cued or marker is not None or (i > 0 and words[i - 1] in ("at", "around", "about", "by"))
+        if hour > 12 and marker is not None:
+            continue
+        rank = 0 if cued else (1 if has_minutes else 2)
+        if rank == 2 and strict:
+            continue
+        offer(rank, i, _resolve(hour, minute, marker, plausible if hour <= 12 else None))
+    return best[2] if best is not None else None
+
+
+def _relative_time(words: list[str], i: int) -> tuple[int, int, int] | None:
+    """``half past two`` → (2, 30, end); ``quarter to five`` → (4, 45, end); ``ten past six`` → (6, 10, …)."""
+    word = words[i]
+    minutes: int | None = None
+    j = i + 1
+    if word == "half":
+        minutes = 30
+    elif word == "quarter":
+        minutes = 15
+    elif word == "a" and i + 1 < len(words) and words[i + 1] == "quarter":
+        minutes, j = 15, i + 2
+    else:
+        span = number_at(words, i)
+        if span is not None and 1 <= span.value <= 30:
+            minutes, j = span.value, span.end
+            if j < len(words) and words[j] == "minutes":
+                j += 1
+    if minutes is None or j + 1 >= len(words):
+        return None
+    direction = words[j]
+    if direction not in ("past", "after", "to", "before"):
+        return None
+    if direction in ("after", "before") and word not in ("half", "quarter", "a"):
+        return None
+    hour = _hour_at(words, j + 1)
+    if hour is None:
+        return None
+    if direction in ("past", "after"):
+        return hour, minutes, j + 2
+    if minutes == 30:
+        return None  # "half to five" is not English
+    return (hour - 1) % 24 or (12 if hour == 1 else 0), 60 - minutes, j + 2
+
+
+# --- names -----------------------------------------------------------------------------------------------
+
+_NAME_CUES = (
+    ("my", "name", "is"),
+    ("my", "name's"),
+    ("the", "name", "is"),
+    ("name", "is"),
+    ("name's",),
+    ("under", "the", "name", "of"),
+    ("under", "the", "name"),
+    ("this", "is"),
+    ("it's",),
+    ("it", "is"),
+    ("its",),
+    ("i'm",),
+    ("i", "am"),
+    ("call", "me"),
+    ("under",),
+)
+_STRICT_NAME_CUES = _NAME_CUES[:7]
+_FILLERS = frozenset(
+    {"um", "uh", "er", "erm", "hmm", "yes", "yeah", "yep", "sure", "ok", "okay", "so", "well", "hi", "hello",
+     "hey", "oh", "right", "sorry", "it's", "its", "please", "thanks", "thank", "you", "speaking", "here"}
+)  # fmt: skip
+#: Words that are not part of a name: if any is left after the fillers, the answer was not a name.
+_NOT_NAME = frozenset(
+    {"i", "me", "my", "a", "an", "the", "to", "for", "of", "and", "or", "but", "is", "are", "was", "be",
+     "want", "would", "like", "need", "can", "could", "book", "booking", "appointment", "speak", "talk",
+     "person", "someone", "what", "why", "how", "when", "where", "who", "don't", "do", "not", "no", "know",
+     "have", "has", "that", "this", "it", "in", "on", "at", "with", "cancel", "tomorrow", "today", "time",
+     "day", "morning", "afternoon", "evening", "again", "repeat", "say", "just", "already", "told",
+     "name", "number", "phone", "there", *WEEKDAYS, *UNITS, *TENS, *ORDINALS}
+)  # fmt: skip
+
+
+#: A word of a name: letters (any script), inner apostrophes and hyphens ("o'brien", "maría-josé").
+_NAME_WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")
+
+
+def _strip_cue(words: list[str], cues: Sequence[tuple[str, ...]]) -> tuple[list[str], bool]:
+    """The words after the first cue ("my name is"), then after any cues right behind it ("it's under")."""
+    for k in range(len(words)):
+        for cue in cues:
+            if tuple(words[k : k + len(cue)]) == cue:
+                rest = words[k + len(cue) :]
+                while True:
+                    rest = [w for w in rest[:1] if w not in _FILLERS] + rest[1:]
+                    follow = next((c for c in _NAME_CUES if tuple(rest[: len(c)]) == c), None)
+                    if follow is None:
+                        return rest, True
+                    rest = rest[len(follow) :]
+    return words, False
+
+
+def parse_name(text: str, *, strict: bool = False) -> str | None:
+    """A person's name in title case: "my name is maria lopez" → "Maria Lopez"; "it's john smith".
+
+    Fillers (um, yes, it's, please …) are dropped; what is left must be one to four words that are not
+    ordinary English words ("i want to book" is not a name). Strict mode needs an explicit cue ("my name
+    is", "the name is", "under the name"). Never invents: anything doubtful is ``None``.
+    """
+    words = _NAME_WORD.findall(text.lower().replace("’", "'"))
+    cues = _STRICT_NAME_CUES if strict else _NAME_CUES
+    rest, cued = _strip_cue(words, cues)
+    if strict and not cued:
+        return None
+    while rest and rest[0] in _FILLERS:
+        rest = rest[1:]
+    while rest and rest[-1] in _FILLERS:
+        rest = rest[:-1]
+    if strict:  # keep the name itself: stop at the first word that cannot be part of it
+        cut = next((k for k, w in enumerate(rest) if w in _NOT_NAME or w in _FILLERS), len(rest))
+        rest = rest[:cut]
+    if not 1 <= len(rest) <= 4 or any(w in _NOT_NAME or w in _FILLERS for w in rest):
+        return None
+    if any(len(w) < 2 for w in rest):
+        return None
+    return " ".join(w.title() for w in rest)
+
+
+# --- choices ---------------------------------------------------------------------------------------------
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ings", "ing", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _phrase_in(phrase: Sequence[str], words: Sequence[str]) -> bool:
+    n = len(phrase)
+    return n > 0 and any(tuple(words[i : i + n]) == tuple(phrase) for i in range(len(words) - n + 1))
+
+
+def parse_choice(text: str, choices: Mapping[str, Sequence[str]]) -> str | None:
+    """The choice whose name or one of whose phrases occurs as whole words; ``None`` if none or several.
+
+    Plurals and -ing forms count ("cleanings" selects "cleaning"); "check-up" matches "check up".
+    """
+    words = [_stem(w) for w in tokens(text)]
+    joined = "".join(words)
+    matched: list[str] = []
+    for value, phrases in choices.items():
+        for phrase in (value, *phrases):
+            stems = [_stem(w) for w in tokens(phrase)]
+            if _phrase_in(stems, words) or (len(stems) > 1 and "".join(stems) in joined.split()):
+                matched.append(value)
+                break
+    return matched[0] if len(matched) == 1 else None
+
+
+# --- booking ids -----------------------------------------------------------------------------------------
+
+_NATO = {
+    "alpha": "A", "alfa": "A", "bravo": "B", "charlie": "C", "delta": "D", "echo": "E", "foxtrot": "F",
+    "golf": "G", "hotel": "H", "india": "I", "juliet": "J", "juliett": "J", "kilo": "K", "lima": "L",
+    "mike": "M", "november": "N", "oscar": "O", "papa": "P", "quebec": "Q", "romeo": "R", "sierra": "S",
+    "tango": "T", "uniform": "U", "victor": "V", "whiskey": "W", "whisky": "W", "xray": "X", "x-ray": "X",
+    "yankee": "Y", "zulu": "Z",
+}  # fmt: skip
+#: How recognisers write some spoken letter names (only ones that are not common words).
+_LETTER_NAMES = {
+    "bee": "B", "cee": "C", "dee": "D", "gee": "G", "jay": "J", "kay": "K", "el": "L", "ell": "L",
+    "em": "M", "en": "N", "pee": "P", "cue": "Q", "queue": "Q", "ess": "S", "tee": "T", "vee": "V",
+    "ex": "X", "zed": "Z", "zee": "Z", "aitch": "H",
+}  # fmt: skip
+_ID_CUES = ("id", "code", "reference", "number", "is", "booking", "confirmation")
+
+
+def _id_chars(word: str) -> str | None:
+    if word in _NATO:
+        return _NATO[word]
+    if word in _LETTER_NAMES:
+        return _LETTER_NAMES[word]
+    if word in UNITS and UNITS[word] < 10:
+        return str(UNITS[word])
+    if word == "oh":
+        return "O"
+    if re.fullmatch(r"[a-z0-9]+", word) and (len(word) == 1 or any(ch.isdigit() for ch in word)):
+        return word.upper()
+    return None
+
+
+def parse_booking_id(text: str, *, strict: bool = False) -> str | None:
+    """Letters and digits spelled out: "a b three k m seven" or "alpha bravo 3 kilo mike 7" → "AB3KM7".
+
+    "b as in bravo" counts once; "double k" is "KK". The longest run of letter/digit words wins; fewer
+    than three characters is ``None``. Strict mode reads only what follows a cue ("booking id is …").
+    """
+    words = tokens(text)
+    if strict:
+        cue = max((k for k, w in enumerate(words) if w in _ID_CUES), default=-1)
+        if cue < 0:
+            return None
+        words = words[cue + 1 :]
+    runs: list[str] = []
+    current = ""
+    repeat = 1
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word in ("double", "triple") and i + 1 < len(words) and _id_chars(words[i + 1]):
+            repeat = 2 if word == "double" else 3
+            i += 1
+            continue
+        if word in ("as", "for") and i + 2 < len(words) and words[i + 1] == "in" and words[i + 2] in _NATO:
+            i += 3  # "b as in bravo"
+            continue
+        if word == "for" and i + 1 < len(words) and words[i + 1] in _NATO and current:
+            i += 2  # "m for mike"
+            continue
+        chars = _id_chars(word)
+        if chars is None:
+            if current:
+                runs.append(current)
+            current = ""
+        else:
+            current += chars * repeat
+        repeat = 1
+        i += 1
+    if current:
+        runs.append(current)
+    best = max(runs, key=len, default="")
+    return best if len(best) >= 3 else None
+
+
+# --- offers ----------------------------------------------------------------------------------------------
+
+_PICK_ORDINALS = {
+    "first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3, "fifth": 4,
+    "5th": 4, "earliest": 0, "earlier": 0, "last": -1, "latest": -1, "later": -1, "final": -1,
+}  # fmt: skip
+_OPTION_NOUNS = ("option", "number", "choice")
+_LABEL_STOP = frozenset(
+    {"at", "on", "the", "a", "an", "and", "or", "of", "in", "one", "please", "i'll", "take"}
+)
+_OPTION_TIME = re.compile(r"(?:T|\b)(\d{1,2}):(\d{2})\b")
+
+
+def option_time(value: str, label: str) -> time | None:
+    """The time of day of an offered option, from its value (``2026-03-03T09:30``) or its label."""
+    for source in (value, label):
+        m = _OPTION_TIME.search(source)
+        if m:
+            return time(int(m.group(1)) % 24, int(m.group(2)))
+        parsed = parse_time(source, strict=True)
+        if parsed is not None:
+            return parsed
+    return None
+
+
+def pick_option(text: str, labels: Sequence[str], values: Sequence[str]) -> int | None:
+    """Which offered option the caller chose, as an index; ``None`` if unclear.
+
+    By order ("the first one", "the second", "the last", "number two"), by time ("ten thirty" picks the
+    option at 10:30; am/pm is tried both ways when the first reading matches nothing), or by a word that
+    only one label has ("wednesday" when one option is on Wednesday).
+    """
+    words = tokens(text)
+    count = len(labels)
+    if count == 0:
+        return None
+    for k, word in enumerate(words):
+        if word in _PICK_ORDINALS:
+            index = _PICK_ORDINALS[word]
+            index = count - 1 if index == -1 else index
+            return index if index < count else None
+        if word in _OPTION_NOUNS and k + 1 < len(words):
+            span = number_at(words, k + 1)
+            if span is not None and 1 <= span.value <= count:
+                return span.value - 1
+    wanted = parse_time(text)
+    if wanted is not None:
+        times = [option_time(str(v), str(label)) for v, label in zip(values, labels, strict=True)]
+        for candidate in (wanted, time((wanted.hour + 12) % 24, wanted.minute)):
+            hits = [i for i, t in enumerate(times) if t == candidate]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                return None
+    label_words = [{w for w in tokens(str(label)) if w not in _LABEL_STOP} for label in labels]
+    shared = set.intersection(*label_words) if label_words else set()
+    said = set(words) - _LABEL_STOP
+    hits = [i for i, ws in enumerate(label_words) if (ws - shared) & said]
+    return hits[0] if len(hits) == 1 else None
+
+
+# --- spoken forms ----------------------------------------------------------------------------------------
+
+_DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def spoken_date(day: date) -> str:
+    """``Tuesday, November 24``: how a date is said."""
+    return f"{_DAY_NAMES[day.weekday()]}, {day.strftime('%B')} {day.day}"
+
+
+def spoken_time(moment: time) -> str:
+    """``10:30 AM``, ``2:15 PM``, ``noon``, ``midnight``: how a time is said (speech reads the digits)."""
+    if moment == time(12, 0):
+        return "noon"
+    if moment == time(0, 0):
+        return "midnight"
+    hour = moment.hour % 12 or 12
+    return f"{hour}:{moment.minute:02d} {'AM' if moment.hour < 12 else 'PM'}"
+
+
+def spell(text: str) -> str:
+    """Letters and digits one by one: ``AB3KM7`` → ``A B 3 K M 7``."""
+    return " ".join(ch.upper() for ch in text if ch.isalnum())
+
+
+def spoken_digits(text: str) -> str:
+    """Digits one by one: ``5551234`` → ``5 5 5 1 2 3 4`` (a leading ``+`` is said as "plus")."""
+    said = " ".join(ch for ch in text if ch.isdigit())
+    return f"plus {said}" if text.strip().startswith("+") else said

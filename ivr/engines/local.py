@@ -1,0 +1,314 @@
+"""The offline engine: local VAD, pocketsphinx, the flow's rule-based dialogue and hibari's voice.
+
+To the call it is one more model speaking the Realtime protocol (:class:`ivr.engines.base.InProcessModel`):
+
+- caller audio (8 kHz μ-law) → :class:`ivr.speech.vad.TurnDetector`; a turn start is reported as
+  ``input_audio_buffer.speech_started`` (so the call's barge-in clears the agent's audio), its end as
+  ``speech_stopped`` + ``committed``; the turn is recognised by :class:`ivr.speech.asr.Recognizer` (in a
+  worker thread) and reported as the caller's transcript;
+- the transcript goes to :class:`ivr.dialogue.manager.Dialogue`, which answers with lines to say and tool
+  calls; lines are synthesised sentence by sentence (the first sentence plays while the next is made) and
+  sent as audio deltas; tool calls end the response as ``function_call`` items, so the call runs them
+  through the same tool runtime and approval gate as for OpenAI, and sends their results back as
+  ``function_call_output`` items, which go back into the dialogue;
+- lines the call itself asks for (the greeting, the hold phrase, the fallback notice) arrive as
+  ``response.create`` instructions made by :func:`ivr.call.notices.say_line`; operator decisions arrive as
+  :func:`ivr.call.notices.approval_notice` system messages.
+
+Models are loaded once per process (:class:`LocalResources`); the recogniser's language model is built from
+the flow's own phrases (intent examples, choices) on top of a generic phone-call corpus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from ..call.notices import parse_approval_notice, quoted_line
+from ..dialogue.manager import Action, CallTool, Dialogue, Say
+from ..speech.asr import Recognizer
+from ..speech.tts import Synthesizer, shared_synthesizer
+from ..speech.vad import SpeechStarted, SpeechStopped, TurnDetector
+from .base import InProcessModel
+from .wire import ResponseState
+
+if TYPE_CHECKING:
+    from ..call.session import CallSession
+    from ..flows import Flow
+    from ..flows.state import FlowState
+
+log = logging.getLogger("ivr.engines.local")
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+#: Caller text the call sends itself (keypad presses), not words the caller said.
+_KEYPAD = re.compile(r"^The caller pressed (?P<digit>[0-9*#]) on the keypad")
+
+
+def flow_phrases(flow: Flow) -> list[str]:
+    """What callers of this flow are likely to say: intent examples and keywords, slot choices."""
+    phrases: list[str] = []
+
+    def intents_of(section: Any) -> Iterable[Any]:
+        return getattr(section, "intents", None) or () if section is not None else ()
+
+    sections = [getattr(flow, "offline", None)] + [getattr(s, "offline", None) for s in flow.stages]
+    for section in sections:
+        for intent in intents_of(section):
+            phrases.extend(getattr(intent, "examples", None) or ())
+            phrases.extend(getattr(intent, "keywords", None) or ())
+            for slot in getattr(intent, "slots", None) or ():
+                for value, synonyms in (getattr(slot, "choices", None) or {}).items():
+                    phrases.append(str(value))
+                    phrases.extend(synonyms)
+    return [p for p in phrases if p and p.strip()]
+
+
+@dataclass
+class LocalResources:
+    """The speech models one flow needs, loaded once per process and shared by its calls."""
+
+    recognizer: Recognizer
+    synthesizer: Synthesizer
+    load_s: float = 0.0
+
+    @classmethod
+    def for_flow(cls, flow: Flow, on_status: Any = None) -> LocalResources:
+        """Load (or reuse) the models for ``flow``. Blocking: call it from a worker thread."""
+        key = flow.id
+        with _LOCK:
+            cached = _RESOURCES.get(key)
+            if cached is not None:
+                return cached
+            started = time.perf_counter()
+            offline = getattr(flow, "offline", None)
+            synthesizer = shared_synthesizer(
+                voice=getattr(offline, "voice", "heart") or "heart",
+                speed=float(getattr(offline, "speed", 1.0) or 1.0),
+                on_status=on_status,
+            )
+            synthesizer.load()
+            recognizer = Recognizer(sentences=flow_phrases(flow), on_status=on_status)
+            recognizer.load()
+            resources = cls(recognizer, synthesizer, time.perf_counter() - started)
+            _RESOURCES[key] = resources
+            log.info("offline engine ready for flow %s in %.2f s", flow.id, resources.load_s)
+            return resources
+
+
+_LOCK = threading.Lock()
+_RESOURCES: dict[str, LocalResources] = {}
+
+
+def _today(flow: Flow) -> date:
+    zone = ZoneInfo(flow.timezone) if flow.timezone else None
+    return datetime.now(zone).date()
+
+
+class LocalEngine(InProcessModel):
+    """One call's offline conversation. Create with :meth:`for_call`, then ``await engine.open()``."""
+
+    engine = "local"
+
+    def __init__(
+        self,
+        *,
+        flow: Flow,
+        context: dict[str, str],
+        state: FlowState | None = None,
+        resources: LocalResources | None = None,
+        today: date | None = None,
+        fallback: bool = False,
+        call: CallSession | None = None,
+    ) -> None:
+        super().__init__(model="local", id_prefix="local")
+        self.flow = flow
+        self.context = context
+        self.state = state
+        self.resources = resources
+        self.today = today or _today(flow)
+        self.fallback = fallback
+        self.call = call
+        offline = getattr(flow, "offline", None)
+        self.vad = TurnDetector()
+        self.dialogue: Dialogue | None = None
+        self._pending: list[Action] = []
+        self._issued: set[str] = set()
+        self._started = False
+        self._awaiting_create = False
+        self._turn_item: str | None = None
+        self._turn_started_at: int = 0
+        self._turn_ended_at: float | None = None
+        self._recognitions = 0
+        self._unsaid: list[CallTool] = []
+        self._voice = getattr(offline, "voice", "heart") if offline is not None else "heart"
+        #: per caller turn: (recognition ms, confidence, ms from end of speech to first audio)
+        self.turn_metrics: list[dict[str, Any]] = []
+
+    @classmethod
+    def for_call(cls, call: CallSession, *, fallback: bool = False) -> LocalEngine:
+        return cls(
+            flow=call.flow,
+            context=call.context,
+            state=call.state,
+            fallback=fallback,
+            call=call,
+        )
+
+    async def open(self) -> LocalEngine:
+        if self.resources is None:
+            cached = _RESOURCES.get(self.flow.id)
+            self.resources = cached or await asyncio.to_thread(LocalResources.for_flow, self.flow)
+        stage = self.state.stage if self.state is not None else None
+        self.dialogue = Dialogue(self.flow, stage=stage, context=self.context, today=self.today)
+        await super().open()
+        return self
+
+    def effective_session(self) -> dict[str, Any]:
+        return self.writer.session(
+            model=self.model, instructions=self.instructions, voice=self._voice, tools=self.tools
+        )
+
+    # ---- caller audio ---------------------------------------------------------------------------------
+
+    def on_audio(self, mulaw: bytes) -> None:
+        for event in self.vad.feed_mulaw(mulaw):
+            if isinstance(event, SpeechStarted):
+                self._turn_item = self.writer.new_id("item")
+                self._turn_started_at = event.at_ms
+                self.emit(self.writer.speech_started(self._turn_item, event.at_ms))
+                if self.responding and self.dialogue is not None:
+                    self.dialogue.interrupted()
+            elif isinstance(event, SpeechStopped):
+                item = self._turn_item or self.writer.new_id("item")
+                self._turn_item = None
+                self._turn_ended_at = time.perf_counter()
+                self.emit(self.writer.speech_stopped(item, event.at_ms), self.writer.committed(item))
+                self.spawn(self._recognise(item, event.audio, self._turn_ended_at), "asr")
+
+    async def _recognise(self, item: str, audio: bytes, ended_at: float) -> None:
+        assert self.resources is not None and self.dialogue is not None
+        result = await asyncio.to_thread(self.resources.recognizer.recognize, audio)
+        self._recognitions += 1
+        self.emit(self.writer.transcription(item, result.text, result.audio_ms / 1000.0))
+        log.debug("heard %r (confidence %.2f, %.0f ms)", result.text, result.confidence, result.decode_ms)
+        metrics = {"asr_ms": round(result.decode_ms, 1), "confidence": round(result.confidence, 3)}
+        self.turn_metrics.append(metrics)
+        self._queue(self.dialogue.heard(result.text, result.confidence), ended_at, metrics)
+
+    # ---- items from the call ----------------------------------------------------------------------------
+
+    def on_item(self, item: dict[str, Any]) -> None:
+        if self.dialogue is None:
+            return
+        kind = item.get("type")
+        if kind == "function_call_output":
+            call_id = item.get("call_id")
+            if call_id in self._issued:  # not a replayed call from another engine
+                self._issued.discard(call_id)
+                self._pending.extend(self.dialogue.tool_result(str(call_id), str(item.get("output", ""))))
+            return
+        if kind != "message":
+            return
+        text = " ".join(
+            str(part.get("text", ""))
+            for part in item.get("content") or ()
+            if isinstance(part, dict) and part.get("type") == "input_text"
+        ).strip()
+        if not text:
+            return
+        if item.get("role") == "system":
+            notice = parse_approval_notice(text)
+            if notice is not None:
+                self._pending.extend(
+                    self.dialogue.approval_decided(
+                        notice.tool, notice.approved, notice.output, notice.message
+                    )
+                )
+        elif item.get("role") == "user" and self._started:
+            if _KEYPAD.match(text):
+                self._sync_stage()
+            else:  # typed text
+                self._pending.extend(self.dialogue.heard(text, 1.0))
+
+    def on_session_update(self) -> None:
+        self._sync_stage()
+
+    def _sync_stage(self) -> None:
+        """The call changed stage by itself (a keypad shortcut): follow it."""
+        if self.dialogue is None or self.state is None or not self._started:
+            return
+        if self.state.stage != self.dialogue.stage and self.dialogue.waiting == "caller":
+            self._pending.extend(self.dialogue.stage_changed(self.state.stage))
+
+    # ---- responses ----------------------------------------------------------------------------------------
+
+    def on_response_create(self, instructions: str | None) -> None:
+        self._awaiting_create = False
+        lines: list[Action] = []
+        quoted = quoted_line(instructions)
+        if quoted:
+            lines.append(Say(quoted))
+        if not self._started and self.dialogue is not None:
+            self._started = True
+            self._pending.extend(self.dialogue.start())
+        actions, self._pending = lines + self._pending, []
+        self._respond(actions, None, None)
+
+    def _queue(self, actions: list[Action], ended_at: float | None, metrics: dict[str, Any] | None) -> None:
+        """New actions from a caller turn: answer now, or after the response that is running."""
+        self._pending.extend(actions)
+        if self.responding or self._awaiting_create or not self._started:
+            return
+        actions, self._pending = self._pending, []
+        self._respond(actions, ended_at, metrics)
+
+    def _respond(self, actions: list[Action], ended_at: float | None, metrics: dict[str, Any] | None) -> None:
+        async def produce(state: ResponseState) -> None:
+            first_audio = True
+            for index, action in enumerate(actions):
+                self._unsaid = [a for a in actions[index:] if isinstance(a, CallTool)]
+                if isinstance(action, Say):
+                    for sentence in _SENTENCE.split(action.text.strip()):
+                        if not sentence:
+                            continue
+                        assert self.resources is not None
+                        audio = await asyncio.to_thread(self.resources.synthesizer.synthesize_mulaw, sentence)
+                        if first_audio and ended_at is not None and metrics is not None:
+                            metrics["reply_ms"] = round((time.perf_counter() - ended_at) * 1000, 1)
+                            self._report(metrics)
+                        first_audio = False
+                        await self.speak(state, sentence, [audio])
+                elif isinstance(action, CallTool):
+                    self._issued.add(action.call_id)
+                    self._awaiting_create = True
+                    self.add_function_call(state, action.call_id, action.name, action.arguments)
+            self._unsaid = []
+
+        self._unsaid = []
+        self.start_response(produce)
+
+    def _report(self, metrics: dict[str, Any]) -> None:
+        if self.call is not None:
+            self.call.feed.emit("engine.turn", engine="local", **metrics)
+
+    def on_response_finished(self, state: ResponseState, status: str) -> None:
+        if status != "completed":
+            # Cut short (barge-in): the rest of the speech is dropped, but a tool call the dialogue is waiting
+            # for must still happen.
+            unsaid = [a for a in self._unsaid if a.call_id not in self._issued]
+            self._pending[:0] = unsaid
+            self._unsaid = []
+            if self._awaiting_create:
+                return  # the call still runs the tools it was given
+        if self._pending and not self._awaiting_create and not self.closed:
+            actions, self._pending = self._pending, []
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._respond, actions, None, None)
