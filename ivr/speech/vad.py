@@ -8,13 +8,18 @@ any chunk size and it gives the same events.
 
 Backend: ``webrtcvad`` (the webrtcvad-wheels package). pocketsphinx 5 ships the same WebRTC GMM classifier
 as ``pocketsphinx.Vad``; benchmarks/bench_speech.py runs both through this detector and they agreed on
-every frame (clean speech, and white noise at −45, −35 and −25 dBFS, all four aggressiveness modes) and
-cost about the same (~3 µs a frame), so they are equal and webrtcvad-wheels is the default as the smaller,
-single-purpose dependency. ``backend="pocketsphinx"`` selects the other for comparison.
+every frame (clean speech and white noise at −45 and −35 dBFS, all four aggressiveness modes), so turns,
+edge errors and false starts were identical, and both cost 3-6 µs a frame here. Being equal, the
+smaller, single-purpose webrtcvad-wheels is the default; ``backend="pocketsphinx"`` selects the other.
+
+Measured (aggressiveness 2, 31 synthesized caller lines): onsets within 55 ms of the true edge when clean
+and 105 ms in −35 dBFS white noise; ends ~120 ms late when clean (WebRTC's own hangover) and up to 195 ms
+early in noise (quiet word endings drown); no false start in 60 s of white noise up to −35 dBFS.
 
 Times (``at_ms``) count the audio fed since construction or :meth:`TurnDetector.reset`. A start's ``at_ms``
 is the estimated onset (the first voiced frame of the window that triggered it), not the moment of
-detection, which is ``start_ms``-ish later; a stop's ``at_ms`` is the end of the last voiced frame.
+detection, which is ``start_ms``-ish later; a stop's ``at_ms`` is the end of the last voiced frame, and
+the event itself comes once ``stop_ms`` of mostly unvoiced audio has followed.
 """
 
 from __future__ import annotations
