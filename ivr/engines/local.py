@@ -148,6 +148,7 @@ class LocalEngine(InProcessModel):
         self._turn_ended_at: float | None = None
         self._recognitions = 0
         self._unsaid: list[CallTool] = []
+        self._open_turn: tuple[float, dict[str, Any]] | None = None
         self._voice = getattr(offline, "voice", "heart") if offline is not None else "heart"
         #: per caller turn: (recognition ms, confidence, ms from end of speech to first audio)
         self.turn_metrics: list[dict[str, Any]] = []
@@ -201,7 +202,8 @@ class LocalEngine(InProcessModel):
         log.debug("heard %r (confidence %.2f, %.0f ms)", result.text, result.confidence, result.decode_ms)
         metrics = {"asr_ms": round(result.decode_ms, 1), "confidence": round(result.confidence, 3)}
         self.turn_metrics.append(metrics)
-        self._queue(self.dialogue.heard(result.text, result.confidence), ended_at, metrics)
+        self._open_turn = (ended_at, metrics)  # the next audio we send answers this turn
+        self._queue(self.dialogue.heard(result.text, result.confidence))
 
     # ---- items from the call ----------------------------------------------------------------------------
 
@@ -260,19 +262,18 @@ class LocalEngine(InProcessModel):
             self._started = True
             self._pending.extend(self.dialogue.start())
         actions, self._pending = lines + self._pending, []
-        self._respond(actions, None, None)
+        self._respond(actions)
 
-    def _queue(self, actions: list[Action], ended_at: float | None, metrics: dict[str, Any] | None) -> None:
+    def _queue(self, actions: list[Action]) -> None:
         """New actions from a caller turn: answer now, or after the response that is running."""
         self._pending.extend(actions)
         if self.responding or self._awaiting_create or not self._started:
             return
         actions, self._pending = self._pending, []
-        self._respond(actions, ended_at, metrics)
+        self._respond(actions)
 
-    def _respond(self, actions: list[Action], ended_at: float | None, metrics: dict[str, Any] | None) -> None:
+    def _respond(self, actions: list[Action]) -> None:
         async def produce(state: ResponseState) -> None:
-            first_audio = True
             for index, action in enumerate(actions):
                 self._unsaid = [a for a in actions[index:] if isinstance(a, CallTool)]
                 if isinstance(action, Say):
@@ -281,10 +282,11 @@ class LocalEngine(InProcessModel):
                             continue
                         assert self.resources is not None
                         audio = await asyncio.to_thread(self.resources.synthesizer.synthesize_mulaw, sentence)
-                        if first_audio and ended_at is not None and metrics is not None:
+                        if self._open_turn is not None:
+                            ended_at, metrics = self._open_turn
+                            self._open_turn = None
                             metrics["reply_ms"] = round((time.perf_counter() - ended_at) * 1000, 1)
                             self._report(metrics)
-                        first_audio = False
                         await self.speak(state, sentence, [audio])
                 elif isinstance(action, CallTool):
                     self._issued.add(action.call_id)
@@ -311,4 +313,4 @@ class LocalEngine(InProcessModel):
         if self._pending and not self._awaiting_create and not self.closed:
             actions, self._pending = self._pending, []
             loop = asyncio.get_running_loop()
-            loop.call_soon(self._respond, actions, None, None)
+            loop.call_soon(self._respond, actions)
