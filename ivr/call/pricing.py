@@ -20,17 +20,25 @@ class Prices:
     audio_out: float
 
 
-# Longest prefix wins, so dated snapshots (gpt-realtime-2025-08-28) resolve to their family.
-PRICES: dict[str, Prices] = {
+# Longest prefix wins, so dated snapshots (gpt-realtime-2025-08-28) resolve to their family. ``None`` marks a
+# family whose prices are not known, so it does not inherit a shorter prefix's (gpt-audio-mini vs gpt-audio).
+PRICES: dict[str, Prices | None] = {
     "gpt-realtime-mini": Prices(0.60, 0.06, 10.00, 0.30, 2.40, 20.00),
     "gpt-realtime": Prices(4.00, 0.40, 32.00, 0.40, 16.00, 64.00),
     "gpt-4o-mini-realtime-preview": Prices(0.60, 0.30, 10.00, 0.30, 2.40, 20.00),
     "gpt-4o-realtime-preview": Prices(5.00, 2.50, 40.00, 2.50, 20.00, 80.00),
+    # Chat Completions audio models (OpenAI model pages): no cached-input rate is listed, so cached tokens
+    # are billed at the full rate. gpt-audio-mini's page lists text prices only.
+    "gpt-audio": Prices(2.50, 2.50, 32.00, 32.00, 10.00, 64.00),
+    "gpt-audio-1.5": Prices(2.50, 2.50, 32.00, 32.00, 10.00, 64.00),
+    "gpt-audio-mini": None,
+    "gpt-4o-audio-preview": Prices(2.50, 2.50, 40.00, 40.00, 10.00, 80.00),
+    "gpt-4o-mini-audio-preview": Prices(0.15, 0.15, 10.00, 10.00, 0.60, 20.00),
 }
 
 
 def prices_for(model: str) -> Prices | None:
-    best = None
+    best: tuple[str, Prices | None] | None = None
     for prefix, prices in PRICES.items():
         if model.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
             best = (prefix, prices)
