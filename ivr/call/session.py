@@ -346,6 +346,8 @@ class CallSession:
         return "closed by server"
 
     def _schedule_rollover(self) -> None:
+        if self.engine != "realtime":
+            return  # in-process engines have no provider session cap (and a roll-over would lose audio turns)
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(self.settings.model_session_max_s, self._mark_rollover))
 
