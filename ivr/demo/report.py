@@ -24,15 +24,11 @@ _SOUND_LEVEL = 200
 _MIN_REPLY_MS = 60
 
 
-def mulaw_to_pcm(mulaw: bytes | bytearray) -> np.ndarray:
-    return ulaw_to_pcm16(bytes(mulaw))
-
-
 def write_stereo_wav(
     path: Path, caller: bytes | bytearray, agent: bytes | bytearray, rate: int = 8000
 ) -> float:
     """Caller on the left channel, agent on the right, 16-bit PCM; returns the length in seconds."""
-    left, right = mulaw_to_pcm(caller), mulaw_to_pcm(agent)
+    left, right = ulaw_to_pcm16(caller), ulaw_to_pcm16(agent)
     n = max(len(left), len(right))
     frames = np.zeros((n, 2), dtype="<i2")
     frames[: len(left), 0] = left
@@ -57,7 +53,7 @@ class Turn:
 
 def sound_span(mulaw: bytes) -> tuple[int, int] | None:
     """First and one-past-last sample with sound, or ``None`` for silence."""
-    loud = np.flatnonzero(np.abs(mulaw_to_pcm(mulaw).astype(np.int32)) > _SOUND_LEVEL)
+    loud = np.flatnonzero(np.abs(ulaw_to_pcm16(mulaw).astype(np.int32)) > _SOUND_LEVEL)
     if loud.size == 0:
         return None
     return int(loud[0]), int(loud[-1]) + 1
@@ -65,7 +61,7 @@ def sound_span(mulaw: bytes) -> tuple[int, int] | None:
 
 def reply_latency_ms(agent: bytes | bytearray, after: int, until: int | None = None) -> float | None:
     """ms from sample ``after`` to the first agent sound that lasts at least ``_MIN_REPLY_MS``."""
-    pcm = np.abs(mulaw_to_pcm(agent[after:until]).astype(np.int32))
+    pcm = np.abs(ulaw_to_pcm16(agent[after:until]).astype(np.int32))
     loud = pcm > _SOUND_LEVEL
     if not loud.any():
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import socket
@@ -504,8 +505,6 @@ async def _report(
 
 
 def _json(text: Any) -> Any:
-    import json
-
     if not isinstance(text, str):
         return text
     try:

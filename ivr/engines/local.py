@@ -146,7 +146,6 @@ class LocalEngine(InProcessModel):
         self._turn_item: str | None = None
         self._turn_started_at: int = 0
         self._turn_ended_at: float | None = None
-        self._recognitions = 0
         self._unsaid: list[CallTool] = []
         self._open_turn: tuple[float, dict[str, Any]] | None = None
         self._voice = getattr(offline, "voice", "heart") if offline is not None else "heart"
@@ -197,7 +196,6 @@ class LocalEngine(InProcessModel):
     async def _recognise(self, item: str, audio: bytes, ended_at: float) -> None:
         assert self.resources is not None and self.dialogue is not None
         result = await asyncio.to_thread(self.resources.recognizer.recognize, audio)
-        self._recognitions += 1
         self.emit(self.writer.transcription(item, result.text, result.audio_ms / 1000.0))
         log.debug("heard %r (confidence %.2f, %.0f ms)", result.text, result.confidence, result.decode_ms)
         metrics = {"asr_ms": round(result.decode_ms, 1), "confidence": round(result.confidence, 3)}
