@@ -98,6 +98,8 @@ class Settings:
     twilio_api_base: str = "https://api.twilio.com"
     #: Bearer token for operator endpoints (/api/...). Unset means those endpoints refuse every request.
     operator_token: str = ""
+    #: Serve GET /metrics without an operator token (for a Prometheus on a private network).
+    metrics_public: bool = False
     #: How long live calls may run on after SIGTERM before they are ended.
     drain_timeout_s: float = 30.0
     #: Roll the model socket over to a fresh one after this long (providers cap sessions at ~30-60 min).
@@ -130,6 +132,7 @@ class Settings:
             verify_signatures=_bool(env, "IVR_VERIFY_SIGNATURES", True),
             twilio_api_base=(env.get("IVR_TWILIO_API_BASE", "") or "https://api.twilio.com").rstrip("/"),
             operator_token=env.get("IVR_OPERATOR_TOKEN", ""),
+            metrics_public=_bool(env, "IVR_METRICS_PUBLIC", False),
             drain_timeout_s=_float(env, "IVR_DRAIN_TIMEOUT", 30.0),
             model_session_max_s=_float(env, "IVR_MODEL_SESSION_MAX", 25 * 60.0, minimum=1.0),
             model_connect_attempts=_int(env, "IVR_MODEL_CONNECT_ATTEMPTS", 6, minimum=1),

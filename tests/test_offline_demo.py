@@ -72,6 +72,11 @@ async def test_demo_books_an_approved_appointment_by_voice(tmp_path: Path, redis
     # The recogniser understood the caller through μ-law and the phone path.
     assert summary["recognition"]["word_accuracy"] >= 0.75, summary["recognition"]
     assert summary["reply_latency_ms"] and max(summary["reply_latency_ms"]) < 3000
+    # The server's own per-turn figures (from the call hash in Redis) are in the summary and the log.
+    measured = summary["turn_latency"]
+    assert measured["turns"] >= 1 and len(measured["turns_ms"]) == measured["turns"]
+    assert 0 < measured["median_ms"] <= measured["p90_ms"] < 5000 and measured["greeting_ms"] > 0
+    assert "measured by the server" in log
 
     # The recording: two channels, caller left, agent right, as long as the call.
     with wave.open(str(tmp_path / "demo-call.wav")) as wav:

@@ -39,6 +39,8 @@ class Truncation:
 
     item_id: str
     audio_end_ms: int
+    #: What had been sent of the item before the interruption (the clear discarded the rest).
+    sent_ms: int = field(default=0, compare=False)
 
 
 @dataclass(slots=True)
@@ -144,7 +146,7 @@ class PlaybackTracker:
             if item is None:
                 continue
             heard = min(item.played_ms, item.sent_ms)
-            truncations.append(Truncation(item_id, int(heard)))
+            truncations.append(Truncation(item_id, int(heard), int(item.sent_ms)))
             # Whatever was sent beyond this point was cleared: it will never play.
             item.sent_ms = heard
         self._pending.clear()

@@ -39,6 +39,10 @@ class CallRecord:
     duration_s: float | None = None
     usage: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    #: Twilio start → first greeting audio sent, in ms (None until measured; see ivr/call/turns.py).
+    greeting_ms: float | None = None
+    #: One entry per agent reply: ``{"n", "latency_ms", "at"}`` — caller's end of speech → first reply audio.
+    turns: list[dict[str, Any]] = field(default_factory=list)
     transcript: list[dict[str, Any]] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
 

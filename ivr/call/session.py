@@ -30,6 +30,7 @@ from ..engines.factory import EngineKind, engine_kind, open_engine
 from ..flows import Flow
 from ..flows.state import FlowState
 from ..logs import call_logger, mask_number, redact
+from ..metrics import Metrics
 from ..realtime import events as ev
 from ..realtime.connection import (
     Backoff,
@@ -46,6 +47,8 @@ from ..telephony import media_stream as tw
 from ..telephony.rest import CallController, TwilioRestError
 from ..telephony.twiml import dial, say_and_hang_up
 from ..tools.registry import ToolContext, ToolOutcome, registry_for_flow
+from .heard import Cut, HeardLines, Line
+from .meter import CallMeter
 from .notices import approval_notice, say_line
 from .playback import MarkKind, PlaybackTracker
 from .pricing import estimate_cost_usd
@@ -65,6 +68,10 @@ FALLBACK_AFTER_ATTEMPTS = 2
 #: A mark after every ~100 ms of model audio (and at the end of each item): what the caller heard is known
 #: to that precision, and marks stay a small share of the messages we send.
 MARK_EVERY_MS = 100.0
+
+
+class CallControlRefused(Exception):
+    """An operator command cannot be carried out on this call; ``str()`` says why."""
 
 
 def _b64_safe(payload: str) -> bool:
@@ -90,7 +97,11 @@ class CallSession:
         gate: ApprovalGate | None = None,
         redis: Redis | None = None,
         keys: KeySchema | None = None,
+        metrics: Metrics | None = None,
+        started_at: float | None = None,
     ) -> None:
+        """``metrics``: the app's Prometheus metrics (None in unit tests); ``started_at``: the
+        ``time.perf_counter()`` reading when Twilio's ``start`` arrived (the greeting is timed from it)."""
         self.settings = settings
         self.flow = flow
         self.record = record
@@ -166,6 +177,17 @@ class CallSession:
         self._timers: list[asyncio.TimerHandle] = []
         self.speech_started_at: float | None = None
         self.last_clear_latency_ms: float | None = None
+        self.meter = CallMeter(
+            metrics=metrics,
+            record=record,
+            feed=feed,
+            flow_id=flow.id,
+            model=self.model,
+            engine=self.engine,
+            started_at=time.perf_counter() if started_at is None else started_at,
+            tool_names=frozenset(self.tools.names()),
+        )
+        self.heard = HeardLines()
 
     # ------------------------------------------------------------------ configuration
 
@@ -221,6 +243,7 @@ class CallSession:
             audio=self.audio_mode,
             caller=mask_number(self.record.caller),
         )
+        self.meter.call_started()
         self.log.info(
             "call started: flow=%s from=%s to=%s model=%s dialect=%s audio=%s",
             self.flow.id,
@@ -303,9 +326,12 @@ class CallSession:
                 await self._flush_buffer()
                 await self._request_response(say_line(FALLBACK_NOTICE))
                 if replay:
+                    self._release_lines()
                     self.tracker.forget_items()
             elif replay:
                 self.record.count("model_reconnects")
+                self.meter.reconnected()
+                self._release_lines()
                 self.tracker.forget_items()
                 self.response_in_flight = False
                 self.current_response = None
@@ -388,6 +414,7 @@ class CallSession:
         self.response_in_flight, self.current_response = False, None
         self.record.engine, self.record.audio_mode = "local", "pcmu"
         self.record.count("engine_fallbacks")
+        self.meter.fell_back("local")
         self.feed.emit(
             "model.fallback", previous=previous, model=self.model, engine="local", reason=redact(reason)
         )
@@ -418,7 +445,9 @@ class CallSession:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
+        self._release_lines()
         self.record.outcome = outcome if self.record.outcome == "in-progress" else self.record.outcome
+        self.meter.call_ended(self.record.outcome)
         self.record.ended_at = time.time()
         self.record.duration_s = round(self.record.ended_at - self.record.started_at, 3)
         self.record.counters["stale_marks"] = self.tracker.stale_marks
@@ -481,6 +510,11 @@ class CallSession:
         result = self.tracker.on_mark(name)
         if result.kind is MarkKind.BARRIER and result.tag == "action":
             await self._run_action()
+        elif self.heard.holding and result.kind is MarkKind.PLAYED:
+            item = result.item_id
+            line = self.heard.played(item, result.played_ms, self.tracker.sent_ms(item) if item else 0)
+            if line is not None:
+                self._write_line(line)
 
     async def _on_dtmf(self, digit: str) -> None:
         self._dtmf_count += 1
@@ -540,7 +574,7 @@ class CallSession:
             await self._on_response_done(event)
         elif isinstance(event, ev.AgentTranscriptDone):
             if event.transcript:
-                self._transcript("agent", event.transcript)
+                self._agent_said(event)
                 self.history.append(("assistant", event.transcript))
         elif isinstance(event, ev.UserTranscript):
             if event.transcript:
@@ -558,11 +592,33 @@ class CallSession:
             self.log.warning("ignored a malformed model event: %s", event.reason)
         elif isinstance(event, ev.SpeechStopped):
             self.speech_started_at = None
+            self.meter.speech_stopped()
 
-    def _transcript(self, role: str, text: str) -> None:
-        entry = {"role": role, "text": text, "ts": round(time.time(), 3)}
+    def _transcript(self, role: str, text: str, **extra: Any) -> None:
+        entry = {"role": role, "text": text, "ts": round(time.time(), 3), **extra}
         self.record.transcript.append(entry)
-        self.feed.emit("transcript", role=role, text=text)
+        self.feed.emit("transcript", role=role, text=text, **extra)
+
+    def _agent_said(self, event: ev.AgentTranscriptDone) -> None:
+        """The model's transcript of an answer: written once the caller heard it, or was cut (heard.py)."""
+        item = event.item_id
+        sent = self.tracker.sent_ms(item) + (int(self._unmarked_ms) if self._unmarked_item == item else 0)
+        line = self.heard.said(
+            item,
+            event.transcript,
+            played_ms=self.tracker.played_ms(item),
+            sent_ms=sent,
+            cancelled=event.response_id in self._discard,
+        )
+        if line is not None:
+            self._write_line(line)
+
+    def _write_line(self, line: Line) -> None:
+        self._transcript("agent", line.text, **line.fields())
+
+    def _release_lines(self) -> None:
+        for line in self.heard.release():
+            self._write_line(line)
 
     async def _on_audio_delta(self, event: ev.AudioDelta) -> None:
         if event.response_id in self._discard:
@@ -589,6 +645,8 @@ class CallSession:
             await self._mark_played_so_far()
             self._unmarked_item = event.item_id
         await self._send_caller(self.writer.media(payload))
+        if self.meter.timer.waiting:  # the first audio of a greeting or reply: once per turn
+            self.meter.audio_sent()
         self._unmarked_ms += duration_ms
         if self._unmarked_ms >= MARK_EVERY_MS:
             await self._mark_played_so_far()
@@ -603,11 +661,14 @@ class CallSession:
     async def _on_speech_started(self) -> None:
         """Barge-in: stop playback, cancel the response if one is running, truncate at what was heard."""
         self.speech_started_at = time.perf_counter()
+        self.meter.speech_started()
         interrupting = self.tracker.playing or self.response_in_flight
         if not interrupting:
             return
         await self._send_caller(self.writer.clear())
-        self.last_clear_latency_ms = (time.perf_counter() - self.speech_started_at) * 1000
+        stop_s = time.perf_counter() - self.speech_started_at
+        self.last_clear_latency_ms = stop_s * 1000
+        self.meter.interrupted(stop_s)
         truncations = self.tracker.interrupt()
         self._unmarked_ms, self._unmarked_item = 0.0, None  # that audio was cleared with the rest
         if self.response_in_flight and self.current_response and not self.cancel_sent:
@@ -619,7 +680,15 @@ class CallSession:
         if self.outbound is not None:
             self.outbound.reset()
         self.record.count("barge_ins")
-        self.feed.emit("barge_in", heard_ms=[t.audio_end_ms for t in truncations])
+        cuts = [Cut(t.item_id, t.audio_end_ms, t.sent_ms) for t in truncations]
+        self.feed.emit(
+            "barge_in",
+            heard_ms=[t.audio_end_ms for t in truncations],
+            items=[c.as_dict() for c in cuts],
+            stop_ms=round(self.last_clear_latency_ms, 3),
+        )
+        for line in self.heard.cut(cuts):
+            self._write_line(line)
         self.log.info(
             "caller barged in; cleared playback, truncated at %s ms", [t.audio_end_ms for t in truncations]
         )
@@ -629,6 +698,7 @@ class CallSession:
         if self._rollover_due:
             self._spawn(self._rollover(), "rollover")
         self.record.add_usage(event.usage)
+        self.meter.response_done(event.usage)
         if event.status not in ("completed", "cancelled", None):
             self.log.warning("model response ended %s (%s)", event.status, event.status_reason or "no reason")
         if event.function_calls:
@@ -726,6 +796,9 @@ class CallSession:
         """A gated tool call is pending: when the operator decides, run it (once) or tell the model no."""
         assert self.gate is not None
         decision = await self.gate.settle(approval)
+        final = decision.approval or approval
+        waited = (final.decided_at or time.time()) - final.created_at
+        self.meter.approval(approval.tool, final.status if decision.approval else decision.kind, waited)
         if self.ended.is_set():
             return
         self.feed.emit(
@@ -770,6 +843,7 @@ class CallSession:
         }
         self.record.tool_calls.append(entry)
         self.record.count("tool_calls")
+        self.meter.tool(outcome)
         self.feed.emit(
             "tool.called",
             name=outcome.name,
@@ -799,6 +873,45 @@ class CallSession:
         self._pending_action = ("transfer", number)
         self._transfer_announcement = announcement
         self._action_armed = False
+
+    # Operator commands (ivr.console.commands) act at once: the operator chose the moment, no goodbye first.
+
+    async def operator_hangup(self, by: str) -> None:
+        """An operator hung up the call from the console: Twilio REST hang-up (else close the stream)."""
+        if self.ended.is_set():
+            raise CallControlRefused(f"call {self.call_sid} has already ended")
+        self.feed.emit("operator.action", action="hangup", by=by)
+        self.log.info("operator %s hung up the call", by)
+        self.record.outcome = "operator-hangup"
+        try:
+            await self.controller.hang_up(self.call_sid)
+        except TwilioRestError as exc:
+            self.log.warning("Twilio hang-up failed (%s); closing the stream instead", exc)
+        await self.end("operator-hangup")
+
+    async def operator_transfer(self, by: str) -> None:
+        """An operator transferred the call to the flow's human number (``transfer`` in the flow YAML)."""
+        if self.ended.is_set():
+            raise CallControlRefused(f"call {self.call_sid} has already ended")
+        transfer = self.flow.transfer
+        if transfer is None:
+            reason = f"flow {self.flow.id} has no transfer number (add transfer.number to its YAML)"
+            self.feed.emit("operator.action", action="transfer", by=by, refused=reason)
+            raise CallControlRefused(reason)
+        self.feed.emit("operator.action", action="transfer", by=by, to=mask_number(transfer.number))
+        self.log.info("operator %s transfers the call to %s", by, mask_number(transfer.number))
+        # Set first: Twilio may end the stream (stop) before the REST request returns.
+        self.record.outcome = "transferred"
+        try:
+            await self.controller.redirect(self.call_sid, dial(transfer.number, transfer.announcement))
+        except TwilioRestError as exc:
+            if not self.ended.is_set():
+                self.record.outcome = "in-progress"
+            self.log.error("operator transfer failed: %s", exc)
+            self.feed.emit("error", message="transfer failed")
+            self.record.count("transfer_failures")
+            raise CallControlRefused(f"Twilio refused the transfer: {exc}") from None
+        await self.end("transferred")
 
     def _on_time_limit(self) -> None:
         self.log.info("call reached its time limit")

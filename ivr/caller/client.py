@@ -525,6 +525,14 @@ class SimulatedCall:
             self._print("server: caller barged in")
         elif kind == "dtmf":
             self._print(f"server got dtmf {event.get('digit')}")
+        elif kind == "turn.latency":
+            if event.get("kind") == "greeting":
+                self._print(f"server: greeting audio {event.get('latency_ms')} ms after the stream started")
+            else:
+                ms, n = event.get("latency_ms"), event.get("turn")
+                self._print(f"server: reply {n} audio {ms} ms after the caller stopped speaking")
+        elif kind == "usage.updated":
+            pass  # running token totals, for dashboards; the final usage is in the call record
         elif kind == "error":
             self._print(f"server error: {event.get('message')}")
         elif kind == "call.ended":

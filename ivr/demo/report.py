@@ -9,7 +9,9 @@ straight off the two tracks.
 from __future__ import annotations
 
 import json
+import math
 import wave
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,52 @@ def reply_latency_ms(agent: bytes | bytearray, after: int, until: int | None = N
         return None
     first = int(np.flatnonzero(loud[int(start[0]) :])[0]) + int(start[0])
     return first / 8.0
+
+
+def turn_latency_summary(record: Mapping[str, str]) -> dict[str, Any]:
+    """The server's own per-turn figures from the call's Redis hash (``turns``, ``greeting_ms``; see
+    ivr/call/turns.py): each reply's latency, their median and p90 (nearest rank), the greeting's time to
+    first audio. Unlike ``reply_latency_ms`` (read off the recording, from the caller's last sound), these
+    start when the engine's VAD reported the end of speech and stop when the first reply audio was sent."""
+    turns = _json(record.get("turns"))
+    greeting = _json(record.get("greeting_ms"))
+    values = [
+        float(t["latency_ms"])
+        for t in (turns if isinstance(turns, list) else [])
+        if isinstance(t, dict) and isinstance(t.get("latency_ms"), int | float)
+    ]
+    ordered = sorted(values)
+    return {
+        "greeting_ms": float(greeting) if isinstance(greeting, int | float) else None,
+        "turns_ms": values,
+        "turns": len(values),
+        "median_ms": round(float(np.median(ordered)), 1) if ordered else None,
+        "p90_ms": ordered[max(math.ceil(0.9 * len(ordered)) - 1, 0)] if ordered else None,
+    }
+
+
+def turn_latency_line(figures: Mapping[str, Any]) -> str | None:
+    """One line for the demo's printed summary, or None when nothing was measured."""
+    parts = []
+    if figures.get("greeting_ms") is not None:
+        parts.append(f"greeting {figures['greeting_ms']:.0f} ms after the call connected")
+    if figures.get("turns"):
+        parts.append(
+            f"replies median {figures['median_ms']:.0f} ms, p90 {figures['p90_ms']:.0f} ms "
+            f"({figures['turns']} turns)"
+        )
+    if not parts:
+        return None
+    return "measured by the server (end of speech → first reply audio sent): " + "; ".join(parts)
+
+
+def _json(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
