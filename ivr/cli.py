@@ -1,4 +1,4 @@
-"""The ``ivr`` command: ``ivr serve``, ``ivr call``, ``ivr flows check``."""
+"""The ``ivr`` command: ``ivr serve``, ``ivr call``, ``ivr flows check``, ``ivr operators``, …"""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .approvals.cli import register as register_approvals
     from .caller.cli import register as register_call
+    from .console.operators_cli import register as register_operators
     from .demo.cli import register as register_demo
     from .flows.cli import register as register_flows
     from .tools.data_cli import register as register_data
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_call(sub)
     register_flows(sub)
     register_approvals(sub)
+    register_operators(sub)
     register_data(sub)
     return parser
 

@@ -1,9 +1,12 @@
-"""The approvals HTTP API under a real uvicorn on 127.0.0.1, against a real Redis."""
+"""The approvals HTTP API under a real uvicorn on 127.0.0.1, against a real Redis.
+
+Authentication is the app's own (:class:`ivr.console.auth.Auth` over operators in the same Redis): the
+bootstrap admin's token, plus an approver ``alice`` and a viewer ``vic`` added for each test.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -13,25 +16,21 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI
 
 from ivr.approvals.api import approvals_router
 from ivr.approvals.listener import ApprovalListener
 from ivr.approvals.store import Approval, ApprovalStore
+from ivr.console.auth import Auth
+from ivr.console.operators import OperatorStore
+from ivr.settings import Settings
 from ivr.store.keys import KeySchema
 
 #: Real-Redis fixtures: redis_url, redis_prefix, redis_keys, embedded_redis.
 
 TOKEN = "approvals-test-token"
+#: The bootstrap admin (IVR_OPERATOR_TOKEN): decisions are recorded as "admin".
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def require_operator(request: Request) -> None:
-    """The same contract as the app's check: a bearer token compared in constant time."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), TOKEN.encode()):
-        raise HTTPException(401, "missing or wrong operator token")
 
 
 @pytest.fixture
@@ -40,11 +39,22 @@ def store(redis_client: aioredis.Redis, redis_keys: KeySchema) -> ApprovalStore:
 
 
 @pytest.fixture
+async def operators(redis_client: aioredis.Redis, redis_keys: KeySchema) -> dict[str, dict[str, str]]:
+    """Authorization headers of an approver ``alice`` and a viewer ``vic``."""
+    store = OperatorStore(redis_client, redis_keys)
+    alice = await store.add("alice", "approver")
+    vic = await store.add("vic", "viewer")
+    return {"alice": {"Authorization": f"Bearer {alice}"}, "vic": {"Authorization": f"Bearer {vic}"}}
+
+
+@pytest.fixture
 async def http(redis_url: str, redis_keys: KeySchema) -> AsyncIterator[httpx.AsyncClient]:
     """The router in a FastAPI app served by uvicorn on a loopback socket, with its own Redis redis_client."""
     server_redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     app = FastAPI()
-    app.include_router(approvals_router(ApprovalStore(server_redis, redis_keys), require_operator))
+    settings = Settings(operator_token=TOKEN, public_url="http://127.0.0.1")
+    auth = Auth(settings, OperatorStore(server_redis, redis_keys, bootstrap_token=TOKEN))
+    app.include_router(approvals_router(ApprovalStore(server_redis, redis_keys), auth))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -109,13 +119,13 @@ async def test_list_and_show(http: httpx.AsyncClient, store: ApprovalStore) -> N
 
 
 async def test_approve_then_a_second_decision_is_refused(
-    http: httpx.AsyncClient, store: ApprovalStore
+    http: httpx.AsyncClient, store: ApprovalStore, operators: dict[str, dict[str, str]]
 ) -> None:
     approval = await make(store)
     response = await http.post(
         f"/api/approvals/{approval.id}",
-        json={"decision": "approve", "operator": "alice", "note": "ok by phone"},
-        headers=AUTH,
+        json={"decision": "approve", "note": "ok by phone"},
+        headers=operators["alice"],
     )
     assert response.status_code == 200
     record = response.json()
@@ -133,11 +143,41 @@ async def test_approve_then_a_second_decision_is_refused(
     assert (await store.get(approval.id)).status == "approved"  # type: ignore[union-attr]
 
 
-async def test_deny_defaults_the_operator_to_api(http: httpx.AsyncClient, store: ApprovalStore) -> None:
+async def test_the_bootstrap_admin_decides_as_admin(http: httpx.AsyncClient, store: ApprovalStore) -> None:
     approval = await make(store)
     response = await http.post(f"/api/approvals/{approval.id}", json={"decision": "deny"}, headers=AUTH)
     assert response.status_code == 200
-    assert response.json()["status"] == "denied" and response.json()["decided_by"] == "api"
+    assert response.json()["status"] == "denied" and response.json()["decided_by"] == "admin"
+
+
+async def test_the_body_cannot_name_another_operator(
+    http: httpx.AsyncClient, store: ApprovalStore, operators: dict[str, dict[str, str]]
+) -> None:
+    """``operator`` in the body is accepted for older clients and ignored: the token says who decided."""
+    approval = await make(store)
+    response = await http.post(
+        f"/api/approvals/{approval.id}",
+        json={"decision": "approve", "operator": "the-boss"},
+        headers=operators["alice"],
+    )
+    assert response.status_code == 200 and response.json()["decided_by"] == "alice"
+    stored = await store.get(approval.id)
+    assert stored is not None and stored.decided_by == "alice"
+
+
+async def test_a_viewer_reads_but_cannot_decide(
+    http: httpx.AsyncClient, store: ApprovalStore, operators: dict[str, dict[str, str]]
+) -> None:
+    approval = await make(store)
+    listed = await http.get("/api/approvals", headers=operators["vic"])
+    assert listed.status_code == 200 and listed.json()["count"] == 1
+    assert (await http.get(f"/api/approvals/{approval.id}", headers=operators["vic"])).status_code == 200
+    refused = await http.post(
+        f"/api/approvals/{approval.id}", json={"decision": "approve"}, headers=operators["vic"]
+    )
+    assert refused.status_code == 403
+    assert "'vic' has the viewer role" in refused.json()["detail"]
+    assert (await store.get(approval.id)).status == "pending"  # type: ignore[union-attr]
 
 
 async def test_unknown_and_expired(http: httpx.AsyncClient, store: ApprovalStore) -> None:
@@ -157,10 +197,9 @@ BAD_BODIES: list[object] = [
     {"decision": "maybe"},
     {},
     {"decision": "approve", "operatr": "alice"},
-    {"decision": "approve", "operator": ""},
-    {"decision": "approve", "operator": " alice"},
     {"decision": "approve", "operator": 5},
-    {"decision": "approve", "operator": "timeout"},
+    {"decision": "approve", "operator": "x" * 101},
+    {"decision": "approve", "note": "x" * 1001},
     {"decision": True},
     ["approve"],
     "approve",
@@ -206,6 +245,7 @@ async def test_a_posted_decision_reaches_a_waiting_call(
     redis_client: aioredis.Redis,
     store: ApprovalStore,
     redis_keys: KeySchema,
+    operators: dict[str, dict[str, str]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     listener = ApprovalListener(redis_client, redis_keys, store=store)
@@ -216,14 +256,14 @@ async def test_a_posted_decision_reaches_a_waiting_call(
         await listener.wait_until(lambda state: state.initial_checks >= 1, timeout=5)
         started = time.perf_counter()
         response = await http.post(
-            f"/api/approvals/{approval.id}", json={"decision": "approve", "operator": "zoe"}, headers=AUTH
+            f"/api/approvals/{approval.id}", json={"decision": "approve"}, headers=operators["alice"]
         )
         result = await asyncio.wait_for(waiter, 2)
         elapsed = time.perf_counter() - started
     finally:
         await listener.stop()
     assert response.status_code == 200
-    assert result.status == "approved" and result.decided_by == "zoe"
+    assert result.status == "approved" and result.decided_by == "alice"
     assert elapsed < 1.0
     with capsys.disabled():
         print(f"\n[HTTP POST decision → waiting call] {elapsed * 1000:.2f} ms")

@@ -15,9 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ivr.approvals.store import (
@@ -29,17 +27,14 @@ from ivr.approvals.store import (
     ApprovalStore,
     describe_decision,
 )
-from ivr.settings import Settings, SettingsError
+from ivr.settings import Settings
+from ivr.store.cli_redis import CliRedisError, cli_settings, open_client, unreachable
 from ivr.store.keys import KeySchema, KeySchemaError
 
 __all__ = ["format_record", "format_table", "format_time_left", "main", "register", "run"]
 
 _ARGUMENTS_WIDTH = 48
 _REASON_WIDTH = 40
-_NO_REDIS = (
-    "REDIS_URL is not set: set REDIS_URL to the server's Redis (e.g. redis://host:6379/0); "
-    "`ivr serve` prints the URL of its embedded one"
-)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,20 +77,11 @@ def command(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace, *, out: TextIO, err: TextIO, settings: Settings | None = None) -> int:
     """Run one ``approvals`` sub-command; returns the exit code."""
-    if settings is None:
-        try:
-            settings = Settings.from_env()
-        except SettingsError as exc:
-            print(f"error: {exc}", file=err)
-            return 2
-    if not settings.redis_url:
-        print(f"error: {_NO_REDIS}", file=err)
-        return 2
     try:
-        keys = KeySchema(getattr(settings, "redis_prefix", "ivr:"))
-    except KeySchemaError as exc:
+        settings, keys = cli_settings(settings)
+    except CliRedisError as exc:
         print(f"error: {exc}", file=err)
-        return 2
+        return exc.code
     retention_s = float(getattr(settings, "retention_days", 30.0)) * 86400.0
     return asyncio.run(_run(args, settings.redis_url, keys, retention_s, out, err))
 
@@ -103,12 +89,11 @@ def run(args: argparse.Namespace, *, out: TextIO, err: TextIO, settings: Setting
 async def _run(
     args: argparse.Namespace, url: str, keys: KeySchema, retention_s: float, out: TextIO, err: TextIO
 ) -> int:
-    where = _redacted(url)
     try:
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
-    except ValueError as exc:
-        print(f"error: REDIS_URL is not a valid Redis URL ({exc}); use redis://host:6379/0", file=err)
-        return 2
+        client = open_client(url)
+    except CliRedisError as exc:
+        print(f"error: {exc}", file=err)
+        return exc.code
     try:
         store = ApprovalStore(client, keys, retention_s=retention_s)
         return await _dispatch(args, store, out, err)
@@ -119,11 +104,7 @@ async def _run(
         print(f"error: {exc}", file=err)
         return 1
     except (RedisError, OSError) as exc:
-        print(
-            f"error: cannot reach Redis at {where} ({type(exc).__name__}: {exc}); check that it is running "
-            "and that REDIS_URL points at the same Redis as the servers",
-            file=err,
-        )
+        print(f"error: {unreachable(url, exc)}", file=err)
         return 1
     finally:
         await client.aclose()
@@ -180,17 +161,6 @@ async def _dispatch(args: argparse.Namespace, store: ApprovalStore, out: TextIO,
 async def _server_time(store: ApprovalStore) -> float:
     seconds, micros = await store.redis.time()
     return seconds + micros / 1e6
-
-
-def _redacted(url: str) -> str:
-    """host:port/db only: the URL may carry a password."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = parts.port or 6379
-    except ValueError:
-        return "(the configured REDIS_URL)"
-    return f"{host}:{port}{parts.path or ''}"
 
 
 def _compact(arguments: dict[str, Any]) -> str:

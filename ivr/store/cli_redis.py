@@ -1,0 +1,73 @@
+"""How the ``ivr`` sub-commands that work on Redis (``approvals``, ``operators``) reach it.
+
+One place for the rules, so every command behaves alike: the Redis is ``REDIS_URL`` (required: an embedded
+server lives inside ``ivr serve``, which logs its URL), keys live under ``IVR_REDIS_PREFIX``, configuration
+errors exit with 2 and an unreachable Redis with 1, and messages never show the URL's password.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+
+from ivr.settings import Settings, SettingsError
+from ivr.store.keys import KeySchema, KeySchemaError
+
+__all__ = ["NO_REDIS", "CliRedisError", "cli_settings", "open_client", "redacted", "unreachable"]
+
+NO_REDIS = (
+    "REDIS_URL is not set: set REDIS_URL to the server's Redis (e.g. redis://host:6379/0); "
+    "`ivr serve` prints the URL of its embedded one"
+)
+
+
+class CliRedisError(Exception):
+    """The command cannot start; ``str()`` is the message, :attr:`code` the exit code (2: configuration)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def cli_settings(settings: Settings | None = None) -> tuple[Settings, KeySchema]:
+    """Settings from the environment (unless given) with a Redis URL, and the key schema of their prefix."""
+    if settings is None:
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            raise CliRedisError(str(exc)) from None
+    if not settings.redis_url:
+        raise CliRedisError(NO_REDIS)
+    try:
+        keys = KeySchema(getattr(settings, "redis_prefix", "ivr:"))
+    except KeySchemaError as exc:
+        raise CliRedisError(str(exc)) from None
+    return settings, keys
+
+
+def open_client(url: str) -> aioredis.Redis:
+    """A client for ``url`` (no connection yet); :class:`CliRedisError` when the URL is no Redis URL."""
+    try:
+        return aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+    except ValueError as exc:
+        raise CliRedisError(f"REDIS_URL is not a valid Redis URL ({exc}); use redis://host:6379/0") from None
+
+
+def redacted(url: str) -> str:
+    """host:port/db only: the URL may carry a password."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = parts.port or 6379
+    except ValueError:
+        return "(the configured REDIS_URL)"
+    return f"{host}:{port}{parts.path or ''}"
+
+
+def unreachable(url: str, exc: BaseException) -> str:
+    """The one-line message for a Redis that does not answer."""
+    return (
+        f"cannot reach Redis at {redacted(url)} ({type(exc).__name__}: {exc}); check that it is running "
+        "and that REDIS_URL points at the same Redis as the servers"
+    )
