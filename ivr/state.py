@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from . import __version__
 from .approvals.gate import ApprovalGate
 from .approvals.listener import ApprovalListener
 from .approvals.store import ApprovalStore
 from .call.registry import CallRecord, EventSink
+from .console.commands import CommandHandler, CommandListener
+from .console.operators import OperatorStore
 from .settings import Settings
 from .store.embedded import EmbeddedRedis, ensure_redis
+from .store.indexes import HEARTBEAT_INTERVAL_S
 from .store.keys import KeySchema
 from .store.store import CallStore, default_instance_id
 from .store.writer import ResilientWriter
@@ -34,8 +39,21 @@ SOCKET_TIMEOUT_S = 5.0
 class RedisServices:
     """Redis client, key schema, call store, approvals; one per app instance."""
 
-    def __init__(self, settings: Settings, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        port: int | None = None,
+        stats: Callable[[], Mapping[str, Any]] | None = None,
+        on_command: CommandHandler | None = None,
+    ) -> None:
         self.settings = settings
+        #: The app's figures for the heartbeat (live calls, draining, error counters); see instance_stats.
+        self.stats = stats
+        #: Acts on an operator command for a call of this instance (hang up, transfer).
+        self.on_command = on_command
+        self.commands: CommandListener | None = None
+        self._beat_now = asyncio.Event()
         self.instance_id = settings.instance_id or default_instance_id(port)
         self.keys = KeySchema(settings.redis_prefix)
         self.url = ""
@@ -46,6 +64,7 @@ class RedisServices:
         self.approvals: ApprovalStore | None = None
         self.listener: ApprovalListener | None = None
         self.gate: ApprovalGate | None = None
+        self.operators: OperatorStore | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
@@ -67,6 +86,10 @@ class RedisServices:
         self.listener = ApprovalListener(self.redis, self.keys, store=self.approvals)
         self.listener.start()
         self.gate = ApprovalGate(self.approvals, self.listener, instance_id=self.instance_id)
+        self.operators = OperatorStore(self.redis, self.keys, bootstrap_token=self.settings.operator_token)
+        if self.on_command is not None:
+            self.commands = CommandListener(self.redis, self.keys, self.instance_id, self.on_command)
+            self.commands.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="redis-housekeeping"))
         log.info(
             "state in Redis at %s (prefix %r, instance %s)",
@@ -91,10 +114,41 @@ class RedisServices:
                             len(orphans),
                             len(expired),
                         )
-                await self.calls.heartbeat()
+                await self.calls.heartbeat(self.instance_stats())
             except (aioredis.RedisError, OSError) as exc:
                 log.warning("Redis housekeeping failed (%s); retrying", exc)
-            await asyncio.sleep(10.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT_INTERVAL_S)
+            self._beat_now.clear()
+
+    def beat_now(self) -> None:
+        """Send the next heartbeat at once (draining started: the fleet page should say so now)."""
+        self._beat_now.set()
+
+    def instance_stats(self) -> dict[str, Any]:
+        """What the heartbeat carries beside the instance's identity (docs/redis.md, ``ivr:instance:{iid}``):
+        the app's figures plus the Redis writer's backlog, drops and failures. Never raises."""
+        stats: dict[str, Any] = {}
+        if self.stats is not None:
+            try:
+                stats.update(self.stats())
+            except Exception:  # the heartbeat must go out even if a figure cannot be computed
+                log.exception("could not compute the instance's figures for the heartbeat")
+        if self.writer is not None:
+            counters = self.writer.counters()
+            stats.update(
+                writer_backlog=counters["pending"],
+                writer_dropped=counters["dropped"],
+                writer_failures=counters["failed"],
+                writer_retries=counters["retries"],
+                redis_down=counters["redis_down"],
+            )
+        if self.commands is not None:
+            errors = stats.get("errors")
+            stats["errors"] = {**(errors if isinstance(errors, dict) else {})}
+            stats["errors"]["malformed_commands"] = self.commands.malformed
+        stats.setdefault("version", __version__)
+        return stats
 
     def sink(self, record: CallRecord) -> EventSink:
         """Where a call's events go: the call hash, transcript and event streams, the global stream."""
@@ -110,9 +164,17 @@ class RedisServices:
                 calls.call_ended(sid, record.summary())
             else:
                 if kind == "transcript":
-                    calls.transcript(sid, data.get("role", ""), data.get("text", ""), event["ts"])
+                    extra = {k: v for k, v in data.items() if k not in ("role", "text")}
+                    calls.transcript(sid, data.get("role", ""), data.get("text", ""), event["ts"], extra)
                 elif kind == "model.fallback":
                     calls.call_updated(sid, {"engine": record.engine, "audio_mode": record.audio_mode})
+                elif kind == "stage.changed":  # the console's live board and call header read the hash
+                    calls.call_updated(sid, {"stage": record.stage})
+                elif kind == "turn.latency":  # once per turn (ivr/call/meter.py), never per frame
+                    fields = {"greeting_ms": record.greeting_ms} if data.get("kind") == "greeting" else {}
+                    calls.call_updated(sid, fields or {"turns": record.turns})
+                elif kind == "usage.updated":
+                    calls.call_updated(sid, {"usage": record.usage, "cost_usd": record.cost_usd})
                 calls.event(sid, kind, data)
 
         return sink
@@ -125,6 +187,8 @@ class RedisServices:
                 await task
         if self.listener is not None:
             await self.listener.stop()
+        if self.commands is not None:
+            await self.commands.stop()
         if self.writer is not None and not await self.writer.stop(5.0):
             log.error("Redis writes not flushed at shutdown: %s", self.writer.counters())
         if self.redis is not None:

@@ -23,6 +23,11 @@ SNAPSHOT = {
     "events": "ivr:events",
     "active_calls": "ivr:calls:active",
     "recent_calls": "ivr:calls:recent",
+    "recent_calls_by_flow": "ivr:calls:recent:flow:{flow}",
+    "recent_calls_by_outcome": "ivr:calls:recent:outcome:{outcome}",
+    "recent_calls_by_instance": "ivr:calls:recent:instance:{iid}",
+    "recent_calls_by_caller": "ivr:calls:recent:caller:{tail}",
+    "instances": "ivr:instances",
     "instance": "ivr:instance:{iid}",
     "instance_calls": "ivr:instance:{iid}:calls",
     "instance_channel": "ivr:instance:{iid}:channel",
@@ -36,6 +41,11 @@ SNAPSHOT = {
     "booking_idempotency": "ivr:idempotency:booking:{call_sid}:{digest}",
     "dataset_record": "ivr:dataset:{ds}:record:{key}",
     "dataset_meta": "ivr:dataset:{ds}:meta",
+    "operators": "ivr:operators",
+    "operator": "ivr:operator:{name}",
+    "operator_sessions": "ivr:operator:{name}:sessions",
+    "operator_token": "ivr:operators:token:{digest}",
+    "operator_session": "ivr:operators:session:{digest}",
 }
 
 

@@ -21,6 +21,11 @@ KEY_TYPES: dict[str, str] = {
     "events": "stream",
     "active_calls": "zset",
     "recent_calls": "zset",
+    "recent_calls_by_flow": "zset",
+    "recent_calls_by_outcome": "zset",
+    "recent_calls_by_instance": "zset",
+    "recent_calls_by_caller": "zset",
+    "instances": "zset",
     "instance": "hash",
     "instance_calls": "set",
     "instance_channel": "channel",
@@ -34,6 +39,11 @@ KEY_TYPES: dict[str, str] = {
     "booking_idempotency": "string",
     "dataset_record": "hash",
     "dataset_meta": "hash",
+    "operators": "zset",
+    "operator": "hash",
+    "operator_sessions": "set",
+    "operator_token": "string",
+    "operator_session": "hash",
 }
 
 # A prefix is matched with SCAN MATCH <prefix>*, so glob characters would widen the match; whitespace and
@@ -135,7 +145,28 @@ class KeySchema:
         """Sorted set: sids of ended calls, score = end time (Unix seconds)."""
         return f"{self.prefix}calls:recent"
 
+    def recent_calls_by_flow(self, flow: str) -> str:
+        """Sorted set: sids of ended calls of one flow, score = end time (a history index)."""
+        return f"{self.prefix}calls:recent:flow:{_id('flow id', flow)}"
+
+    def recent_calls_by_outcome(self, outcome: str) -> str:
+        """Sorted set: sids of ended calls with one outcome, score = end time (a history index)."""
+        return f"{self.prefix}calls:recent:outcome:{_id('outcome', outcome)}"
+
+    def recent_calls_by_instance(self, iid: str) -> str:
+        """Sorted set: sids of ended calls an instance ran, score = end time (a history index)."""
+        return f"{self.prefix}calls:recent:instance:{_id('instance id', iid)}"
+
+    def recent_calls_by_caller(self, tail: str) -> str:
+        """Sorted set: sids of ended calls whose caller's number ends in the two digits ``tail``, score = end
+        time (a history index: the caller filter walks one hundredth of the calls)."""
+        return f"{self.prefix}calls:recent:caller:{_id('caller digits', tail)}"
+
     # -- instances -----------------------------------------------------------------------------------------
+    def instances(self) -> str:
+        """Sorted set: ids of instances that sent a heartbeat lately, score = last heartbeat (the fleet)."""
+        return f"{self.prefix}instances"
+
     def instance(self, iid: str) -> str:
         """Hash with a short TTL: an app instance's heartbeat (started_at, last_seen)."""
         return f"{self.prefix}instance:{_id('instance id', iid)}"
@@ -190,3 +221,24 @@ class KeySchema:
     def dataset_meta(self, ds: str) -> str:
         """Hash: a dataset's source file, row count and load time."""
         return f"{self.prefix}dataset:{_id('dataset', ds)}:meta"
+
+    # -- console operators ---------------------------------------------------------------------------------
+    def operators(self) -> str:
+        """Sorted set: names of the console operators, score = when each was added (Unix seconds)."""
+        return f"{self.prefix}operators"
+
+    def operator(self, name: str) -> str:
+        """Hash: one operator (name, role, created_at, last_login_at, token_sha256) — never the token."""
+        return f"{self.prefix}operator:{_id('operator name', name)}"
+
+    def operator_sessions(self, name: str) -> str:
+        """Set: digests of an operator's console sessions, so removing the operator ends them all."""
+        return f"{self.prefix}operator:{_id('operator name', name)}:sessions"
+
+    def operator_token(self, digest: str) -> str:
+        """String: the operator name a login token belongs to, keyed by the token's SHA-256 (hex)."""
+        return f"{self.prefix}operators:token:{_id('token digest', digest)}"
+
+    def operator_session(self, digest: str) -> str:
+        """Hash with a TTL: one console session, keyed by the SHA-256 (hex) of its cookie value."""
+        return f"{self.prefix}operators:session:{_id('session digest', digest)}"

@@ -28,12 +28,21 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from ivr.store.codec import JSON_FIELD, decode_hash, dumps, encode_fields, loads_or_raw
+from ivr.store.indexes import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_TTL_S,
+    add_history_indexes,
+    add_transcript_text,
+    beat,
+    caller_fields,
+)
 from ivr.store.keys import KeySchema
 from ivr.store.writer import ResilientWriter
 
 __all__ = [
     "CALL_EVENTS_MAXLEN",
     "EVENTS_MAXLEN",
+    "HEARTBEAT_TTL_S",
     "TRANSCRIPT_MAXLEN",
     "CallStore",
     "default_instance_id",
@@ -45,8 +54,6 @@ log = logging.getLogger(__name__)
 EVENTS_MAXLEN = 100_000
 CALL_EVENTS_MAXLEN = 10_000
 TRANSCRIPT_MAXLEN = 10_000
-#: TTL of an instance's heartbeat hash.
-HEARTBEAT_TTL_S = 30
 #: Outcome written for calls found orphaned by :meth:`CallStore.reconcile`.
 RESTART_OUTCOME = "instance-restart"
 #: Record fields that are lists kept elsewhere (transcript stream, events) and left out of event payloads.
@@ -131,6 +138,8 @@ class CallStore:
         # Last explicit id given to each per-call stream (bounded: the oldest calls are forgotten first).
         self._last_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._max_tracked_streams = 20_000
+        # Flow and caller digits of each call started here (bounded), for the history indexes at its end.
+        self._started: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
 
     # -- fire-and-forget writes ----------------------------------------------------------------------------
     def call_started(self, record: Mapping[str, Any]) -> None:
@@ -145,7 +154,9 @@ class CallStore:
             started_at = record.get("started_at")
             started_at = float(started_at) if isinstance(started_at, int | float) else now
             fields = {**record, "call_sid": sid, "started_at": started_at, "instance_id": self.instance_id}
-            hset_args = _hset_typed_args(fields, self.retention_s)
+            caller = caller_fields(fields)
+            hset_args = _hset_typed_args({**fields, **caller}, self.retention_s)
+            self._remember(sid, fields.get("flow_id"), caller.get("caller_tail"))
             data = {k: v for k, v in fields.items() if k not in _BULKY}
             event = self._event_ops(sid, "call.started", data, now)
         except Exception as exc:
@@ -174,7 +185,8 @@ class CallStore:
         self.writer.submit("call.updated", lambda pipe: pipe.eval(_HSET_TYPED, 1, key, *hset_args))
 
     def call_ended(self, sid: str, fields: Mapping[str, Any] | None = None) -> None:
-        """The call ended: final fields, out of the active index into the recent one, TTLs, ``call.ended``."""
+        """The call ended: final fields, out of the active index into the recent one and the history indexes
+        (flow, outcome, instance, caller digits), the transcript copied as text, TTLs, ``call.ended``."""
         try:
             self.keys.call(sid)
             now = self._clock()
@@ -183,27 +195,48 @@ class CallStore:
             ended_at = float(ended_at) if isinstance(ended_at, int | float) else now
             fields["ended_at"] = ended_at
             fields.setdefault("outcome", "completed")
-            hset_args = _hset_typed_args(fields, self.retention_s)
+            caller = caller_fields(fields)
+            hset_args = _hset_typed_args({**fields, **caller}, self.retention_s)
             data = {k: v for k, v in fields.items() if k not in _BULKY}
             event = self._event_ops(sid, "call.ended", data, now)
+            flow_id, tail = self._started.pop(sid, (None, None))
+            flow_id = fields.get("flow_id") or flow_id
+            tail = caller.get("caller_tail", tail)
         except Exception as exc:
             log.exception("call_ended(%r): the end of the call is not stored: %s", sid, _reason(exc))
             return
 
         def apply(pipe: Pipeline) -> None:
             pipe.eval(_HSET_TYPED, 1, self.keys.call(sid), *hset_args)
-            self._end_indexes(pipe, sid, ended_at)
+            self._end_indexes(
+                pipe, sid, ended_at, flow_id=flow_id, outcome=fields["outcome"], caller_tail=tail
+            )
             event(pipe)
             self._expire_call(pipe, sid)
 
         self.writer.submit("call.ended", apply)
 
-    def transcript(self, sid: str, role: str, text: str, ts: float | None = None) -> None:
-        """Append one transcript line (``role`` is "user" or "assistant"; ``ts`` when it was spoken)."""
+    def transcript(
+        self,
+        sid: str,
+        role: str,
+        text: str,
+        ts: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append one transcript line (``role`` is "caller" or "agent"; ``ts`` when it was spoken).
+
+        ``extra``: further fields of the entry (an agent line's ``item_id``, and ``interrupted``,
+        ``heard_ms``, ``total_ms`` when the caller cut it short; docs/redis.md). Booleans are stored as
+        ``true``/``false``.
+        """
         try:
             key = self.keys.transcript(sid)
             when = self._clock() if ts is None else float(ts)
             entry = {"role": str(role), "text": str(text), "ts": _ts(when)}
+            for name, value in (extra or {}).items():
+                if name not in entry and value is not None:
+                    entry[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
             entry_id = self._next_id(key)
         except Exception as exc:
             log.exception("transcript(%r): the line is not stored: %s", sid, _reason(exc))
@@ -233,12 +266,10 @@ class CallStore:
         return decode_hash(raw) if raw else None
 
     async def get_transcript(self, sid: str) -> list[dict[str, Any]]:
-        """Every transcript line, oldest first: ``{id, role, text, ts}``."""
+        """Every transcript line, oldest first: ``{id, role, text, ts}`` plus the entry's other fields
+        (``item_id``; for a cut agent line ``interrupted`` as a bool and ``heard_ms``/``total_ms``)."""
         entries = await self.redis.xrange(self.keys.transcript(sid))
-        return [
-            {"id": entry_id, "role": f.get("role", ""), "text": f.get("text", ""), "ts": _float(f.get("ts"))}
-            for entry_id, f in entries
-        ]
+        return [_transcript_line(entry_id, f) for entry_id, f in entries]
 
     async def get_events(self, sid: str) -> list[dict[str, Any]]:
         """Every event of the call so far, oldest first: ``{id, type, call_sid, ts, data}``."""
@@ -297,27 +328,35 @@ class CallStore:
         return decode_hash(raw) if raw else None
 
     # -- instance bookkeeping -------------------------------------------------------------------------------
-    async def heartbeat(self) -> None:
-        """Refresh this instance's heartbeat hash (TTL 30 s); raises if Redis is unreachable."""
-        key = self.keys.instance(self.instance_id)
+    async def heartbeat(self, stats: Mapping[str, Any] | None = None) -> None:
+        """Replace this instance's heartbeat hash (TTL 20 s) and bump it in the fleet index; raises if Redis
+        is unreachable.
+
+        ``stats`` (live calls, draining, writer backlog, error counters, version…) go into the hash beside
+        ``instance_id``, ``started_at``, ``last_seen``, ``pid`` and ``host``, encoded like call records.
+        """
+        now = self._clock()
         fields = {
             "instance_id": self.instance_id,
             "started_at": _ts(self.started_at),
-            "last_seen": _ts(self._clock()),
+            "last_seen": _ts(now),
             "pid": str(os.getpid()),
             "host": socket.gethostname(),
         }
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, HEARTBEAT_TTL_S)
+            beat(pipe, self.keys, self.instance_id, fields, stats, now=now)
             await pipe.execute()
 
-    async def heartbeat_forever(self, interval_s: float = 10.0) -> None:
+    async def heartbeat_forever(
+        self,
+        interval_s: float = HEARTBEAT_INTERVAL_S,
+        stats: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
         """Run :meth:`heartbeat` every ``interval_s`` until cancelled; Redis errors are logged, not raised."""
         failing = False
         while True:
             try:
-                await self.heartbeat()
+                await self.heartbeat(stats() if stats is not None else None)
                 if failing:
                     log.info("heartbeat to Redis works again")
                 failing = False
@@ -331,21 +370,24 @@ class CallStore:
         """Calls this instance owned that are not live any more (it restarted): mark them ended.
 
         Each gets ``outcome = "instance-restart"``, ``ended_at`` (and ``duration_s`` when the start is known),
-        leaves the active index for the recent one, and a ``call.ended`` event. Returns their sids. Direct
-        writes: raises if Redis is unreachable.
+        leaves the active index for the recent one (and the history indexes), and a ``call.ended`` event.
+        Returns their sids. Direct writes: raises if Redis is unreachable.
         """
         owned = await self.redis.smembers(self.keys.instance_calls(self.instance_id))
         orphans = sorted(sid for sid in owned if sid not in live)
         for sid in orphans:
             now = self._clock()
-            started = _float(await self.redis.hget(self.keys.call(sid), "started_at"))
+            started_raw, flow_id, tail = await self.redis.hmget(
+                self.keys.call(sid), ["started_at", "flow_id", "caller_tail"]
+            )
+            started = _float(started_raw)
             fields: dict[str, Any] = {"outcome": RESTART_OUTCOME, "ended_at": now}
             if started is not None:
                 fields["duration_s"] = round(max(now - started, 0.0), 3)
             event = {**fields, "instance_id": self.instance_id}
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.eval(_HSET_TYPED, 1, self.keys.call(sid), *_hset_typed_args(fields, self.retention_s))
-                self._end_indexes(pipe, sid, now)
+                self._end_indexes(pipe, sid, now, flow_id=flow_id, outcome=RESTART_OUTCOME, caller_tail=tail)
                 # Auto ids: this process did not write the earlier entries, so it cannot continue their ids.
                 entry = _event_fields(sid, "call.ended", event, now)
                 pipe.xadd(self.keys.call_events(sid), entry, maxlen=CALL_EVENTS_MAXLEN, approximate=True)
@@ -374,11 +416,40 @@ class CallStore:
 
         return apply
 
-    def _end_indexes(self, pipe: Pipeline, sid: str, ended_at: float) -> None:
+    def _end_indexes(
+        self,
+        pipe: Pipeline,
+        sid: str,
+        ended_at: float,
+        *,
+        flow_id: object,
+        outcome: object,
+        caller_tail: object,
+    ) -> None:
         pipe.zrem(self.keys.active_calls(), sid)
         pipe.zadd(self.keys.recent_calls(), {sid: ended_at})
         pipe.zremrangebyscore(self.keys.recent_calls(), "-inf", f"({ended_at - self.retention_s}")
         pipe.srem(self.keys.instance_calls(self.instance_id), sid)
+        add_history_indexes(
+            pipe,
+            self.keys,
+            sid,
+            ended_at,
+            flow_id=flow_id,
+            outcome=outcome,
+            instance_id=self.instance_id,
+            caller_tail=caller_tail,
+            retention_s=self.retention_s,
+        )
+        add_transcript_text(pipe, self.keys, sid)
+
+    def _remember(self, sid: str, flow_id: object, caller_tail: str | None) -> None:
+        """Keep what the history indexes need of a live call, for a ``call_ended`` whose fields do not
+        repeat it (bounded: the oldest calls are forgotten first)."""
+        self._started[sid] = (flow_id if isinstance(flow_id, str) else None, caller_tail)
+        self._started.move_to_end(sid)
+        while len(self._started) > self._max_tracked_streams:
+            self._started.popitem(last=False)
 
     def _expire_call(self, pipe: Pipeline, sid: str) -> None:
         for key in (
@@ -408,6 +479,23 @@ class CallStore:
 
 def _event_fields(sid: str, type_: str, data: Mapping[str, Any], now: float) -> dict[str, str]:
     return {"type": type_, "call_sid": sid, "ts": _ts(now), "data": dumps(data)}
+
+
+def _transcript_line(entry_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        **fields,
+        "id": entry_id,
+        "role": fields.get("role", ""),
+        "text": fields.get("text", ""),
+        "ts": _float(fields.get("ts")),
+    }
+    if "interrupted" in fields:
+        line["interrupted"] = fields["interrupted"] == "true"
+    for name in ("heard_ms", "total_ms"):
+        if name in fields:
+            value = _float(fields[name])
+            line[name] = int(value) if value is not None and value.is_integer() else value
+    return line
 
 
 def _decode_event(entry_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
