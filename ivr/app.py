@@ -6,8 +6,12 @@ Routes (public contract, see README.md):
 - ``POST /twilio/status``  — call-status callback; records the call's end.
 - ``WS   /twilio/media``   — Twilio Media Streams; one :class:`~ivr.call.session.CallSession` per stream.
 - ``GET  /healthz``        — liveness; ``GET /readyz`` — 503 while draining.
+- ``GET  /metrics``        — Prometheus metrics (docs/metrics.md); operators only, unless
+  ``IVR_METRICS_PUBLIC=true``.
 - ``GET  /api/calls``, ``GET /api/calls/{sid}``, ``GET /api/calls/{sid}/events`` (server-sent events) —
-  operator API, ``Authorization: Bearer $IVR_OPERATOR_TOKEN``.
+  operator API: ``Authorization: Bearer <token>`` (from ``ivr operators add``, or ``IVR_OPERATOR_TOKEN``) or
+  a console session cookie; any role (:mod:`ivr.console.auth`).
+- ``/ops/…``               — the operations console (:mod:`ivr.console.web`, docs/console.md).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -24,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.exceptions import RedisError
 from starlette.datastructures import ImmutableMultiDict
@@ -33,9 +37,13 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from .approvals.api import approvals_router
 from .call.registry import CallRecord, CallRegistry
 from .call.session import CallSession
+from .console.auth import Auth
+from .console.commands import Action
+from .console.web import console_router
 from .flows import FlowSet
 from .flows.hours import after_hours_decision
 from .logs import mask_number, redact
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .settings import Settings
 from .state import RedisServices
 from .telephony import media_stream as tw
@@ -49,6 +57,17 @@ log = logging.getLogger("ivr.app")
 START_TIMEOUT_S = 10.0
 DRAINING_MESSAGE = "Sorry, we can't take your call right now. Please call again in a minute. Goodbye."
 _TERMINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+#: Counters (the app's and each call's) that count errors: the heartbeat's ``errors`` (the fleet page).
+ERROR_COUNTERS = (
+    "bad_signatures",
+    "malformed_twilio",
+    "unexpected_twilio",
+    "malformed_model",
+    "model_errors",
+    "model_connect_failures",
+    "internal_errors",
+    "transfer_failures",
+)
 
 
 class AppState:
@@ -64,14 +83,56 @@ class AppState:
             settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base
         )
         self.counters: dict[str, int] = {}
-        self.services = RedisServices(settings)
+        self._ended_errors: dict[str, int] = {}
+        self.services = RedisServices(settings, stats=self.instance_stats, on_command=self.on_command)
+        #: Operators' tokens and console sessions; the store comes with the Redis services at start-up.
+        self.auth = Auth(settings, lambda: self.services.operators)
+        #: Prometheus metrics of this instance, in their own registry (GET /metrics).
+        self.metrics = Metrics()
+        self.metrics.bind(live_calls=lambda: len(self.calls.live), writer=lambda: self.services.writer)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
+    def call_finished(self, record: CallRecord) -> None:
+        """Fold an ended call's error counters into the instance's (the heartbeat's ``errors``)."""
+        for name in ERROR_COUNTERS:
+            if record.counters.get(name):
+                self._ended_errors[name] = self._ended_errors.get(name, 0) + record.counters[name]
+
+    def error_counters(self) -> dict[str, int]:
+        """Errors since start-up: the app's own (bad signatures…) plus every call's, ended or live."""
+        live = [session.record.counters for session in self.sessions.values()]
+        return {
+            name: self.counters.get(name, 0)
+            + self._ended_errors.get(name, 0)
+            + sum(counters.get(name, 0) for counters in live)
+            for name in ERROR_COUNTERS
+        }
+
+    def instance_stats(self) -> dict[str, Any]:
+        """This instance's figures for its Redis heartbeat (the console's fleet page)."""
+        return {
+            "live_calls": len(self.calls.live),
+            "draining": self.calls.draining,
+            "errors": self.error_counters(),
+        }
+
+    async def on_command(self, call_sid: str, action: Action, by: str) -> None:
+        """An operator command from the console (through Redis) for a call this instance may run."""
+        session = self.sessions.get(call_sid)
+        if session is None:
+            log.info("call=%s %s by %s: the call is not live on this instance (ended?)", call_sid, action, by)
+            return
+        if action == "hangup":
+            await session.operator_hangup(by)
+        else:
+            await session.operator_transfer(by)
+
     async def drain(self, timeout: float) -> bool:
         """Stop taking calls; let live ones finish, then end the rest. True if all ended on their own."""
         self.calls.draining = True
+        self.services.beat_now()  # the fleet page shows the draining at once
         log.info("draining: %d live call(s), waiting up to %.0f s", len(self.calls.live), timeout)
         finished = await self.calls.wait_idle(timeout)
         if not finished:
@@ -105,7 +166,10 @@ def startup_warnings(settings: Settings) -> list[str]:
             f"IVR_PUBLIC_URL={settings.public_url} is plain http: real Twilio needs an https origin."
         )
     if not settings.operator_token:
-        warnings.append("IVR_OPERATOR_TOKEN is not set: the operator API (/api/...) refuses every request.")
+        warnings.append(
+            "IVR_OPERATOR_TOKEN is not set: no bootstrap admin token; only operators added with "
+            "`ivr operators add NAME --role …` can log in to the console and the operator API (/api/...)."
+        )
     return warnings
 
 
@@ -141,7 +205,7 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         assert state.services.approvals is not None
-        app.include_router(approvals_router(state.services.approvals, operator))
+        app.include_router(approvals_router(state.services.approvals, state.auth))
         log.info(
             "ready: %d flow(s); webhook %s/twilio/voice; stream %s",
             len(flowset),
@@ -153,10 +217,15 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         finally:
             for session in list(state.sessions.values()):
                 await session.finish("server-shutdown")
+            await console.aclose()
             await state.services.stop()
 
     app = FastAPI(title="ivr", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ivr = state
+    # The operations console (/ops/…): built now so its routes exist; it finds Redis lazily once started.
+    console = console_router(state)
+    app.include_router(console)
+    app.state.console = console
 
     # ------------------------------------------------------------------ Twilio webhooks
 
@@ -274,23 +343,18 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
             return JSONResponse({"status": "draining"}, status_code=503)
         return JSONResponse({"status": "ready", "live_calls": len(state.calls.live)})
 
-    def operator(request: Request) -> None:
-        if not settings.operator_token:
-            raise HTTPException(401, "the operator API is disabled: set IVR_OPERATOR_TOKEN on the server")
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.encode(), settings.operator_token.encode()
-        ):
-            raise HTTPException(
-                401,
-                "missing or wrong operator token (Authorization: Bearer …)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    # Every operator route needs a logged-in operator of any role (401 / 403 / 503: ivr.console.auth).
+    viewer = state.auth.require("viewer")
 
-    @app.get("/api/calls")
-    async def list_calls(request: Request) -> dict[str, Any]:
-        operator(request)
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format; an operator token (any role) unless IVR_METRICS_PUBLIC=true."""
+        if not settings.metrics_public:
+            await viewer(request)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/calls", dependencies=[Depends(viewer)])
+    async def list_calls() -> dict[str, Any]:
         live = [state.calls.get(sid) for sid in state.calls.live]
         active: list[str] | None = None
         if state.services.calls is not None:
@@ -304,10 +368,9 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
             "redis_writer": state.services.writer.counters() if state.services.writer else None,
         }
 
-    @app.get("/api/calls/{call_sid}")
-    async def get_call(call_sid: str, request: Request) -> dict[str, Any]:
+    @app.get("/api/calls/{call_sid}", dependencies=[Depends(viewer)])
+    async def get_call(call_sid: str) -> dict[str, Any]:
         """The call record: from this instance's memory while it runs here, else from Redis."""
-        operator(request)
         feed = state.calls.get(call_sid)
         if feed is not None:
             return feed.record.to_dict()
@@ -322,13 +385,12 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
                 raise HTTPException(503, f"Redis is unreachable ({exc}); try again shortly") from None
         raise HTTPException(404, f"no call {call_sid}")
 
-    @app.get("/api/calls/{call_sid}/events")
-    async def call_events(call_sid: str, request: Request) -> StreamingResponse:
+    @app.get("/api/calls/{call_sid}/events", dependencies=[Depends(viewer)])
+    async def call_events(call_sid: str) -> StreamingResponse:
         """Server-sent events of one call: replayed from its start, then live, until ``call.ended``.
 
         Served from memory when the call runs on this instance, else from the call's Redis stream.
         """
-        operator(request)
         feed = state.calls.get(call_sid)
         events: AsyncIterator[dict[str, Any]]
         if feed is not None:
@@ -400,6 +462,7 @@ async def _await_start(ws: WebSocket, state: AppState) -> tw.Start | None:
 
 
 async def _run_call(ws: WebSocket, start: tw.Start, state: AppState) -> None:
+    started_at = time.perf_counter()  # Twilio's start is in: the greeting's time to first audio runs from now
     settings = state.settings
     params = dict(start.custom_parameters)
     if "flow" not in params and state.services.calls is not None:
@@ -447,9 +510,13 @@ async def _run_call(ws: WebSocket, start: tw.Start, state: AppState) -> None:
             gate=services.gate,
             redis=services.redis,
             keys=services.keys if services.redis is not None else None,
+            metrics=state.metrics,
+            started_at=started_at,
         )
     except ValueError as exc:  # a flow whose settings the model session cannot take
         log.error("call=%s cannot start: %s", start.call_sid, exc)
+        state.metrics.call_started(flow.id, "none")
+        state.metrics.call_ended(flow.id, "configuration-error")
         record.outcome, record.ended_at = "configuration-error", record.started_at
         feed.emit("call.ended", outcome=record.outcome)
         state.calls.close(start.call_sid)
@@ -475,5 +542,6 @@ async def _run_call(ws: WebSocket, start: tw.Start, state: AppState) -> None:
     finally:
         await session.finish("completed")
         state.sessions.pop(start.call_sid, None)
+        state.call_finished(record)
         state.calls.close(start.call_sid)
         await close(1000)

@@ -1,0 +1,197 @@
+"""What every console route shares: the app state, templates, the SSE hub, auth helpers, security headers.
+
+Services are looked up lazily (``state.services`` starts with the app's lifespan, after the routes exist),
+so the router can be built when the app is created and still find Redis, operators and approvals once the
+app is running; until then a route answers 503 with a sentence saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import redis.asyncio as aioredis
+from fastapi import HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from ivr.console.render import environment
+from ivr.console.sse import SseHub
+
+if TYPE_CHECKING:
+    from ivr.app import AppState
+    from ivr.approvals.store import ApprovalStore
+    from ivr.console.auth import Auth, Authenticated
+    from ivr.console.operators import Operator
+    from ivr.console.queries import ConsoleQueries
+    from ivr.store.keys import KeySchema
+
+__all__ = ["CSP", "ConsoleContext", "Page", "StaticFile", "security_headers"]
+
+#: Console pages run only the package's own scripts and styles: no inline script, no eval, no framing.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+#: Blocking XREADs of the hub's readers; its own client's socket timeout is above it.
+HUB_BLOCK_MS = 1000
+
+
+def security_headers(response: Response, *, cache: str = "no-store") -> Response:
+    """Add the console's security headers (CSP, no framing, …) and a Cache-Control to a response."""
+    for name, value in _PAGE_HEADERS.items():
+        response.headers.setdefault(name, value)
+    response.headers["Cache-Control"] = cache
+    return response
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    body: bytes
+    media_type: str
+    version: str  # content hash: the URL carries it, so the file may be cached for a year
+
+
+def load_static() -> dict[str, StaticFile]:
+    """Every file under ``static/`` (the console's CSS/JS and the vendored htmx), read once at start-up."""
+    files: dict[str, StaticFile] = {}
+    root = resources.files("ivr.console") / "static"
+
+    def walk(node: Any, prefix: str) -> None:
+        for child in node.iterdir():
+            name = prefix + child.name
+            if child.is_dir():
+                walk(child, name + "/")
+                continue
+            suffix = "." + child.name.rsplit(".", 1)[-1] if "." in child.name else ""
+            if suffix not in _TYPES:
+                continue
+            body = child.read_bytes()
+            files[name] = StaticFile(body, _TYPES[suffix], hashlib.sha256(body).hexdigest()[:12])
+
+    walk(root, "")
+    return files
+
+
+@dataclass
+class Page:
+    """An authenticated console request: who, and the session's CSRF token for the page's forms."""
+
+    operator: Operator
+    csrf: str
+
+
+class ConsoleContext:
+    """Shared by the console's routes; one per app."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.env = environment()
+        self.static = load_static()
+        self.env.globals["static"] = self.static_url
+        self.hub = SseHub(self._hub_client, block_ms=HUB_BLOCK_MS)
+        self._queries: ConsoleQueries | None = None
+
+    # -- services (lazy) -------------------------------------------------------------------------------------
+    def services_ready(self) -> None:
+        if self.state.services.redis is None:
+            raise HTTPException(503, "the server is still starting (Redis is not connected yet); try again")
+
+    @property
+    def auth(self) -> Auth:
+        return self.state.auth
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        self.services_ready()
+        assert self.state.services.redis is not None
+        return self.state.services.redis
+
+    @property
+    def keys(self) -> KeySchema:
+        return self.state.services.keys
+
+    @property
+    def approvals(self) -> ApprovalStore:
+        self.services_ready()
+        assert self.state.services.approvals is not None
+        return self.state.services.approvals
+
+    @property
+    def queries(self) -> ConsoleQueries:
+        if self._queries is None:
+            from ivr.console.queries import ConsoleQueries
+
+            self._queries = ConsoleQueries(self.redis, self.keys, self.approvals, flows=self.state.flows)
+        return self._queries
+
+    def _hub_client(self) -> aioredis.Redis:
+        """The hub's own client: its blocking XREADs must not hold the shared client's connections."""
+        self.services_ready()
+        return aioredis.Redis.from_url(
+            self.state.services.url,
+            decode_responses=True,
+            socket_timeout=HUB_BLOCK_MS / 1000 + 5.0,
+            socket_connect_timeout=5.0,
+            health_check_interval=15,
+        )
+
+    async def close(self) -> None:
+        await self.hub.close()
+
+    # -- auth ------------------------------------------------------------------------------------------------
+    async def who(self, request: Request) -> Authenticated | None:
+        self.services_ready()
+        return await self.auth.authenticate(request)
+
+    async def page(self, request: Request) -> Page | Response:
+        """The operator of a page request, or the response to send instead (login redirect, or 401)."""
+        who = await self.who(request)
+        if who is None:
+            accept = request.headers.get("accept", "")
+            if request.method == "GET" and "text/html" in accept and "hx-request" not in request.headers:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return security_headers(RedirectResponse(f"/ops/login?next={quote(target, safe='/')}", 303))
+            raise HTTPException(
+                401,
+                "log in at /ops/login, or send `Authorization: Bearer <token>` (ivr operators add)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return Page(who.operator, who.session.csrf if who.session is not None else "")
+
+    # -- rendering -------------------------------------------------------------------------------------------
+    def static_url(self, name: str) -> str:
+        found = self.static.get(name)
+        if found is None:
+            raise KeyError(f"no console static file {name!r}")
+        return f"/ops/static/{name}?v={found.version}"
+
+    def render(self, template: str, **context: Any) -> str:
+        context.setdefault("now", time.time())
+        return self.env.get_template(template).render(**context)
+
+    def html(self, template: str, who: Page | None, /, *, status: int = 200, **context: Any) -> HTMLResponse:
+        """A full page with the operator's name, role and CSRF token, and the console's security headers."""
+        if who is not None:
+            context.setdefault("me", who.operator)
+            context.setdefault("csrf", who.csrf)
+            context.setdefault("me_can_decide", who.operator.can_decide)
+        context.setdefault("csrf", "")
+        return security_headers(HTMLResponse(self.render(template, **context), status_code=status))  # type: ignore[return-value]
