@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +39,36 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-async def _ask(prompt: str) -> str:
-    def read() -> str:
+class _Terminal:
+    """Lines typed at the terminal, read by one daemon thread into a queue.
+
+    One reader for the whole run: a question may be answered elsewhere (the operator decided in the
+    console), and cancelling its wait must neither lose the next line typed nor keep the process alive.
+    """
+
+    def __init__(self) -> None:
+        self._lines: asyncio.Queue[str | None] | None = None
+
+    async def ask(self, prompt: str) -> str:
+        loop = asyncio.get_running_loop()
+        if self._lines is None:
+            lines: asyncio.Queue[str | None] = asyncio.Queue()
+            self._lines = lines
+
+            def read() -> None:
+                while True:
+                    line = sys.stdin.readline()
+                    with contextlib.suppress(RuntimeError):  # the loop is closed: the demo is over
+                        loop.call_soon_threadsafe(lines.put_nowait, line or None)
+                    if not line:
+                        return
+
+            threading.Thread(target=read, name="demo-terminal", daemon=True).start()
         print(prompt, end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:
+        line = await self._lines.get()
+        if line is None:
             raise EOFError
         return line
-
-    return await asyncio.to_thread(read)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -62,7 +85,7 @@ def run_cli(args: argparse.Namespace) -> int:
         redis_url=os.environ.get("REDIS_URL", ""),
     )
     try:
-        result = asyncio.run(run_demo(options, sys.stdout, _ask))
+        result = asyncio.run(run_demo(options, sys.stdout, _Terminal().ask))
     except FlowError as exc:
         print(f"ivr demo: the flows have errors:\n{exc}", file=sys.stderr)
         return 2

@@ -40,7 +40,14 @@ from ..store.embedded import EmbeddedRedis
 from ..store.keys import KeySchema
 from ..tools import datasets as ds
 from .caller import CallerScript, dental_booking_script
-from .report import reply_latency_ms, sound_span, write_stereo_wav, write_summary
+from .report import (
+    reply_latency_ms,
+    sound_span,
+    turn_latency_line,
+    turn_latency_summary,
+    write_stereo_wav,
+    write_summary,
+)
 
 Ask = Callable[[str], Awaitable[str]]
 
@@ -134,6 +141,8 @@ class DemoCall:
         self.tools: list[dict[str, Any]] = []
         self._approval_pending: asyncio.Event = asyncio.Event()
         self._approval_done: asyncio.Event = asyncio.Event()
+        # Set when a decision reaches the call before the terminal answered (taken in the console).
+        self._decided_elsewhere: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- live events -------------------------------------------------------------------------------------
@@ -150,6 +159,10 @@ class DemoCall:
             self.tools.append(event)
             status = "ok" if event.get("ok") else f"not run: {event.get('error_type')}"
             self.progress(f"  tool   │ {event.get('name')} {_args(event.get('arguments'))} → {status}")
+        elif kind == "approval.decided":
+            decided = self._decided_elsewhere.get(str(event.get("approval_id")))
+            if decided is not None:
+                decided.set()
         elif kind == "approval.requested":
             self._approval_pending.set()
             self._approval_done.clear()
@@ -174,8 +187,11 @@ class DemoCall:
             approve = self.options.approve
             if approve is None:
                 if sys.stdin is not None and sys.stdin.isatty():
-                    answer = await self.ask("            approve it? [y/n] ")
-                    approve = answer.strip().lower() in {"y", "yes"}
+                    approve = await self._ask_or_console(http, approval_id)
+                    if approve is None:  # decided in the console
+                        self._approval_pending.clear()
+                        self._approval_done.set()
+                        return
                 else:
                     self.progress("            no terminal to ask: approving automatically (as --yes would)")
                     approve = True
@@ -194,6 +210,33 @@ class DemoCall:
             )
         self._approval_pending.clear()
         self._approval_done.set()
+
+    async def _ask_or_console(self, http: httpx.AsyncClient, approval_id: str) -> bool | None:
+        """Ask at the terminal, unless an operator decides in the console first (then None)."""
+        elsewhere = self._decided_elsewhere.setdefault(approval_id, asyncio.Event())
+        self.progress("            (or decide in the console)")
+        asking = asyncio.ensure_future(self.ask("            approve it? [y/n] "))
+        console = asyncio.ensure_future(elsewhere.wait())
+        await asyncio.wait({asking, console}, return_when=asyncio.FIRST_COMPLETED)
+        console.cancel()
+        if asking.done():
+            return asking.result().strip().lower() in {"y", "yes"}
+        asking.cancel()
+        record = (await http.get(f"/api/approvals/{approval_id}")).json()
+        self.progress(
+            f"\n            {record.get('status')} in the console by {record.get('decided_by') or '?'}"
+        )
+        self.approvals.append(
+            {
+                "id": approval_id,
+                "tool": record.get("tool"),
+                "decision": "approve" if record.get("status") == "approved" else "deny",
+                "status": 200,
+                "decided_by": record.get("decided_by"),
+                "arguments": record.get("arguments"),
+            }
+        )
+        return None
 
     # ---- the conversation ----------------------------------------------------------------------------------
 
@@ -372,6 +415,10 @@ async def _call(
                 raise RuntimeError("the demo server stopped during start-up")
             await asyncio.sleep(0.02)
         progress(f"server listening on {base_url} (offline engine)")
+        progress(
+            f"watch the call live in the operations console: {base_url}/ops/  "
+            f"(log in with this demo's admin token: {operator_token})"
+        )
         options_ = CallOptions(
             base_url=base_url,
             from_number=options.caller_number,
@@ -477,6 +524,7 @@ async def _report(
             "word_accuracy": round(errors.accuracy, 3),
         },
         "reply_latency_ms": latencies,
+        "turn_latency": turn_latency_summary(record),
         "engine_turns": [
             {k: v for k, v in e.items() if k in ("asr_ms", "confidence", "reply_ms")}
             for e in demo.engine_turns
@@ -494,6 +542,9 @@ async def _report(
             f"caller's last word → agent's first audio: median {float(np.median(latencies)):.0f} ms "
             f"(min {min(latencies):.0f}, max {max(latencies):.0f}, {len(latencies)} turns)"
         )
+    measured = turn_latency_line(summary["turn_latency"])
+    if measured:
+        progress(measured)
     progress(f"the agent recognised the caller's words with {errors.accuracy:.0%} word accuracy")
     if goal:
         ids = ", ".join(b["booking_id"] for b in stored_ok)
