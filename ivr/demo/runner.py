@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import socket
@@ -41,6 +40,7 @@ from ..store.keys import KeySchema
 from ..tools import datasets as ds
 from .caller import CallerScript, dental_booking_script
 from .report import (
+    parse_json,
     reply_latency_ms,
     sound_span,
     turn_latency_line,
@@ -224,7 +224,7 @@ class DemoCall:
         asking.cancel()
         record = (await http.get(f"/api/approvals/{approval_id}")).json()
         self.progress(
-            f"\n            {record.get('status')} in the console by {record.get('decided_by') or '?'}"
+            f"            {record.get('status')} in the console by {record.get('decided_by') or '?'}"
         )
         self.approvals.append(
             {
@@ -470,7 +470,7 @@ async def _report(
     try:
         for tool in demo.tools:
             output = tool.get("output")
-            data = _json(output)
+            data = parse_json(output)
             if isinstance(data, dict) and data.get("status") == "booked" and data.get("booking_id"):
                 stored = await client.hgetall(keys.booking(str(data["booking_id"])))
                 booked.append(
@@ -553,12 +553,3 @@ async def _report(
     why = "no booking was stored" if not stored_ok else "the operator did not approve it"
     progress(f"FAILED: the call did not reach its goal ({why}); see {path}")
     return DemoResult(1, summary)
-
-
-def _json(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
