@@ -123,71 +123,71 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
         self.flow, self.engine, self.model = BoundedLabel(), BoundedLabel(10), BoundedLabel(50)
         self.outcome, self.tool, self.status = BoundedLabel(50), BoundedLabel(200), BoundedLabel(50)
-        self.calls_started = Counter(
-            "ivr_calls_started", "Calls started (Twilio start received).", ["flow", "engine"], registry=r
+        counter, histogram = self._counter, self._histogram
+        self.calls_started = counter(
+            "ivr_calls_started", "Calls started (Twilio start received).", "flow", "engine"
         )
-        self.calls_ended = Counter(
-            "ivr_calls_ended", "Calls ended, by outcome.", ["flow", "outcome"], registry=r
-        )
-        self.turn_latency = Histogram(
+        self.calls_ended = counter("ivr_calls_ended", "Calls ended, by outcome.", "flow", "outcome")
+        self.turn_latency = histogram(
             "ivr_turn_latency_seconds",
             "Caller's end of speech (speech_stopped) → first agent audio of the reply sent to Twilio.",
-            ["flow", "engine"],
-            buckets=TURN_BUCKETS,
-            registry=r,
+            TURN_BUCKETS,
+            "flow",
+            "engine",
         )
-        self.greeting = Histogram(
+        self.greeting = histogram(
             "ivr_greeting_first_audio_seconds",
             "Twilio start received → first agent audio (the greeting) sent to Twilio.",
-            ["flow", "engine"],
-            buckets=GREETING_BUCKETS,
-            registry=r,
+            GREETING_BUCKETS,
+            "flow",
+            "engine",
         )
-        self.interruption = Histogram(
+        self.interruption = histogram(
             "ivr_interruption_stop_seconds",
             "Caller's speech started while the agent spoke → Twilio clear sent (playback stopped).",
-            ["flow", "engine"],
-            buckets=INTERRUPTION_BUCKETS,
-            registry=r,
+            INTERRUPTION_BUCKETS,
+            "flow",
+            "engine",
         )
-        self.tool_duration = Histogram(
+        self.tool_duration = histogram(
             "ivr_tool_duration_seconds",
             "One tool call, dispatch → result, by tool and outcome (ok or the error type).",
-            ["tool", "outcome"],
-            buckets=TOOL_BUCKETS,
-            registry=r,
+            TOOL_BUCKETS,
+            "tool",
+            "outcome",
         )
-        self.approval_wait = Histogram(
+        self.approval_wait = histogram(
             "ivr_approval_wait_seconds",
             "Approval requested → decided (approved, denied) or expired.",
-            ["tool", "status"],
-            buckets=APPROVAL_BUCKETS,
-            registry=r,
+            APPROVAL_BUCKETS,
+            "tool",
+            "status",
         )
-        self.reconnects = Counter(
-            "ivr_model_reconnects",
-            "Model sockets re-opened mid-call (with replay).",
-            ["flow", "model"],
-            registry=r,
+        self.reconnects = counter(
+            "ivr_model_reconnects", "Model sockets re-opened mid-call (with replay).", "flow", "model"
         )
-        self.fallbacks = Counter(
+        self.fallbacks = counter(
             "ivr_engine_fallbacks",
             "Calls switched to the offline engine because their model was unreachable.",
-            ["flow", "model"],
-            registry=r,
+            "flow",
+            "model",
         )
-        self.tokens = Counter(
-            "ivr_model_tokens", "Model tokens used, by kind (input/output).", ["model", "kind"], registry=r
+        self.tokens = counter(
+            "ivr_model_tokens", "Model tokens used, by kind (input/output).", "model", "kind"
         )
-        self.cost = Counter(
-            "ivr_model_cost_usd",
-            "Estimated model cost in USD (ivr/call/pricing.py list prices).",
-            ["model"],
-            registry=r,
+        self.cost = counter(
+            "ivr_model_cost_usd", "Estimated model cost in USD (ivr/call/pricing.py list prices).", "model"
         )
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, documentation: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
 
     def bind(self, *, live_calls: Callable[[], int], writer: Callable[[], WriterCounters | None]) -> None:
         """Add the scrape-time gauges (live calls, Redis writer); call once, when the app is built."""

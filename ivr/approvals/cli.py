@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
 
 from ivr.approvals.store import (
     TIMEOUT_OPERATOR,
@@ -28,8 +28,8 @@ from ivr.approvals.store import (
     describe_decision,
 )
 from ivr.settings import Settings
-from ivr.store.cli_redis import CliRedisError, cli_settings, open_client, unreachable
-from ivr.store.keys import KeySchema, KeySchemaError
+from ivr.store.cli_redis import CliRedisError, cli_settings, run_on_redis
+from ivr.store.keys import KeySchemaError
 
 __all__ = ["format_record", "format_table", "format_time_left", "main", "register", "run"]
 
@@ -83,31 +83,12 @@ def run(args: argparse.Namespace, *, out: TextIO, err: TextIO, settings: Setting
         print(f"error: {exc}", file=err)
         return exc.code
     retention_s = float(getattr(settings, "retention_days", 30.0)) * 86400.0
-    return asyncio.run(_run(args, settings.redis_url, keys, retention_s, out, err))
 
+    async def work(client: Redis) -> int:
+        return await _dispatch(args, ApprovalStore(client, keys, retention_s=retention_s), out, err)
 
-async def _run(
-    args: argparse.Namespace, url: str, keys: KeySchema, retention_s: float, out: TextIO, err: TextIO
-) -> int:
-    try:
-        client = open_client(url)
-    except CliRedisError as exc:
-        print(f"error: {exc}", file=err)
-        return exc.code
-    try:
-        store = ApprovalStore(client, keys, retention_s=retention_s)
-        return await _dispatch(args, store, out, err)
-    except ApprovalNotFound as exc:
-        print(f"error: {exc}", file=err)
-        return 1
-    except KeySchemaError as exc:
-        print(f"error: {exc}", file=err)
-        return 1
-    except (RedisError, OSError) as exc:
-        print(f"error: {unreachable(url, exc)}", file=err)
-        return 1
-    finally:
-        await client.aclose()
+    refusals: dict[type[Exception], int] = {ApprovalNotFound: 1, KeySchemaError: 1}
+    return asyncio.run(run_on_redis(settings.redis_url, err, work, refusals))
 
 
 async def _dispatch(args: argparse.Namespace, store: ApprovalStore, out: TextIO, err: TextIO) -> int:

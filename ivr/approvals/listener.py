@@ -15,16 +15,14 @@ reconnect after an error, or one redis-py performs internally — re-reads the s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from ivr.approvals.store import (
     EXPIRED_NOTE,
@@ -35,81 +33,34 @@ from ivr.approvals.store import (
     ApprovalStore,
 )
 from ivr.store.keys import KeySchema
+from ivr.store.subscription import BACKOFF_MAX_S, BACKOFF_START_S, CONNECTION_ERRORS, ChannelListener
 
 __all__ = ["ApprovalListener"]
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_START_S = 0.05
-_BACKOFF_MAX_S = 2.0
 #: How long ``wait`` keeps trying to store an expiry while Redis is unreachable before giving up locally.
 _EXPIRE_RETRY_S = 3.0
-_CONNECTION_ERRORS = (RedisError, OSError, asyncio.IncompleteReadError)
 
 
-class ApprovalListener:
-    """Waits for decisions on behalf of calls. ``start()`` once, ``wait()`` per request, ``stop()`` last."""
+class ApprovalListener(ChannelListener):
+    """Waits for decisions on behalf of calls. ``start()`` once, ``wait()`` per request, ``stop()`` last.
+
+    ``stop()`` leaves the calls still waiting to their deadlines. The subscription (and its resubscribing
+    after Redis errors) is :class:`~ivr.store.subscription.ChannelListener`'s.
+    """
 
     def __init__(self, redis: aioredis.Redis, keys: KeySchema, *, store: ApprovalStore | None = None) -> None:
-        self._redis = redis
+        super().__init__(redis, keys.approval_channel(), what="approval", log=log)
         self._keys = keys
         self.store = store if store is not None else ApprovalStore(redis, keys)
-        self._channel = keys.approval_channel()
         self._waiters: dict[str, set[asyncio.Future[Approval]]] = {}
-        self._subscribed = asyncio.Event()
-        self._changed = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
-        self._helpers: set[asyncio.Task[None]] = set()
-        #: Times the subscription was (re)established; the first one counts too.
-        self.subscriptions = 0
-        #: Connection losses seen by the listener.
-        self.disconnects = 0
         #: Decisions delivered to waiters by a pub/sub message (as opposed to a re-read of the record).
         self.delivered_by_message = 0
         #: Decisions delivered by re-reading records (after a (re)subscription or when a wait starts).
         self.delivered_by_check = 0
         #: Waits that have done their first read of the record and now wait for a message.
         self.initial_checks = 0
-
-    # -- lifecycle -----------------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the subscription task (idempotent)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="approval-listener")
-
-    async def stop(self) -> None:
-        """Stop listening. Calls still waiting fall back to their deadlines."""
-        tasks = [t for t in (self._task, *self._helpers) if t is not None]
-        self._task = None
-        # Cancel until done: on Python 3.11 redis-py can swallow a cancellation (see _wait).
-        while tasks:
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=0.5)
-            tasks = [task for task in tasks if not task.done()]
-        self._subscribed.clear()
-
-    @property
-    def connected(self) -> bool:
-        """True while the subscription is established."""
-        return self._subscribed.is_set()
-
-    async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until the subscription is established (for start-up checks and tests)."""
-        async with asyncio.timeout(timeout):
-            await self._subscribed.wait()
-
-    async def wait_until(
-        self, predicate: Callable[[ApprovalListener], bool], timeout: float | None = None
-    ) -> None:
-        """Wait until ``predicate(self)`` holds, re-tested whenever a counter changes, e.g.
-        ``lambda l: l.subscriptions >= 2`` (resubscribed after an outage). For health checks and tests."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: predicate(self))
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     @property
     def awaited(self) -> frozenset[str]:
@@ -159,7 +110,7 @@ class ApprovalListener:
         await self._subscribed.wait()
         try:
             record = await self.store.get(aid)
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             record = None  # the re-read after resubscribing covers it
         if record is not None and record.decided and self._resolve(record):
             self.delivered_by_check += 1
@@ -168,7 +119,7 @@ class ApprovalListener:
 
     async def _expire(self, aid: str, fallback: Approval | None) -> Approval:
         give_up = time.monotonic() + _EXPIRE_RETRY_S
-        delay = _BACKOFF_START_S
+        delay = BACKOFF_START_S
         while True:
             try:
                 return await self.store.expire(aid)
@@ -179,7 +130,7 @@ class ApprovalListener:
                     raise
                 log.error("approval %s vanished from Redis before its deadline; treating it as expired", aid)
                 return self._expired_copy(fallback)
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 if time.monotonic() >= give_up:
                     if fallback is None:
                         raise
@@ -191,7 +142,7 @@ class ApprovalListener:
                     )
                     return self._expired_copy(fallback)
                 await asyncio.sleep(delay)  # backoff while Redis is unreachable
-                delay = min(delay * 2, _BACKOFF_MAX_S)
+                delay = min(delay * 2, BACKOFF_MAX_S)
 
     @staticmethod
     def _expired_copy(approval: Approval) -> Approval:
@@ -212,42 +163,10 @@ class ApprovalListener:
         return delivered
 
     # -- the subscription ----------------------------------------------------------------------------------
-    async def _run(self) -> None:
-        delay = _BACKOFF_START_S
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.subscribe(self._channel)
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        # Also seen when redis-py reconnects and resubscribes on its own.
-                        self.subscriptions += 1
-                        self._subscribed.set()
-                        delay = _BACKOFF_START_S
-                        self._spawn(self._recheck())
-                        await self._notify()
-                    elif message["type"] == "message":
-                        self._on_message(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except _CONNECTION_ERRORS as exc:
-                self._subscribed.clear()
-                self.disconnects += 1
-                log.warning("approval subscription lost (%s); reconnecting in %.2f s", exc, delay)
-            except Exception:
-                self._subscribed.clear()
-                self.disconnects += 1
-                log.exception("approval listener failed; resubscribing in %.2f s", delay)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(delay)  # backoff before reconnecting to an unreachable Redis
-            delay = min(delay * 2, _BACKOFF_MAX_S)
+    def _on_subscribed(self) -> None:
+        self._spawn(self._recheck())
 
-    def _on_message(self, data: object) -> None:
+    async def _on_message(self, data: object) -> None:
         try:
             payload = json.loads(data) if isinstance(data, str | bytes) else None
             aid = payload.get("id") if isinstance(payload, dict) else None
@@ -261,13 +180,13 @@ class ApprovalListener:
 
     async def _fetch(self, aid: str) -> None:
         """Read the decided record and hand it to the waiters; retry while Redis hiccups."""
-        delay = _BACKOFF_START_S
+        delay = BACKOFF_START_S
         while aid in self._waiters:
             try:
                 record = await self.store.get(aid)
-            except _CONNECTION_ERRORS:
+            except CONNECTION_ERRORS:
                 await asyncio.sleep(delay)  # backoff; the re-read after resubscribing may also deliver it
-                delay = min(delay * 2, _BACKOFF_MAX_S)
+                delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             if record is not None and record.decided and self._resolve(record):
                 self.delivered_by_message += 1
@@ -275,7 +194,7 @@ class ApprovalListener:
 
     async def _recheck(self) -> None:
         """Re-read every awaited record: decisions published while we were not subscribed are not lost."""
-        delay = _BACKOFF_START_S
+        delay = BACKOFF_START_S
         while True:
             ids = list(self._waiters)
             if not ids:
@@ -283,10 +202,10 @@ class ApprovalListener:
             try:
                 records = await self.store.get_many(ids)
                 break
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 log.warning("could not re-read awaited approvals after subscribing (%s); retrying", exc)
                 await asyncio.sleep(delay)  # backoff while Redis is unreachable
-                delay = min(delay * 2, _BACKOFF_MAX_S)
+                delay = min(delay * 2, BACKOFF_MAX_S)
         for record in records:
             if record is not None and record.decided and self._resolve(record):
                 self.delivered_by_check += 1

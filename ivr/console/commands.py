@@ -12,7 +12,6 @@ operator just clicks again) — a command is never queued to act minutes later o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -21,9 +20,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, cast, get_args
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from ivr.store.keys import KeySchema, KeySchemaError
+from ivr.store.subscription import ChannelListener
 
 __all__ = [
     "ACTIONS",
@@ -52,9 +51,6 @@ MESSAGE_TYPE = "call.command"
 MESSAGE_VERSION = 1
 #: Longest operator name carried in a command.
 MAX_BY = 200
-_BACKOFF_START_S = 0.05
-_BACKOFF_MAX_S = 2.0
-_CONNECTION_ERRORS = (RedisError, OSError, asyncio.IncompleteReadError)
 
 
 class FlowLookup(Protocol):
@@ -228,30 +224,22 @@ async def _heartbeat(redis: aioredis.Redis, keys: KeySchema, iid: str) -> tuple[
     return bool(exists), score
 
 
-class CommandListener:
+class CommandListener(ChannelListener):
     """One per instance: subscribes to the instance's channel and hands valid commands to ``handler``.
 
-    ``start()`` once, ``stop()`` at shutdown. Resubscribes with backoff after Redis errors. Malformed
-    messages are logged (an excerpt) and counted; a failing handler is logged and counted; neither stops the
-    listener. Each command runs in its own task, so a slow Twilio request never holds up the next command.
+    ``start()`` once, ``stop()`` at shutdown (commands still running are cancelled). Resubscribes with
+    backoff after Redis errors (:class:`~ivr.store.subscription.ChannelListener`). Malformed messages are
+    logged (an excerpt) and counted; a failing handler is logged and counted; neither stops the listener.
+    Each command runs in its own task, so a slow Twilio request never holds up the next command.
     """
 
     def __init__(
         self, redis: aioredis.Redis, keys: KeySchema, instance_id: str, handler: CommandHandler
     ) -> None:
-        self._redis = redis
+        super().__init__(redis, keys.instance_channel(instance_id), what="command", log=log)
         self._keys = keys
-        self._channel = keys.instance_channel(instance_id)
         self.instance_id = instance_id
         self._handler = handler
-        self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
-        self._subscribed = asyncio.Event()
-        self._changed = asyncio.Condition()
-        #: Times the subscription was (re)established.
-        self.subscriptions = 0
-        #: Connection losses.
-        self.disconnects = 0
         #: Valid commands received.
         self.received = 0
         #: Commands the handler finished without raising.
@@ -261,87 +249,20 @@ class CommandListener:
         #: Messages that were not valid commands.
         self.malformed = 0
 
-    def start(self) -> None:
-        """Start the subscription task (idempotent)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="command-listener")
-
-    async def stop(self) -> None:
-        """Stop listening; commands still running are cancelled."""
-        tasks = [t for t in (self._task, *self._running) if t is not None]
-        self._task = None
-        while tasks:  # on Python 3.11 redis-py can swallow a cancellation: cancel until done
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=0.5)
-            tasks = [task for task in tasks if not task.done()]
-        self._subscribed.clear()
-
-    @property
-    def connected(self) -> bool:
-        return self._subscribed.is_set()
-
-    async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until subscribed (start-up checks and tests)."""
-        async with asyncio.timeout(timeout):
-            await self._subscribed.wait()
-
-    async def wait_until(
-        self, predicate: Callable[[CommandListener], bool], timeout: float | None = None
-    ) -> None:
-        """Wait until ``predicate(self)`` holds, re-tested whenever a counter changes (tests, health)."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: predicate(self))
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def _run(self) -> None:
-        delay = _BACKOFF_START_S
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.subscribe(self._channel)
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":  # also after redis-py reconnects on its own
-                        self.subscriptions += 1
-                        self._subscribed.set()
-                        delay = _BACKOFF_START_S
-                        await self._notify()
-                    elif message["type"] == "message":
-                        self._on_message(message["data"])
-                        await self._notify()
-            except asyncio.CancelledError:
-                raise
-            except _CONNECTION_ERRORS as exc:
-                self._subscribed.clear()
-                self.disconnects += 1
-                log.warning("command subscription lost (%s); reconnecting in %.2f s", exc, delay)
-            except Exception:
-                self._subscribed.clear()
-                self.disconnects += 1
-                log.exception("command listener failed; resubscribing in %.2f s", delay)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(delay)  # backoff before reconnecting to an unreachable Redis
-            delay = min(delay * 2, _BACKOFF_MAX_S)
-
-    def _on_message(self, data: object) -> None:
+    async def _on_message(self, data: object) -> None:
         try:
             call_sid, action, by = decode_command(data, self._keys)
         except ValueError as exc:
             self.malformed += 1
             log.warning("ignored a malformed message on %s: %s", self._channel, exc)
-            return
-        self.received += 1
-        task = asyncio.create_task(self._handle(call_sid, action, by), name=f"command:{action}:{call_sid}")
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        else:
+            self.received += 1
+            task = asyncio.create_task(
+                self._handle(call_sid, action, by), name=f"command:{action}:{call_sid}"
+            )
+            self._helpers.add(task)
+            task.add_done_callback(self._helpers.discard)
+        await self._notify()
 
     async def _handle(self, call_sid: str, action: Action, by: str) -> None:
         try:

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
 
 from ivr.settings import Settings
-from ivr.store.cli_redis import CliRedisError, cli_settings, open_client, unreachable
-from ivr.store.keys import KeySchema
+from ivr.store.cli_redis import CliRedisError, cli_settings, run_on_redis
 
 from .operators import ROLES, OperatorError, OperatorExists, OperatorInfo, OperatorStore, check_role
 
@@ -73,31 +72,12 @@ def run(args: argparse.Namespace, *, out: TextIO, err: TextIO, settings: Setting
     except (CliRedisError, OperatorError) as exc:
         print(f"error: {exc}", file=err)
         return exc.code if isinstance(exc, CliRedisError) else 2
-    return asyncio.run(_run(args, settings, keys, out, err))
 
+    async def work(client: Redis) -> int:
+        return await _dispatch(args, OperatorStore(client, keys), settings, out, err)
 
-async def _run(
-    args: argparse.Namespace, settings: Settings, keys: KeySchema, out: TextIO, err: TextIO
-) -> int:
-    try:
-        client = open_client(settings.redis_url)
-    except CliRedisError as exc:
-        print(f"error: {exc}", file=err)
-        return exc.code
-    try:
-        store = OperatorStore(client, keys)
-        return await _dispatch(args, store, settings, out, err)
-    except OperatorExists as exc:
-        print(f"error: {exc}", file=err)
-        return 1
-    except OperatorError as exc:
-        print(f"error: {exc}", file=err)
-        return 2
-    except (RedisError, OSError) as exc:
-        print(f"error: {unreachable(settings.redis_url, exc)}", file=err)
-        return 1
-    finally:
-        await client.aclose()
+    refusals: dict[type[Exception], int] = {OperatorExists: 1, OperatorError: 2}
+    return asyncio.run(run_on_redis(settings.redis_url, err, work, refusals))
 
 
 async def _dispatch(

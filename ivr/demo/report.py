@@ -81,8 +81,8 @@ def turn_latency_summary(record: Mapping[str, str]) -> dict[str, Any]:
     ivr/call/turns.py): each reply's latency, their median and p90 (nearest rank), the greeting's time to
     first audio. Unlike ``reply_latency_ms`` (read off the recording, from the caller's last sound), these
     start when the engine's VAD reported the end of speech and stop when the first reply audio was sent."""
-    turns = _json(record.get("turns"))
-    greeting = _json(record.get("greeting_ms"))
+    turns = parse_json(record.get("turns"))
+    greeting = parse_json(record.get("greeting_ms"))
     values = [
         float(t["latency_ms"])
         for t in (turns if isinstance(turns, list) else [])
@@ -113,7 +113,9 @@ def turn_latency_line(figures: Mapping[str, Any]) -> str | None:
     return "measured by the server (end of speech → first reply audio sent): " + "; ".join(parts)
 
 
-def _json(text: Any) -> Any:
+def parse_json(text: Any) -> Any:
+    """JSON text parsed (a field of a Redis hash, a tool's output); None when it is not JSON, other values
+    as they are."""
     if not isinstance(text, str):
         return text
     try:

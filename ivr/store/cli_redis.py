@@ -7,14 +7,25 @@ errors exit with 2 and an unreachable Redis with 1, and messages never show the 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TextIO
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from ivr.settings import Settings, SettingsError
 from ivr.store.keys import KeySchema, KeySchemaError
 
-__all__ = ["NO_REDIS", "CliRedisError", "cli_settings", "open_client", "redacted", "unreachable"]
+__all__ = [
+    "NO_REDIS",
+    "CliRedisError",
+    "cli_settings",
+    "open_client",
+    "redacted",
+    "run_on_redis",
+    "unreachable",
+]
 
 NO_REDIS = (
     "REDIS_URL is not set: set REDIS_URL to the server's Redis (e.g. redis://host:6379/0); "
@@ -71,3 +82,31 @@ def unreachable(url: str, exc: BaseException) -> str:
         f"cannot reach Redis at {redacted(url)} ({type(exc).__name__}: {exc}); check that it is running "
         "and that REDIS_URL points at the same Redis as the servers"
     )
+
+
+async def run_on_redis(
+    url: str,
+    err: TextIO,
+    work: Callable[[aioredis.Redis], Awaitable[int]],
+    refusals: Mapping[type[Exception], int],
+) -> int:
+    """Open a client for ``url``, return ``await work(client)``'s exit code, and close the client.
+
+    What goes wrong is one ``error: …`` line on ``err`` and an exit code: an invalid URL 2, an exception
+    of a type in ``refusals`` the code given for its first matching type, an unreachable Redis 1.
+    """
+    try:
+        client = open_client(url)
+    except CliRedisError as exc:
+        print(f"error: {exc}", file=err)
+        return exc.code
+    try:
+        return await work(client)
+    except tuple(refusals) as exc:
+        print(f"error: {exc}", file=err)
+        return next(code for kind, code in refusals.items() if isinstance(exc, kind))
+    except (RedisError, OSError) as exc:
+        print(f"error: {unreachable(url, exc)}", file=err)
+        return 1
+    finally:
+        await client.aclose()

@@ -14,15 +14,44 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "HSET_TYPED_SCRIPT",
     "JSON_FIELD",
     "decode_hash",
     "dumps",
     "encode_fields",
+    "hset_typed_args",
     "loads_or_raw",
 ]
 
 #: Name of the hash field listing which other fields hold JSON.
 JSON_FIELD = "_json"
+
+#: HSET that also maintains the hash's ``_json`` list (which fields hold JSON) and refreshes the TTL, in one
+#: atomic step. KEYS[1] = hash; ARGV[1] = TTL seconds (0 = leave as is); then (name, value, kind) triples
+#: where kind is "j" for a JSON value and "s" for a plain string (see :func:`hset_typed_args`).
+HSET_TYPED_SCRIPT = """
+local key = KEYS[1]
+local ttl = tonumber(ARGV[1])
+local json = {}
+local current = redis.call('HGET', key, '_json')
+if current then
+  for name in string.gmatch(current, '[^,]+') do json[name] = true end
+end
+local args = {}
+for i = 2, #ARGV, 3 do
+  args[#args + 1] = ARGV[i]
+  args[#args + 1] = ARGV[i + 1]
+  if ARGV[i + 2] == 'j' then json[ARGV[i]] = true else json[ARGV[i]] = nil end
+end
+local names = {}
+for name in pairs(json) do names[#names + 1] = name end
+table.sort(names)
+args[#args + 1] = '_json'
+args[#args + 1] = table.concat(names, ',')
+redis.call('HSET', key, unpack(args))
+if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+return #names
+"""
 
 
 def dumps(value: Any) -> str:
@@ -74,3 +103,12 @@ def decode_hash(raw: Mapping[str, str]) -> dict[str, Any]:
         for name, value in raw.items()
         if name != JSON_FIELD
     }
+
+
+def hset_typed_args(fields: Mapping[str, Any], ttl_s: int) -> list[str]:
+    """ARGV of :data:`HSET_TYPED_SCRIPT` for ``fields`` (encoded by :func:`encode_fields`) and a TTL."""
+    flat, json_names = encode_fields(fields)
+    args = [str(ttl_s)]
+    for name, text in flat.items():
+        args += [name, text, "j" if name in json_names else "s"]
+    return args

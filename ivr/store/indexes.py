@@ -30,6 +30,8 @@ __all__ = [
     "beat",
     "caller_fields",
     "caller_tail",
+    "end_call_indexes",
+    "expire_call",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,44 @@ def add_history_indexes(
 def add_transcript_text(pipe: Pipeline, keys: KeySchema, sid: str) -> None:
     """Copy the ended call's transcript into ``transcript_text`` (see :data:`TRANSCRIPT_TEXT_SCRIPT`)."""
     pipe.eval(TRANSCRIPT_TEXT_SCRIPT, 2, keys.call(sid), keys.transcript(sid))
+
+
+def end_call_indexes(
+    pipe: Pipeline,
+    keys: KeySchema,
+    sid: str,
+    ended_at: float,
+    *,
+    instance_id: str,
+    retention_s: int,
+    flow_id: object,
+    outcome: object,
+    caller_tail: object,
+) -> None:
+    """A call ended: out of the active index and its instance's set, into the recent index (trimmed to the
+    retention) and the history indexes, its transcript copied as text."""
+    pipe.zrem(keys.active_calls(), sid)
+    pipe.zadd(keys.recent_calls(), {sid: ended_at})
+    pipe.zremrangebyscore(keys.recent_calls(), "-inf", f"({ended_at - retention_s}")
+    pipe.srem(keys.instance_calls(instance_id), sid)
+    add_history_indexes(
+        pipe,
+        keys,
+        sid,
+        ended_at,
+        flow_id=flow_id,
+        outcome=outcome,
+        instance_id=instance_id,
+        caller_tail=caller_tail,
+        retention_s=retention_s,
+    )
+    add_transcript_text(pipe, keys, sid)
+
+
+def expire_call(pipe: Pipeline, keys: KeySchema, sid: str, retention_s: int) -> None:
+    """The ended call's keys (record, transcript, events, approvals) expire after the retention."""
+    for key in (keys.call(sid), keys.transcript(sid), keys.call_events(sid), keys.call_approvals(sid)):
+        pipe.expire(key, retention_s)
 
 
 def beat(

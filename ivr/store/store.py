@@ -10,15 +10,15 @@ Per-call streams get explicit, increasing entry ids taken from this process's cl
 write, so (a) entries keep the time they happened even when they are flushed after an outage, and (b) a batch
 re-sent after a connection broke half-way cannot add an entry twice: Redis refuses the repeated id and the
 writer counts it as already written. Only this instance writes to the streams of the calls it owns.
+
+Beside it: :mod:`ivr.store.streams` (stream caps and entry shapes), :mod:`ivr.store.indexes` (the indexes
+written with a record), :mod:`ivr.store.instances` (heartbeat and reconciliation, behind ``heartbeat`` and
+``reconcile`` here) and :mod:`ivr.store.codec` (how values are stored in hashes).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import re
-import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -27,22 +27,34 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from ivr.store.codec import JSON_FIELD, decode_hash, dumps, encode_fields, loads_or_raw
+from ivr.store import instances
+from ivr.store.codec import HSET_TYPED_SCRIPT, JSON_FIELD, decode_hash, encode_fields, hset_typed_args
 from ivr.store.indexes import (
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_TTL_S,
-    add_history_indexes,
-    add_transcript_text,
-    beat,
     caller_fields,
+    end_call_indexes,
+    expire_call,
 )
+from ivr.store.instances import RESTART_OUTCOME, default_instance_id
 from ivr.store.keys import KeySchema
+from ivr.store.streams import (
+    CALL_EVENTS_MAXLEN,
+    EVENTS_MAXLEN,
+    TRANSCRIPT_MAXLEN,
+    decode_event,
+    event_fields,
+    to_float,
+    transcript_line,
+    ts_text,
+)
 from ivr.store.writer import ResilientWriter
 
 __all__ = [
     "CALL_EVENTS_MAXLEN",
     "EVENTS_MAXLEN",
     "HEARTBEAT_TTL_S",
+    "RESTART_OUTCOME",
     "TRANSCRIPT_MAXLEN",
     "CallStore",
     "default_instance_id",
@@ -50,66 +62,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Approximate caps (XADD MAXLEN ~) of the streams.
-EVENTS_MAXLEN = 100_000
-CALL_EVENTS_MAXLEN = 10_000
-TRANSCRIPT_MAXLEN = 10_000
-#: Outcome written for calls found orphaned by :meth:`CallStore.reconcile`.
-RESTART_OUTCOME = "instance-restart"
 #: Record fields that are lists kept elsewhere (transcript stream, events) and left out of event payloads.
 _BULKY = ("transcript", "tool_calls")
-
-# HSET that also maintains the hash's ``_json`` list (which fields hold JSON) and refreshes the TTL, in one
-# atomic step. KEYS[1] = hash; ARGV[1] = TTL seconds (0 = leave as is); then (name, value, kind) triples where
-# kind is "j" for a JSON value and "s" for a plain string.
-_HSET_TYPED = """
-local key = KEYS[1]
-local ttl = tonumber(ARGV[1])
-local json = {}
-local current = redis.call('HGET', key, '_json')
-if current then
-  for name in string.gmatch(current, '[^,]+') do json[name] = true end
-end
-local args = {}
-for i = 2, #ARGV, 3 do
-  args[#args + 1] = ARGV[i]
-  args[#args + 1] = ARGV[i + 1]
-  if ARGV[i + 2] == 'j' then json[ARGV[i]] = true else json[ARGV[i]] = nil end
-end
-local names = {}
-for name in pairs(json) do names[#names + 1] = name end
-table.sort(names)
-args[#args + 1] = '_json'
-args[#args + 1] = table.concat(names, ',')
-redis.call('HSET', key, unpack(args))
-if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-return #names
-"""
-
-_HOST_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def default_instance_id(port: int | None = None) -> str:
-    """A stable id for this app instance: the host name, plus the port when given.
-
-    It must survive a restart of the same instance (that is how :meth:`CallStore.reconcile` finds the calls
-    the previous run owned) and differ between instances sharing a Redis (two servers on one host listen on
-    different ports).
-    """
-    host = _HOST_SAFE.sub("-", socket.gethostname()).strip("-") or "host"
-    return f"{host}-{port}" if port is not None else host
-
-
-def _hset_typed_args(fields: Mapping[str, Any], ttl_s: int) -> list[str]:
-    flat, json_names = encode_fields(fields)
-    args = [str(ttl_s)]
-    for name, text in flat.items():
-        args += [name, text, "j" if name in json_names else "s"]
-    return args
-
-
-def _ts(value: float) -> str:
-    return f"{value:.3f}"
 
 
 class CallStore:
@@ -155,7 +109,7 @@ class CallStore:
             started_at = float(started_at) if isinstance(started_at, int | float) else now
             fields = {**record, "call_sid": sid, "started_at": started_at, "instance_id": self.instance_id}
             caller = caller_fields(fields)
-            hset_args = _hset_typed_args({**fields, **caller}, self.retention_s)
+            hset_args = hset_typed_args({**fields, **caller}, self.retention_s)
             self._remember(sid, fields.get("flow_id"), caller.get("caller_tail"))
             data = {k: v for k, v in fields.items() if k not in _BULKY}
             event = self._event_ops(sid, "call.started", data, now)
@@ -165,7 +119,7 @@ class CallStore:
         keys = self.keys
 
         def apply(pipe: Pipeline) -> None:
-            pipe.eval(_HSET_TYPED, 1, keys.call(sid), *hset_args)
+            pipe.eval(HSET_TYPED_SCRIPT, 1, keys.call(sid), *hset_args)
             pipe.zadd(keys.active_calls(), {sid: started_at})
             pipe.sadd(keys.instance_calls(self.instance_id), sid)
             event(pipe)
@@ -176,13 +130,13 @@ class CallStore:
         """Set some fields of the call record (stage, usage, cost…)."""
         try:
             key = self.keys.call(sid)
-            hset_args = _hset_typed_args(fields, self.retention_s)
+            hset_args = hset_typed_args(fields, self.retention_s)
         except Exception as exc:
             log.exception("call_updated(%r): the fields are not stored: %s", sid, _reason(exc))
             return
         if len(hset_args) == 1:
             return
-        self.writer.submit("call.updated", lambda pipe: pipe.eval(_HSET_TYPED, 1, key, *hset_args))
+        self.writer.submit("call.updated", lambda pipe: pipe.eval(HSET_TYPED_SCRIPT, 1, key, *hset_args))
 
     def call_ended(self, sid: str, fields: Mapping[str, Any] | None = None) -> None:
         """The call ended: final fields, out of the active index into the recent one and the history indexes
@@ -196,7 +150,7 @@ class CallStore:
             fields["ended_at"] = ended_at
             fields.setdefault("outcome", "completed")
             caller = caller_fields(fields)
-            hset_args = _hset_typed_args({**fields, **caller}, self.retention_s)
+            hset_args = hset_typed_args({**fields, **caller}, self.retention_s)
             data = {k: v for k, v in fields.items() if k not in _BULKY}
             event = self._event_ops(sid, "call.ended", data, now)
             flow_id, tail = self._started.pop(sid, (None, None))
@@ -207,12 +161,20 @@ class CallStore:
             return
 
         def apply(pipe: Pipeline) -> None:
-            pipe.eval(_HSET_TYPED, 1, self.keys.call(sid), *hset_args)
-            self._end_indexes(
-                pipe, sid, ended_at, flow_id=flow_id, outcome=fields["outcome"], caller_tail=tail
+            pipe.eval(HSET_TYPED_SCRIPT, 1, self.keys.call(sid), *hset_args)
+            end_call_indexes(
+                pipe,
+                self.keys,
+                sid,
+                ended_at,
+                instance_id=self.instance_id,
+                retention_s=self.retention_s,
+                flow_id=flow_id,
+                outcome=fields["outcome"],
+                caller_tail=tail,
             )
             event(pipe)
-            self._expire_call(pipe, sid)
+            expire_call(pipe, self.keys, sid, self.retention_s)
 
         self.writer.submit("call.ended", apply)
 
@@ -233,7 +195,7 @@ class CallStore:
         try:
             key = self.keys.transcript(sid)
             when = self._clock() if ts is None else float(ts)
-            entry = {"role": str(role), "text": str(text), "ts": _ts(when)}
+            entry = {"role": str(role), "text": str(text), "ts": ts_text(when)}
             for name, value in (extra or {}).items():
                 if name not in entry and value is not None:
                     entry[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
@@ -269,12 +231,12 @@ class CallStore:
         """Every transcript line, oldest first: ``{id, role, text, ts}`` plus the entry's other fields
         (``item_id``; for a cut agent line ``interrupted`` as a bool and ``heard_ms``/``total_ms``)."""
         entries = await self.redis.xrange(self.keys.transcript(sid))
-        return [_transcript_line(entry_id, f) for entry_id, f in entries]
+        return [transcript_line(entry_id, f) for entry_id, f in entries]
 
     async def get_events(self, sid: str) -> list[dict[str, Any]]:
         """Every event of the call so far, oldest first: ``{id, type, call_sid, ts, data}``."""
         entries = await self.redis.xrange(self.keys.call_events(sid))
-        return [_decode_event(entry_id, fields) for entry_id, fields in entries]
+        return [decode_event(entry_id, fields) for entry_id, fields in entries]
 
     async def active_calls(self) -> list[str]:
         """Sids of calls in progress (on any instance), oldest first."""
@@ -299,14 +261,14 @@ class CallStore:
             entries = reply[0][1] if reply else []
             if not entries:
                 # Nothing new for a while: did the call end without its call.ended event reaching us?
-                if _float(await self.redis.hget(self.keys.call(sid), "ended_at")) is not None:
+                if to_float(await self.redis.hget(self.keys.call(sid), "ended_at")) is not None:
                     tail = await self.redis.xread({key: last}, count=500)
                     if not tail:
                         return
                 continue
             for entry_id, fields in entries:
                 last = entry_id
-                event = _decode_event(entry_id, fields)
+                event = decode_event(entry_id, fields)
                 yield event
                 if event["type"] == "call.ended":
                     return
@@ -327,7 +289,7 @@ class CallStore:
         raw = await self.redis.hgetall(self.keys.context(sid))
         return decode_hash(raw) if raw else None
 
-    # -- instance bookkeeping -------------------------------------------------------------------------------
+    # -- instance bookkeeping (ivr.store.instances) -------------------------------------------------------
     async def heartbeat(self, stats: Mapping[str, Any] | None = None) -> None:
         """Replace this instance's heartbeat hash (TTL 20 s) and bump it in the fleet index; raises if Redis
         is unreachable.
@@ -335,17 +297,14 @@ class CallStore:
         ``stats`` (live calls, draining, writer backlog, error counters, version…) go into the hash beside
         ``instance_id``, ``started_at``, ``last_seen``, ``pid`` and ``host``, encoded like call records.
         """
-        now = self._clock()
-        fields = {
-            "instance_id": self.instance_id,
-            "started_at": _ts(self.started_at),
-            "last_seen": _ts(now),
-            "pid": str(os.getpid()),
-            "host": socket.gethostname(),
-        }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            beat(pipe, self.keys, self.instance_id, fields, stats, now=now)
-            await pipe.execute()
+        await instances.heartbeat(
+            self.redis,
+            self.keys,
+            self.instance_id,
+            started_at=self.started_at,
+            now=self._clock(),
+            stats=stats,
+        )
 
     async def heartbeat_forever(
         self,
@@ -353,18 +312,7 @@ class CallStore:
         stats: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         """Run :meth:`heartbeat` every ``interval_s`` until cancelled; Redis errors are logged, not raised."""
-        failing = False
-        while True:
-            try:
-                await self.heartbeat(stats() if stats is not None else None)
-                if failing:
-                    log.info("heartbeat to Redis works again")
-                failing = False
-            except Exception as exc:
-                if not failing:
-                    log.warning("heartbeat to Redis failed (%s: %s); retrying", type(exc).__name__, exc)
-                failing = True
-            await asyncio.sleep(interval_s)
+        await instances.heartbeat_forever(self.heartbeat, interval_s, stats)
 
     async def reconcile(self, live: set[str]) -> list[str]:
         """Calls this instance owned that are not live any more (it restarted): mark them ended.
@@ -373,29 +321,9 @@ class CallStore:
         leaves the active index for the recent one (and the history indexes), and a ``call.ended`` event.
         Returns their sids. Direct writes: raises if Redis is unreachable.
         """
-        owned = await self.redis.smembers(self.keys.instance_calls(self.instance_id))
-        orphans = sorted(sid for sid in owned if sid not in live)
-        for sid in orphans:
-            now = self._clock()
-            started_raw, flow_id, tail = await self.redis.hmget(
-                self.keys.call(sid), ["started_at", "flow_id", "caller_tail"]
-            )
-            started = _float(started_raw)
-            fields: dict[str, Any] = {"outcome": RESTART_OUTCOME, "ended_at": now}
-            if started is not None:
-                fields["duration_s"] = round(max(now - started, 0.0), 3)
-            event = {**fields, "instance_id": self.instance_id}
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.eval(_HSET_TYPED, 1, self.keys.call(sid), *_hset_typed_args(fields, self.retention_s))
-                self._end_indexes(pipe, sid, now, flow_id=flow_id, outcome=RESTART_OUTCOME, caller_tail=tail)
-                # Auto ids: this process did not write the earlier entries, so it cannot continue their ids.
-                entry = _event_fields(sid, "call.ended", event, now)
-                pipe.xadd(self.keys.call_events(sid), entry, maxlen=CALL_EVENTS_MAXLEN, approximate=True)
-                pipe.xadd(self.keys.events(), entry, maxlen=EVENTS_MAXLEN, approximate=True)
-                self._expire_call(pipe, sid)
-                await pipe.execute()
-            log.warning("call %s was left in progress by a previous run of this instance; marked ended", sid)
-        return orphans
+        return await instances.reconcile(
+            self.redis, self.keys, self.instance_id, live, retention_s=self.retention_s, clock=self._clock
+        )
 
     # -- internals ----------------------------------------------------------------------------------------
     def _event_ops(
@@ -403,7 +331,7 @@ class CallStore:
     ) -> Callable[[Pipeline], None]:
         """Build (now, so that errors surface to the caller's try) the commands appending one event."""
         call_key = self.keys.call_events(sid)
-        entry = _event_fields(sid, type_, data, now)
+        entry = event_fields(sid, type_, data, now)
         entry_id = self._next_id(call_key)
         global_entry = {**entry, "event_id": entry_id}
         global_key = self.keys.events()
@@ -416,33 +344,6 @@ class CallStore:
 
         return apply
 
-    def _end_indexes(
-        self,
-        pipe: Pipeline,
-        sid: str,
-        ended_at: float,
-        *,
-        flow_id: object,
-        outcome: object,
-        caller_tail: object,
-    ) -> None:
-        pipe.zrem(self.keys.active_calls(), sid)
-        pipe.zadd(self.keys.recent_calls(), {sid: ended_at})
-        pipe.zremrangebyscore(self.keys.recent_calls(), "-inf", f"({ended_at - self.retention_s}")
-        pipe.srem(self.keys.instance_calls(self.instance_id), sid)
-        add_history_indexes(
-            pipe,
-            self.keys,
-            sid,
-            ended_at,
-            flow_id=flow_id,
-            outcome=outcome,
-            instance_id=self.instance_id,
-            caller_tail=caller_tail,
-            retention_s=self.retention_s,
-        )
-        add_transcript_text(pipe, self.keys, sid)
-
     def _remember(self, sid: str, flow_id: object, caller_tail: str | None) -> None:
         """Keep what the history indexes need of a live call, for a ``call_ended`` whose fields do not
         repeat it (bounded: the oldest calls are forgotten first)."""
@@ -450,15 +351,6 @@ class CallStore:
         self._started.move_to_end(sid)
         while len(self._started) > self._max_tracked_streams:
             self._started.popitem(last=False)
-
-    def _expire_call(self, pipe: Pipeline, sid: str) -> None:
-        for key in (
-            self.keys.call(sid),
-            self.keys.transcript(sid),
-            self.keys.call_events(sid),
-            self.keys.call_approvals(sid),
-        ):
-            pipe.expire(key, self.retention_s)
 
     def _next_id(self, stream_key: str) -> str:
         """An explicit stream id from this process's clock, strictly above the last one for the stream."""
@@ -477,46 +369,7 @@ class CallStore:
         return f"{ms}-{seq}"
 
 
-def _event_fields(sid: str, type_: str, data: Mapping[str, Any], now: float) -> dict[str, str]:
-    return {"type": type_, "call_sid": sid, "ts": _ts(now), "data": dumps(data)}
-
-
-def _transcript_line(entry_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
-    line: dict[str, Any] = {
-        **fields,
-        "id": entry_id,
-        "role": fields.get("role", ""),
-        "text": fields.get("text", ""),
-        "ts": _float(fields.get("ts")),
-    }
-    if "interrupted" in fields:
-        line["interrupted"] = fields["interrupted"] == "true"
-    for name in ("heard_ms", "total_ms"):
-        if name in fields:
-            value = _float(fields[name])
-            line[name] = int(value) if value is not None and value.is_integer() else value
-    return line
-
-
-def _decode_event(entry_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
-    data = loads_or_raw(fields.get("data", "{}"))
-    return {
-        "id": entry_id,
-        "type": fields.get("type", ""),
-        "call_sid": fields.get("call_sid", ""),
-        "ts": _float(fields.get("ts")),
-        "data": data,
-    }
-
-
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"missing field {exc.args[0]!r}"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None

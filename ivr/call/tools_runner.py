@@ -1,0 +1,186 @@
+"""Running the model's function calls on a call: stage check, approval gate, record, answer the model.
+
+One :class:`ToolRunner` per call, owned by :class:`~ivr.call.session.CallSession`. Each function call is
+checked against the flow's current stage and the call's tool budget, then dispatched through the tool
+registry (which validates the arguments). A tool whose approval policy applies goes to the approval gate:
+the model is told it is pending, the caller hears the hold phrase, and when an operator decides (or the
+request expires) the tool runs once, or the model is told no (:mod:`ivr.approvals`). Every outcome is
+recorded in the call record, the event feed, the metrics and the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..realtime import events as ev
+from ..tools.registry import ToolOutcome
+from .notices import approval_notice, say_line
+
+if TYPE_CHECKING:
+    from .session import CallSession
+
+
+class ToolRunner:
+    """Function calls of one call (see the module docstring)."""
+
+    def __init__(self, call: CallSession) -> None:
+        self.call = call
+        self._hold_requested = False
+        self._tool_calls = 0
+
+    async def run(self, calls: tuple[ev.FunctionCall, ...]) -> None:
+        """The function calls that ended a response: run each, send the outputs, ask for the next response."""
+        link = self.call.link
+        for fc in calls:
+            link.history.append(("call", fc.call_id, fc.name, fc.arguments))
+            self._tool_calls += 1
+            if self._tool_calls > self.call.flow.limits.max_tool_calls:
+                output = orjson.dumps(
+                    {
+                        "error": {
+                            "type": "limit_reached",
+                            "message": "No tool calls are left on this call; help the caller without tools.",
+                        }
+                    }
+                )
+                outcome = ToolOutcome(
+                    name=fc.name,
+                    call_id=fc.call_id,
+                    ok=False,
+                    output=output.decode(),
+                    error_type="limit_reached",
+                    duration_ms=0.0,
+                    arguments=None,
+                )
+                self._record(outcome)
+            else:
+                outcome = await self.execute(fc.name, fc.arguments, fc.call_id)
+            link.history.append(("output", fc.call_id, outcome.output))
+            await link.send(link.client.function_output(fc.call_id, outcome.output))
+        # A hang-up/transfer requested by these tools arms after the response that says goodbye.
+        if self._hold_requested:
+            self._hold_requested = False
+            await link.request_response(self._hold_instructions())
+        else:
+            await link.request_response()
+
+    async def execute(self, name: str, arguments_json: str, call_id: str) -> ToolOutcome:
+        """Run one tool call through the stage check and the approval gate; record it; follow transitions."""
+        call = self.call
+
+        async def guard(arguments: dict[str, Any]) -> tuple[Any, str] | None:
+            if not call.state.allowed(name):
+                return {"error": {"type": "not_allowed", "message": call.state.not_allowed_message(name)}}, (
+                    "not_allowed"
+                )
+            config = call.flow.tool(name)
+            policy = getattr(config, "approval", None) if config is not None else None
+            if policy is None or not policy.requires_approval(arguments):
+                return None
+            if call.gate is None:
+                return {
+                    "error": {
+                        "type": "unavailable",
+                        "message": "This action needs a person's approval, and approvals are unavailable "
+                        "right now. Tell the caller it cannot be done at the moment.",
+                    }
+                }, "unavailable"
+            decision = await call.gate.check(
+                call_sid=call.call_sid,
+                flow_id=call.flow.id,
+                tool=name,
+                call_id=call_id,
+                policy=policy,
+                arguments=arguments,
+            )
+            if decision.kind == "run":
+                return None
+            if decision.kind == "pending" and decision.approval is not None:
+                self._hold_requested = True
+                call.feed.emit("approval.requested", approval_id=decision.approval.id, tool=name)
+                call.spawn(self._await_approval(decision.approval), "approval")
+            return decision.as_output(), decision.kind
+
+        outcome = await call.tools.dispatch(name, arguments_json, call_id, call.tool_context, guard)
+        self._record(outcome)
+        change = call.state.on_tool_result(name, outcome.ok)
+        if change is not None:
+            await call.apply_stage_change(change)
+        return outcome
+
+    def _hold_instructions(self) -> str:
+        phrase = self.call.flow.hold_phrase or "One moment please."
+        return say_line(
+            f"{phrase} A staff member needs to approve this, so please stay on the line.",
+            "Do not promise the outcome.",
+        )
+
+    async def _await_approval(self, approval: Any) -> None:
+        """A gated tool call is pending: when the operator decides, run it (once) or tell the model no."""
+        call = self.call
+        assert call.gate is not None
+        decision = await call.gate.settle(approval)
+        final = decision.approval or approval
+        waited = (final.decided_at or time.time()) - final.created_at
+        call.meter.approval(approval.tool, final.status if decision.approval else decision.kind, waited)
+        if call.ended.is_set():
+            return
+        call.feed.emit(
+            "approval.decided",
+            approval_id=approval.id,
+            tool=approval.tool,
+            status=decision.approval.status if decision.approval else decision.kind,
+        )
+        if decision.kind == "run":
+            arguments = orjson.dumps(decision.arguments({})).decode()
+            outcome = await call.tools.dispatch(
+                approval.tool, arguments, f"{approval.call_id}_approved", call.tool_context
+            )
+            self._record(outcome)
+            change = call.state.on_tool_result(approval.tool, outcome.ok)
+            if change is not None:
+                await call.apply_stage_change(change)
+            text = approval_notice(approval.tool, True, output=outcome.output)
+        else:
+            text = approval_notice(approval.tool, False, message=decision.message)
+        link = call.link
+        link.history.append(("system", text))
+        await link.send(link.client.system_text(text))
+        await link.request_response()
+
+    def _record(self, outcome: ToolOutcome) -> None:
+        call = self.call
+        entry = {
+            "name": outcome.name,
+            "call_id": outcome.call_id,
+            "ok": outcome.ok,
+            "error_type": outcome.error_type,
+            "duration_ms": round(outcome.duration_ms, 1),
+            "arguments": outcome.arguments,
+            "output": outcome.output,
+        }
+        call.record.tool_calls.append(entry)
+        call.record.count("tool_calls")
+        call.meter.tool(outcome)
+        call.feed.emit(
+            "tool.called",
+            name=outcome.name,
+            arguments=outcome.arguments,
+            ok=outcome.ok,
+            error_type=outcome.error_type,
+            duration_ms=round(outcome.duration_ms, 1),
+            output=outcome.output,
+        )
+        level = logging.INFO if outcome.ok else logging.WARNING
+        call.log.log(
+            level,
+            "tool %s %s in %.0f ms%s",
+            outcome.name,
+            "ok" if outcome.ok else "failed",
+            outcome.duration_ms,
+            f" ({outcome.error_type})" if outcome.error_type else "",
+        )
