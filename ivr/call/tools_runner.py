@@ -175,6 +175,9 @@ class ToolRunner:
             duration_ms=round(outcome.duration_ms, 1),
             output=outcome.output,
         )
+        if outcome.error_type == "pending":  # held for an operator: not a failure
+            call.log.info("tool %s held for an operator's approval", outcome.name)
+            return
         level = logging.INFO if outcome.ok else logging.WARNING
         call.log.log(
             level,

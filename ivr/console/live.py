@@ -38,6 +38,7 @@ __all__ = ["add_live_routes"]
 HEARTBEAT_S = 15.0
 #: How long an ended call's row and a decided approval stay on the board before they leave.
 LINGER_S = 10.0
+_RELOAD = "too far behind to replay; reload the page"
 #: Seconds between two fleet refreshes (one Redis read per instance, shared by every browser).
 FLEET_EVERY_S = 5.0
 _HEADER_TYPES = frozenset(
@@ -179,7 +180,7 @@ def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
     viewer = Depends(_require(ctx, "viewer"))
 
     def stream(
-        entries: AsyncIterator[StreamEntry | None],
+        batches: AsyncIterator[list[StreamEntry] | None],
         render: Callable[[StreamEntry], str],
         *,
         event: str = "update",
@@ -190,27 +191,40 @@ def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
         async def body() -> AsyncIterator[bytes]:
             quiet_since = time.monotonic()
             yield b"retry: 2000\n\n"
-            async for entry in entries:
+            async for batch in batches:
                 if ctx.state.calls.draining:
                     return  # a draining instance sheds its streams: browsers resume on a healthy one
-                if entry is None:
+                if batch is None:
                     if time.monotonic() - quiet_since >= HEARTBEAT_S:
                         quiet_since = time.monotonic()
                         yield format_comment()
                     continue
-                if entry is RESYNC:
-                    yield format_event("too far behind to replay; reload the page", event="reload")
-                    return
                 quiet_since = time.monotonic()
-                html = render(entry)
-                yield (
-                    format_event(html, event=event, id=entry.id if with_ids else None)
-                    if html
-                    else (f"id: {entry.id}\n\n".encode() if with_ids else b"")
-                )
-                if stop_after(entry):
-                    yield format_event("ended", event="end")
-                    return
+                # One write per batch. Entries that change nothing on the page (most of a busy stream) send
+                # no message of their own: only the batch's last id goes out, so a reconnect resumes after it.
+                chunk: list[bytes] = []
+                unsent_id: str | None = None
+                for entry in batch:
+                    if entry is RESYNC:
+                        chunk.append(format_event(_RELOAD, event="reload"))
+                        yield b"".join(chunk)
+                        return
+                    html = render(entry)
+                    if html:
+                        chunk.append(format_event(html, event=event, id=entry.id if with_ids else None))
+                        unsent_id = None
+                    elif with_ids:
+                        unsent_id = entry.id
+                    if stop_after(entry):
+                        if unsent_id is not None:
+                            chunk.append(f"id: {unsent_id}\n\n".encode())
+                        chunk.append(format_event("ended", event="end"))
+                        yield b"".join(chunk)
+                        return
+                if unsent_id is not None:
+                    chunk.append(f"id: {unsent_id}\n\n".encode())
+                if chunk:
+                    yield b"".join(chunk)
             if end_when_done:
                 yield format_event("ended", event="end")
 
@@ -233,13 +247,13 @@ def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
     async def board_events(request: Request, operator: Operator = viewer) -> StreamingResponse:
         _refuse_while_draining()
         after = _resume_from(request)
-        entries = ctx.hub.follow(ctx.keys.events(), after, views.prepare_board)
+        batches = ctx.hub.follow_batches(ctx.keys.events(), after, views.prepare_board)
 
         def render(entry: StreamEntry) -> str:
             update = entry.prepared if isinstance(entry.prepared, Update) else Update()
             return cached(entry, _variant(operator), lambda: views.render_board(update, operator))
 
-        return stream(entries, render)
+        return stream(batches, render)
 
     @router.get("/calls/{sid}/events")
     async def call_events(sid: str, request: Request, operator: Operator = viewer) -> StreamingResponse:
@@ -262,12 +276,12 @@ def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
         if to_float(ended_at) is not None:
             # Nothing more will come: replay what is left, then tell the page to stop listening.
             return stream(_replay(ctx, key, after, prepare), render_for(operator), end_when_done=True)
-        entries = ctx.hub.follow(key, after, prepare)
+        batches = ctx.hub.follow_batches(key, after, prepare)
 
         def ended(entry: StreamEntry) -> bool:
             return entry.fields.get("type") == "call.ended"
 
-        return stream(entries, render_for(operator), stop_after=ended)
+        return stream(batches, render_for(operator), stop_after=ended)
 
     def render_for(operator: Operator) -> Callable[[StreamEntry], str]:
         def render(entry: StreamEntry) -> str:
@@ -283,21 +297,29 @@ def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
         async def produce(_entry: StreamEntry) -> str:
             return ctx.render("_fleet.html", instances=await ctx.queries.fleet())
 
-        entries = ctx.hub.tick("fleet", FLEET_EVERY_S, produce)
-        return stream(entries, lambda e: e.prepared or "", event="fleet", with_ids=False)
+        ticks = ctx.hub.tick("fleet", FLEET_EVERY_S, produce)
+        return stream(_batched(ticks), lambda e: e.prepared or "", event="fleet", with_ids=False)
+
+
+async def _batched(entries: AsyncIterator[StreamEntry | None]) -> AsyncIterator[list[StreamEntry] | None]:
+    async for entry in entries:
+        yield None if entry is None else [entry]
 
 
 async def _replay(
     ctx: ConsoleContext, key: str, after: str, prepare: Callable[[StreamEntry], Any]
-) -> AsyncIterator[StreamEntry | None]:
+) -> AsyncIterator[list[StreamEntry] | None]:
     """The entries of an ended call's stream after ``after``, without a live reader (none will come)."""
     start = "(" + after
     while True:
         page = await ctx.redis.xrange(key, min=start, max="+", count=500)
+        batch = []
         for entry_id, fields in page:
             entry = StreamEntry(entry_id, fields)
             entry.prepared = await prepare(entry)
-            yield entry
+            batch.append(entry)
+        if batch:
+            yield batch
         if len(page) < 500:
             return
         start = "(" + page[-1][0]
