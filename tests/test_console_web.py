@@ -398,6 +398,30 @@ async def test_what_a_caller_says_is_escaped_on_pages_and_in_live_fragments(serv
         assert "&lt;script&gt;" in fragment and "<script>" not in fragment
 
 
+async def test_an_interrupted_answer_shows_what_the_caller_heard_and_where_it_was_cut(
+    server: RunningServer,
+) -> None:
+    start_call(server)
+    answer = "We are open from nine in the morning until five in the evening on weekdays"
+    # As the call writes it after a barge-in: the whole answer, plus how much of its audio played.
+    cut = {"item_id": "item_1", "interrupted": True, "heard_ms": 1500, "total_ms": 5000}
+    say(server, "agent", answer, **cut)
+    await flush(server)
+    async with logged_in(server, "vic", "viewer") as vic:
+        page = (await vic.client.get(f"/ops/calls/{SID}")).text
+        struck = re.search(r"<del[^>]*>([^<]+)</del>", page)
+        assert struck, "the unheard part of the answer is not struck through"
+        heard = page[: struck.start()].rsplit("<p>", 1)[-1].strip()
+        assert heard and answer.startswith(heard)  # the heard part comes first, at a word boundary
+        assert (heard + " " + struck.group(1)).split() == answer.split()  # and nothing is lost
+        assert len(heard) < len(answer) / 2  # 1.5 s of 5 s heard: well under half the words
+        assert "interrupted at 1.5 s" in page
+        async with vic.client.stream("GET", f"/ops/calls/{SID}/events?after=0-0") as response:
+            messages = await Sse(response).take(2)
+        fragment = messages[1][1]
+        assert "<del" in fragment and "interrupted at 1.5 s" in fragment
+
+
 # ------------------------------------------------------------------------------------------ live updates
 
 
