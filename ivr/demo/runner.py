@@ -160,9 +160,8 @@ class DemoCall:
             status = "ok" if event.get("ok") else f"not run: {event.get('error_type')}"
             self.progress(f"  tool   │ {event.get('name')} {_args(event.get('arguments'))} → {status}")
         elif kind == "approval.decided":
-            decided = self._decided_elsewhere.get(str(event.get("approval_id")))
-            if decided is not None:
-                decided.set()
+            # Set even before the terminal question is asked: the console may decide first.
+            self._decided_elsewhere.setdefault(str(event.get("approval_id")), asyncio.Event()).set()
         elif kind == "approval.requested":
             self._approval_pending.set()
             self._approval_done.clear()
