@@ -125,6 +125,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.flow, self.engine, self.model = BoundedLabel(), BoundedLabel(10), BoundedLabel(50)
         self.outcome, self.tool, self.status = BoundedLabel(50), BoundedLabel(200), BoundedLabel(50)
+        #: Tool outcomes (``ok`` or an error type) have their own values: they must not use up call outcomes'.
+        self.tool_outcome = BoundedLabel(50)
         counter, histogram = self._counter, self._histogram
         self.calls_started = counter(
             "ivr_calls_started", "Calls started (Twilio start received).", "flow", "engine"
@@ -211,7 +213,7 @@ class Metrics:
         self.interruption.labels(self.flow(flow), self.engine(engine)).observe(seconds)
 
     def tool_done(self, tool: str, outcome: str, seconds: float) -> None:
-        self.tool_duration.labels(self.tool(tool), self.outcome(outcome)).observe(seconds)
+        self.tool_duration.labels(self.tool(tool), self.tool_outcome(outcome)).observe(seconds)
 
     def approval_decided(self, tool: str, status: str, seconds: float) -> None:
         self.approval_wait.labels(self.tool(tool), self.status(status)).observe(max(seconds, 0.0))

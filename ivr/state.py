@@ -19,6 +19,7 @@ from . import __version__
 from .approvals.gate import ApprovalGate
 from .approvals.listener import ApprovalListener
 from .approvals.store import ApprovalStore
+from .call.meter import LIVE_TURNS
 from .call.registry import CallRecord, EventSink
 from .console.commands import CommandHandler, CommandListener
 from .console.operators import OperatorStore
@@ -170,9 +171,11 @@ class RedisServices:
                     calls.call_updated(sid, {"engine": record.engine, "audio_mode": record.audio_mode})
                 elif kind == "stage.changed":  # the console's live board and call header read the hash
                     calls.call_updated(sid, {"stage": record.stage})
-                elif kind == "turn.latency":  # once per turn (ivr/call/meter.py), never per frame
-                    fields = {"greeting_ms": record.greeting_ms} if data.get("kind") == "greeting" else {}
-                    calls.call_updated(sid, fields or {"turns": record.turns})
+                elif kind == "turn.latency":  # once per turn, just after the frame (ivr/call/meter.py)
+                    if data.get("kind") == "greeting":
+                        calls.call_updated(sid, {"greeting_ms": record.greeting_ms})
+                    else:  # the latest few while the call runs; all of them (≤ MAX_TURNS) at call.ended
+                        calls.call_updated(sid, {"turns": record.turns[-LIVE_TURNS:]})
                 elif kind == "usage.updated":
                     calls.call_updated(sid, {"usage": record.usage, "cost_usd": record.cost_usd})
                 calls.event(sid, kind, data)

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.audio import ulaw_to_pcm16
 from tests.support.calls import app_for, dominant_hz, mulaw_tone, place_call, rms_dbfs
@@ -294,6 +295,8 @@ async def test_model_socket_killed_mid_call_reconnects_and_replays(fake_realtime
         record = await _record(server, live.call.call_sid)
         assert record["counters"]["model_reconnects"] == 1
         assert record["outcome"] == "in-progress"
+        assert _event_types(server, live.call.call_sid).count("model.reconnected") == 1
+        assert await _reconnects_metric(server) == 1
         result = await live.hang_up()
     assert result.ended_by == "caller"
 
@@ -310,7 +313,81 @@ async def test_model_session_rolls_over_before_the_cap(fake_realtime: FakeRealti
         await second.wait_input_audio(24000)
         record = await _record(server, live.call.call_sid)
         assert record["counters"]["model_rollovers"] >= 1
-        assert "model_reconnects" in record["counters"]
+        # A planned roll-over is not a reconnect: not counted, no model.reconnected, no Prometheus count.
+        assert "model_reconnects" not in record["counters"]
+        types = _event_types(server, live.call.call_sid)
+        assert "model.rolled_over" in types and "model.reconnected" not in types
+        assert await _reconnects_metric(server) == 0
+        await live.hang_up()
+
+
+def _event_types(server, call_sid: str) -> list[str]:
+    feed = server.state.calls.get(call_sid)
+    assert feed is not None
+    return [e["type"] for e in feed.events]
+
+
+async def _agent_line(server, call_sid: str, timeout: float = 5.0) -> dict:
+    """The call's first agent transcript line (from its live event feed), once written."""
+    feed = server.state.calls.get(call_sid)
+    assert feed is not None
+    async with asyncio.timeout(timeout):
+        async for event in feed.follow():
+            if event["type"] == "transcript" and event["role"] == "agent":
+                return event
+    raise AssertionError("the call ended without an agent line")
+
+
+async def _reconnects_metric(server) -> float:
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        text = (await http.get("/metrics", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "ivr_model_reconnects_total"
+    )
+
+
+async def test_a_greeting_still_playing_at_a_roll_over_is_written_once_heard(
+    fake_realtime: FakeRealtimeServer,
+) -> None:
+    fake_realtime.default_replies = [Reply(text="Hello, test desk.", audio_ms=1500)]
+    async with app_for(fake_realtime, model_session_max_s=0.5) as server:
+        live = await place_call(server)
+        first = await fake_realtime.next_session()
+        await first.wait_response_done()  # generated at once: it plays for 1.5 s at Twilio
+        await asyncio.wait_for(first.closed.wait(), 3.0)  # rolled over while the caller listens
+        line = await _agent_line(server, live.call.call_sid)
+        types = _event_types(server, live.call.call_sid)
+        # Released when its audio had played, after the roll-over — not at it, and not marked cut.
+        assert types.index("model.rolled_over") < types.index("transcript")
+        assert line["text"] == "Hello, test desk." and "interrupted" not in line
+        await live.hang_up()
+
+
+async def test_a_barge_in_over_audio_of_a_rolled_over_session_clears_it_and_cuts_the_line(
+    fake_realtime: FakeRealtimeServer,
+) -> None:
+    fake_realtime.default_replies = [Reply(text="Hello, test desk.", audio_ms=3000)]
+    async with app_for(fake_realtime, model_session_max_s=0.5) as server:
+        live = await place_call(server)
+        first = await fake_realtime.next_session()
+        await first.wait_response_done()
+        await asyncio.wait_for(first.closed.wait(), 3.0)
+        second = await fake_realtime.next_session()
+        await second.wait_for("conversation.item.create", lambda e: "Hello, test desk." in json.dumps(e))
+        await second.speech_started()  # the caller talks over the greeting the first session produced
+        await live.call.wait_for(lambda m: m.get("event") == "clear", timeout=3.0)
+        sid = live.call.call_sid
+        line = await _agent_line(server, sid)
+        assert line["interrupted"] is True and 0 <= line["heard_ms"] < line["total_ms"] <= 3000
+        (barge,) = [e for e in server.state.calls.get(sid).events if e["type"] == "barge_in"]
+        assert barge["items"][0]["item_id"] == line["item_id"]
+        # The new session never had that item: nothing to truncate there (and no error back).
+        assert second.count("conversation.item.truncate") == 0
+        record = await _record(server, sid)
+        assert "model_errors" not in record["counters"]
         await live.hang_up()
 
 

@@ -218,6 +218,36 @@ async def test_metrics_count_every_turn_greeting_interruption_and_tool(
         await client.aclose()
 
 
+async def test_a_caller_who_hangs_up_mid_answer_has_the_line_cut_where_they_stopped_hearing(
+    fake_realtime: FakeRealtimeServer, redis_url: str, redis_prefix: str
+) -> None:
+    fake_realtime.default_replies = [Reply(text="Hello, test desk.", audio_ms=200)]
+    async with app_for(fake_realtime, redis_url=redis_url, redis_prefix=redis_prefix) as server:
+        events = Events()
+        live = await place_call(server, on_event=events)
+        session = await fake_realtime.next_session()
+        await events.agent_said("Hello, test desk.")
+        await _caller_turn(session, "Tell me everything.")
+        await session.respond(Reply(text=LONG, audio_ms=3000))  # generated at once, played in real time
+        await events.turn(1)
+        for _ in range(2):  # some of it was heard…
+            live.oracle.mark_echoed.clear()
+            await asyncio.wait_for(live.oracle.mark_echoed.wait(), 3.0)
+        await live.hang_up()  # …then the caller hung up
+        await _idle(server)
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            keys = KeySchema(redis_prefix)
+            lines = [f for _id, f in await client.xrange(keys.transcript(live.call.call_sid))]
+        finally:
+            await client.aclose()
+    agent = {f["text"]: f for f in lines if f["role"] == "agent"}
+    assert "interrupted" not in agent["Hello, test desk."]
+    cut = agent[LONG]
+    assert cut["interrupted"] == "true"
+    assert 0 < int(cut["heard_ms"]) < int(cut["total_ms"]) and int(cut["total_ms"]) >= 2900
+
+
 async def test_approval_wait_and_tool_outcomes_are_measured(
     fake_realtime: FakeRealtimeServer, redis_url: str, redis_prefix: str
 ) -> None:

@@ -3,19 +3,23 @@ per-call meter and the Prometheus registry — no sockets, no Redis, no clock bu
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.call.heard import Cut, HeardLines, Line
-from ivr.call.meter import MAX_TURNS, CallMeter
+from ivr.call.meter import LIVE_TURNS, MAX_TURNS, CallMeter
 from ivr.call.playback import PlaybackTracker, Truncation
 from ivr.call.registry import CallFeed, CallRecord
 from ivr.call.turns import Measured, TurnTimer
 from ivr.demo.report import turn_latency_line, turn_latency_summary
 from ivr.metrics import BoundedLabel, Metrics
+from ivr.state import RedisServices
 from ivr.tools.registry import ToolOutcome
+from tests.support.server import make_settings
 
 # ---- TurnTimer ------------------------------------------------------------------------------------------
 
@@ -112,6 +116,37 @@ def test_a_cancelled_response_heard_not_at_all_is_marked_interrupted() -> None:
     assert line.fields() == {"item_id": "i9", "interrupted": True, "heard_ms": 0, "total_ms": 0}
 
 
+def test_a_cancelled_item_heard_in_full_before_the_cancel_is_not_marked() -> None:
+    line = HeardLines().said("i3", "All played.", played_ms=800, sent_ms=800, cancelled=True)
+    assert line == Line("i3", "All played.")
+    cut = HeardLines().said("i4", "Half played.", played_ms=300, sent_ms=800, cancelled=True)
+    assert cut is not None and cut.cut == Cut("i4", 300, 800)
+
+
+def test_lines_still_playing_at_the_end_are_cut_where_playback_got_to() -> None:
+    lines = HeardLines()
+    lines.said("i1", "An answer the caller hung up on.", played_ms=300, sent_ms=2000, cancelled=False)
+    lines.said("i2", "A line whose last mark came back late.", played_ms=0, sent_ms=500, cancelled=False)
+    progress = {"i1": (700, 2000), "i2": (500, 500)}
+    out = lines.release(progress.__getitem__)
+    assert out == [
+        Line("i1", "An answer the caller hung up on.", Cut("i1", 700, 2000)),
+        Line("i2", "A line whose last mark came back late."),
+    ]
+    assert out[0].fields() == {"item_id": "i1", "interrupted": True, "heard_ms": 700, "total_ms": 2000}
+
+
+def test_a_barge_in_cuts_other_held_lines_where_playback_got_to() -> None:
+    lines = HeardLines()
+    lines.said("old", "Still playing from before.", played_ms=100, sent_ms=900, cancelled=False)
+    lines.said("new", "Being cut.", played_ms=0, sent_ms=400, cancelled=False)
+    out = lines.cut([Cut("new", 200, 400)], {"old": (100, 900)}.__getitem__)
+    assert [(line.item_id, line.cut) for line in out] == [
+        ("new", Cut("new", 200, 400)),
+        ("old", Cut("old", 100, 900)),
+    ]
+
+
 def test_release_lets_everything_go_in_order_and_cuts_stay_bounded() -> None:
     lines = HeardLines()
     for n in range(3):
@@ -133,6 +168,16 @@ def test_truncations_carry_what_was_sent() -> None:
 
 
 # ---- labels and the registry ----------------------------------------------------------------------------
+
+
+def test_tool_error_types_cannot_use_up_the_call_outcome_labels() -> None:
+    m = Metrics()
+    for n in range(60):
+        m.tool_done("book", f"error_type_{n}", 0.01)
+    m.call_ended("dental", "completed")
+    assert _sample(m, "ivr_calls_ended_total", flow="dental", outcome="completed") == 1
+    assert _sample(m, "ivr_calls_ended_total", outcome="other") is None
+    assert _sample(m, "ivr_tool_duration_seconds_count", tool="book", outcome="other") == 10
 
 
 def test_bounded_label_caps_distinct_values_and_refuses_ids_and_numbers() -> None:
@@ -224,6 +269,67 @@ def test_meter_records_turns_in_the_record_and_the_feed() -> None:
     assert kinds == [("greeting", 0), ("turn", 1), ("turn", 2), ("turn", 3)]
     assert _sample(metrics, "ivr_turn_latency_seconds_count", flow="dental", engine="realtime") == 3
     assert _sample(metrics, "ivr_greeting_first_audio_seconds_count", flow="dental") == 1
+
+
+async def test_the_first_audio_frame_only_reads_the_clock_the_report_comes_just_after() -> None:
+    metrics = Metrics()
+    meter, record, feed = _meter(metrics)
+    meter.audio_sent()  # the greeting's first frame, on the audio path
+    assert record.greeting_ms is None and feed.events == []
+    assert _sample(metrics, "ivr_greeting_first_audio_seconds_count", flow="dental") is None
+    await asyncio.sleep(0)
+    assert record.greeting_ms is not None
+    assert [(e["type"], e["kind"]) for e in feed.events] == [("turn.latency", "greeting")]
+    assert _sample(metrics, "ivr_greeting_first_audio_seconds_count", flow="dental") == 1
+    meter.speech_stopped()
+    meter.audio_sent()
+    meter.call_ended("completed")  # the call ends before the loop came round: reported first, not lost
+    assert [t["n"] for t in record.turns] == [1] and feed.events[-1]["turn"] == 1
+    await asyncio.sleep(0)
+    assert len(feed.events) == 2
+
+
+class _Calls:
+    """What the Redis sink calls on the CallStore, recorded."""
+
+    def __init__(self) -> None:
+        self.updates: list[dict[str, Any]] = []
+        self.ended: list[dict[str, Any]] = []
+
+    def call_updated(self, sid: str, fields: dict[str, Any]) -> None:
+        self.updates.append(dict(fields))
+
+    def call_ended(self, sid: str, fields: dict[str, Any]) -> None:
+        self.ended.append(dict(fields))
+
+    def event(self, sid: str, type_: str, data: dict[str, Any]) -> None:
+        pass
+
+
+def test_the_call_hash_gets_the_latest_turns_per_reply_and_all_of_them_at_the_end() -> None:
+    services = RedisServices(make_settings())
+    services.calls = calls = _Calls()  # type: ignore[assignment]
+    record = CallRecord(call_sid="CA" + "1" * 32, flow_id="dental")
+    feed = CallFeed(record, services.sink(record))
+    meter = CallMeter(
+        metrics=None,
+        record=record,
+        feed=feed,
+        flow_id="dental",
+        model="gpt-realtime",
+        engine="realtime",
+        started_at=0.0,
+        tool_names=frozenset(),
+    )
+    for _ in range(3 * LIVE_TURNS):
+        meter.speech_stopped()
+        meter.audio_sent()
+    written = [u["turns"] for u in calls.updates if "turns" in u]
+    assert len(written) == 3 * LIVE_TURNS
+    assert max(len(turns) for turns in written) == LIVE_TURNS  # bounded bytes per reply
+    assert [t["n"] for t in written[-1]] == list(range(2 * LIVE_TURNS + 1, 3 * LIVE_TURNS + 1))
+    feed.emit("call.ended", outcome="completed")
+    assert [t["n"] for t in calls.ended[0]["turns"]] == list(range(1, 3 * LIVE_TURNS + 1))
 
 
 def test_meter_keeps_a_bounded_number_of_turns_and_works_without_metrics() -> None:

@@ -188,25 +188,33 @@ def test_unknown_mark_names_are_unknown_not_stale() -> None:
     assert tracker.stale_marks == 0
 
 
-def test_forget_items_keeps_barriers() -> None:
+def test_retired_items_are_still_tracked_until_played_and_barriers_survive() -> None:
+    """A new model session: the old session's audio already queued at Twilio still plays."""
     tracker = PlaybackTracker()
-    audio = _send(tracker, "item_A", 100)
+    done = _send(tracker, "item_A", 100)
+    assert tracker.on_mark(done[0]).kind is MarkKind.PLAYED
+    audio = _send(tracker, "item_B", 100, 100)
     barrier = tracker.barrier("goodbye")
-    tracker.forget_items()
-    assert not tracker.playing
-    assert tracker.sent_ms("item_A") == 0
-    assert tracker.interrupt() == []
-    assert tracker.on_mark(audio[0]).kind is MarkKind.STALE
-    assert tracker.stale_marks == 1
+    tracker.retire_items()
+    assert tracker.sent_ms("item_A") == 0  # fully played: forgotten
+    assert tracker.playing and tracker.sent_ms("item_B") == 200
+    assert tracker.on_mark(audio[0]) == MarkResult(MarkKind.PLAYED, item_id="item_B", played_ms=100)
+    assert tracker.stale_marks == 0
+    [cut] = tracker.interrupt()  # a barge-in over the old audio: cut, but not to be truncated
+    assert cut == Truncation("item_B", 100) and cut.sent_ms == 200 and cut.retired
     assert tracker.on_mark(barrier) == MarkResult(MarkKind.BARRIER, tag="goodbye")
 
 
-def test_mark_names_stay_unique_after_forget_items() -> None:
+def test_a_new_session_reusing_an_item_id_gets_a_fresh_item() -> None:
     tracker = PlaybackTracker()
     before = set(_send(tracker, "item_A", 20, 20))
-    tracker.forget_items()
-    after = set(_send(tracker, "item_A", 20, 20))
-    assert not before & after
+    tracker.retire_items()
+    after = _send(tracker, "item_A", 20, 20)
+    assert not before & set(after)
+    assert tracker.sent_ms("item_A") == 40
+    assert tracker.on_mark(next(iter(before))).kind is MarkKind.STALE  # the old item's marks
+    [cut] = tracker.interrupt()
+    assert cut == Truncation("item_A", 0) and not cut.retired
 
 
 def test_memory_stays_bounded_over_many_items() -> None:

@@ -93,6 +93,24 @@ async def test_call_round_trip(store: CallStore, redis_client: aioredis.Redis, r
     assert [f["event_id"] for f in global_entries] == [e["id"] for e in events]
 
 
+async def test_the_turns_go_to_the_hash_not_into_the_call_ended_event(
+    store: CallStore, redis_client: aioredis.Redis, redis_keys: KeySchema
+) -> None:
+    turns = [{"n": n, "latency_ms": 400.0 + n, "at": 1_767_225_600.0 + n} for n in range(1, 501)]
+    store.call_started({"call_sid": SID, "flow_id": "desk"})
+    store.call_ended(SID, {"outcome": "completed", "turns": turns, "greeting_ms": 812.5})
+    assert await store.writer.flush(5)
+    call = await store.get_call(SID)
+    assert call is not None and call["turns"] == turns and call["greeting_ms"] == 812.5
+    ended = (await store.get_events(SID))[-1]
+    assert ended["type"] == "call.ended" and ended["data"]["outcome"] == "completed"
+    assert "turns" not in ended["data"] and ended["data"]["greeting_ms"] == 812.5
+    (global_ended,) = [
+        f for _, f in await redis_client.xrange(redis_keys.events()) if f["type"] == "call.ended"
+    ]
+    assert "turns" not in global_ended["data"]
+
+
 async def test_updating_a_field_to_a_string_drops_it_from_the_json_list(store: CallStore) -> None:
     store.call_started({"call_sid": SID, "cost_usd": 0.25, "note": None})
     store.call_updated(SID, {"note": "called back", "cost_usd": 0.5})

@@ -54,8 +54,6 @@ class AudioOut:
         self._unmarked_item: str | None = None
         #: Responses cancelled by a barge-in: their late audio deltas are dropped.
         self._discard: set[str] = set()
-        self.speech_started_at: float | None = None
-        self.last_clear_latency_ms: float | None = None
 
     async def send(self, text: str) -> None:
         """One message to Twilio; a socket that went away is the endpoint's business (it ends the call)."""
@@ -123,14 +121,13 @@ class AudioOut:
     async def on_speech_started(self) -> None:
         """Barge-in: stop playback, cancel the response if one is running, truncate at what was heard."""
         link = self.call.link
-        self.speech_started_at = time.perf_counter()
+        started = time.perf_counter()
         self._meter.speech_started()
         interrupting = self.tracker.playing or link.response_in_flight
         if not interrupting:
             return
         await self.send(self.writer.clear())
-        stop_s = time.perf_counter() - self.speech_started_at
-        self.last_clear_latency_ms = stop_s * 1000
+        stop_s = time.perf_counter() - started
         self._meter.interrupted(stop_s)
         truncations = self.tracker.interrupt()
         self._unmarked_ms, self._unmarked_item = 0.0, None  # that audio was cleared with the rest
@@ -139,7 +136,8 @@ class AudioOut:
             self._discard.add(link.current_response)
             await link.send(link.client.response_cancel())
         for t in truncations:
-            await link.send(link.client.truncate(t.item_id, t.audio_end_ms))
+            if not t.retired:  # an item of a replaced model session: the new one does not know it
+                await link.send(link.client.truncate(t.item_id, t.audio_end_ms))
         if self.outbound is not None:
             self.outbound.reset()
         self._record.count("barge_ins")
@@ -148,43 +146,47 @@ class AudioOut:
             "barge_in",
             heard_ms=[t.audio_end_ms for t in truncations],
             items=[c.as_dict() for c in cuts],
-            stop_ms=round(self.last_clear_latency_ms, 3),
+            stop_ms=round(stop_s * 1000, 3),
         )
-        for line in self.heard.cut(cuts):
+        for line in self.heard.cut(cuts, self._progress):
             self.write_line(line)
         self.call.log.info(
             "caller barged in; cleared playback, truncated at %s ms", [t.audio_end_ms for t in truncations]
         )
 
     def on_speech_stopped(self) -> None:
-        self.speech_started_at = None
         self._meter.speech_stopped()
 
     # ------------------------------------------------------------------ what the caller heard
 
     def agent_said(self, event: ev.AgentTranscriptDone) -> None:
         """The model's transcript of an answer: written once the caller heard it, or was cut (heard.py)."""
-        item = event.item_id
-        sent = self.tracker.sent_ms(item) + (int(self._unmarked_ms) if self._unmarked_item == item else 0)
+        played, sent = self._progress(event.item_id)
         line = self.heard.said(
-            item,
+            event.item_id,
             event.transcript,
-            played_ms=self.tracker.played_ms(item),
+            played_ms=played,
             sent_ms=sent,
             cancelled=event.response_id in self._discard,
         )
         if line is not None:
             self.write_line(line)
 
+    def _progress(self, item_id: str) -> tuple[int, int]:
+        """``(played_ms, sent_ms)`` of an item, counting audio sent since its last mark."""
+        unmarked = int(self._unmarked_ms) if self._unmarked_item == item_id else 0
+        return self.tracker.played_ms(item_id), self.tracker.sent_ms(item_id) + unmarked
+
     def write_line(self, line: Line) -> None:
         self.call.transcript("agent", line.text, **line.fields())
 
     def release_lines(self) -> None:
-        """Write every line still waiting to be heard (the call ends, or the model session was replaced)."""
-        for line in self.heard.release():
+        """The call ends: write every line still waiting to be heard, cut where playback had got to."""
+        for line in self.heard.release(self._progress):
             self.write_line(line)
 
-    def forget_items(self) -> None:
-        """A new model session: its items are new, so the old ones' lines go out and their marks are stale."""
-        self.release_lines()
-        self.tracker.forget_items()
+    async def new_session(self) -> None:
+        """The model session was replaced. The old items' audio already at Twilio still plays: their lines
+        stay held until heard, or cut by a barge-in (no truncation: the new session does not know them)."""
+        await self.mark_played_so_far()
+        self.tracker.retire_items()

@@ -70,18 +70,10 @@ class CallActions:
         if kind == "hangup":
             call.log.info("hanging up (%s)", arg or "agent ended the call")
             call.record.outcome = "agent-hangup"
-            try:
-                await call.controller.hang_up(call.call_sid)
-            except TwilioRestError as exc:
-                call.log.warning("Twilio hang-up failed (%s); closing the stream instead", exc)
+            await self._hang_up()
         else:
             call.log.info("transferring the call to %s", mask_number(arg))
-            try:
-                await call.controller.redirect(call.call_sid, dial(arg, self._transfer_announcement))
-            except TwilioRestError as exc:
-                call.log.error("transfer failed: %s", exc)
-                call.feed.emit("error", message="transfer failed")
-                call.record.count("transfer_failures")
+            if await self._transfer(arg, self._transfer_announcement) is not None:
                 await call.link.request_response(
                     say_line(
                         "Sorry, I couldn't connect you to a person. Is there anything else I can do?",
@@ -91,6 +83,26 @@ class CallActions:
                 return
             call.record.outcome = "transferred"
         await call.end(call.record.outcome)
+
+    async def _hang_up(self) -> None:
+        """Twilio REST hang-up; if Twilio refuses, the caller still ends the call by closing the stream."""
+        try:
+            await self.call.controller.hang_up(self.call.call_sid)
+        except TwilioRestError as exc:
+            self.call.log.warning("Twilio hang-up failed (%s); closing the stream instead", exc)
+
+    async def _transfer(self, number: str, announcement: str | None) -> TwilioRestError | None:
+        """Redirect the call to ``number`` (Twilio REST): None once Twilio took it, else its error (logged,
+        counted in ``transfer_failures``, an ``error`` event); the call goes on."""
+        call = self.call
+        try:
+            await call.controller.redirect(call.call_sid, dial(number, announcement))
+        except TwilioRestError as exc:
+            call.log.error("transfer failed: %s", exc)
+            call.feed.emit("error", message="transfer failed")
+            call.record.count("transfer_failures")
+            return exc
+        return None
 
     def on_time_limit(self) -> None:
         call = self.call
@@ -113,10 +125,7 @@ class CallActions:
         call.feed.emit("operator.action", action="hangup", by=by)
         call.log.info("operator %s hung up the call", by)
         call.record.outcome = "operator-hangup"
-        try:
-            await call.controller.hang_up(call.call_sid)
-        except TwilioRestError as exc:
-            call.log.warning("Twilio hang-up failed (%s); closing the stream instead", exc)
+        await self._hang_up()
         await call.end("operator-hangup")
 
     async def operator_transfer(self, by: str) -> None:
@@ -133,13 +142,9 @@ class CallActions:
         call.log.info("operator %s transfers the call to %s", by, mask_number(transfer.number))
         # Set first: Twilio may end the stream (stop) before the REST request returns.
         call.record.outcome = "transferred"
-        try:
-            await call.controller.redirect(call.call_sid, dial(transfer.number, transfer.announcement))
-        except TwilioRestError as exc:
+        error = await self._transfer(transfer.number, transfer.announcement)
+        if error is not None:
             if not call.ended.is_set():
                 call.record.outcome = "in-progress"
-            call.log.error("operator transfer failed: %s", exc)
-            call.feed.emit("error", message="transfer failed")
-            call.record.count("transfer_failures")
-            raise CallControlRefused(f"Twilio refused the transfer: {exc}") from None
+            raise CallControlRefused(f"Twilio refused the transfer: {error}")
         await call.end("transferred")

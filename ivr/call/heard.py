@@ -7,19 +7,22 @@ streams cannot be edited afterwards. So an agent line is held until its audio ha
 last chunk came back) and written then; a barge-in releases it marked ``interrupted`` with how much was
 heard. The other order happens too: in-process engines finish an item only when its response is cancelled,
 so the transcript arrives *after* the truncation — the cut is remembered and the line carries it when it
-comes. Lines of items whose audio never reached the tracker (text only, forgotten after a reconnect) are
-released at once, and :meth:`HeardLines.release` lets everything go (reconnect, end of call).
+comes. Lines of items whose audio never reached the tracker (text only) are released at once, and
+:meth:`HeardLines.release` lets everything go at the end of the call, each line cut where playback had got to.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 #: Cuts remembered for transcripts that have not arrived yet (one per interruption; a few are plenty).
 _MAX_CUTS = 16
+
+#: How far the audio of an item got: ``(played_ms, sent_ms)`` (the tracker's figures).
+Progress = Callable[[str], tuple[int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +72,12 @@ class HeardLines:
     def said(self, item_id: str, text: str, *, played_ms: int, sent_ms: int, cancelled: bool) -> Line | None:
         """The model's transcript of ``item_id``: the line if it can be written now, else None (held).
 
-        ``cancelled``: the item's response was cancelled by a barge-in — with no cut recorded (no audio of
-        it had been sent yet), the caller heard ``played_ms`` (normally 0) of it.
+        ``cancelled``: the item's response was cancelled by a barge-in. With no cut recorded, the line is
+        marked cut unless its audio had all played before the cancel: the caller heard ``played_ms`` of it
+        (0 when none of its audio had been sent yet).
         """
         cut = self._cuts.pop(item_id, None)
-        if cut is None and cancelled:
+        if cut is None and cancelled and (played_ms < sent_ms or sent_ms == 0):
             cut = Cut(item_id, min(played_ms, sent_ms), sent_ms)
         if cut is not None or played_ms >= sent_ms:
             return Line(item_id, text, cut)
@@ -86,9 +90,9 @@ class HeardLines:
             return None
         return Line(item_id, self._held.pop(item_id))
 
-    def cut(self, cuts: Iterable[Cut]) -> list[Line]:
-        """A barge-in: held lines of cut items come out marked, other held ones as they are; the rest of
-        the cuts are remembered for transcripts still to come."""
+    def cut(self, cuts: Iterable[Cut], progress: Progress | None = None) -> list[Line]:
+        """A barge-in: held lines of cut items come out marked, other held ones as :meth:`release` lets
+        them go; the rest of the cuts are remembered for transcripts still to come."""
         lines: list[Line] = []
         for c in cuts:
             text = self._held.pop(c.item_id, None)
@@ -98,11 +102,16 @@ class HeardLines:
             self._cuts[c.item_id] = c
             while len(self._cuts) > _MAX_CUTS:
                 self._cuts.popitem(last=False)
-        lines.extend(self.release())
+        lines.extend(self.release(progress))
         return lines
 
-    def release(self) -> list[Line]:
-        """Every held line, in order, unmarked (the tracker lost track: reconnect, fallback, end of call)."""
-        lines = [Line(item_id, text) for item_id, text in self._held.items()]
+    def release(self, progress: Progress | None = None) -> list[Line]:
+        """Every held line, in order (the end of the call). With ``progress``, a line whose audio had not
+        all played is cut where playback had got to: a caller who hung up mid-answer did not hear the rest."""
+        lines = []
+        for item_id, text in self._held.items():
+            played, sent = progress(item_id) if progress is not None else (0, 0)
+            cut = Cut(item_id, played, sent) if played < sent else None
+            lines.append(Line(item_id, text, cut))
         self._held.clear()
         return lines

@@ -4,11 +4,14 @@ Why one place: the same few moments feed three consumers that must agree — Pro
 optional: unit tests build sessions without it), the call record (``turns``, ``greeting_ms``, ``usage``,
 ``cost_usd``) and the call's event feed (``turn.latency``, ``usage.updated``), which the Redis sink turns into
 call-hash updates and stream entries (docs/redis.md). :class:`~ivr.call.session.CallSession` calls these
-methods at the edges only; the one check on the audio path is ``meter.timer.waiting``.
+methods at the edges only; the one check on the audio path is ``meter.timer.waiting``, and the first audio
+frame of a reply only reads the clock: the figure is recorded and reported just after that frame
+(``loop.call_soon``), so no Redis or Prometheus work runs in the frame's path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -16,10 +19,13 @@ from ..metrics import Metrics
 from ..tools.registry import ToolOutcome
 from .pricing import estimate_cost_usd
 from .registry import CallFeed, CallRecord
-from .turns import TurnTimer
+from .turns import Measured, TurnTimer
 
-#: Per-turn entries kept in the call record (and its Redis hash); the oldest go first on very long calls.
+#: Per-turn entries kept in the call record (written to its Redis hash when the call ends); the oldest go
+#: first on very long calls.
 MAX_TURNS = 500
+#: The latest turns written to the call hash after each reply, while the call runs (docs/redis.md).
+LIVE_TURNS = 20
 
 
 class CallMeter:
@@ -46,6 +52,8 @@ class CallMeter:
         self.timer = TurnTimer(started_at)
         self._tool_names = tool_names
         self._cost = 0.0
+        self._unreported: list[Measured] = []
+        self._report_soon: asyncio.Handle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -54,6 +62,7 @@ class CallMeter:
             self.metrics.call_started(self.flow_id, self.engine)
 
     def call_ended(self, outcome: str) -> None:
+        self.flush()  # a reply timed in the call's last moments goes out before call.ended
         if self.metrics is not None:
             self.metrics.call_ended(self.flow_id, outcome)
 
@@ -66,10 +75,28 @@ class CallMeter:
         self.timer.speech_stopped(time.perf_counter())
 
     def audio_sent(self) -> None:
-        """Agent audio went to Twilio while the timer waits for it: record the greeting or the reply time."""
+        """Agent audio went to Twilio while the timer waits for it: the greeting or the reply time is taken
+        now, and recorded and reported just after the frame (:meth:`flush`, with ``loop.call_soon``)."""
         measured = self.timer.audio_sent(time.perf_counter())
         if measured is None:
             return
+        self._unreported.append(measured)
+        if self._report_soon is None:
+            try:
+                self._report_soon = asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop (a synchronous caller): report at once
+                self.flush()
+
+    def flush(self) -> None:
+        """Record and report the measurements taken since the last flush."""
+        if self._report_soon is not None:
+            self._report_soon.cancel()
+            self._report_soon = None
+        unreported, self._unreported = self._unreported, []
+        for measured in unreported:
+            self._report(measured)
+
+    def _report(self, measured: Measured) -> None:
         if measured.kind == "greeting":
             self.record.greeting_ms = measured.ms
             if self.metrics is not None:

@@ -173,7 +173,7 @@ class ModelLink:
     async def run(self) -> None:
         """Connect, read events, reconnect on unexpected close; give up politely after bounded retries."""
         call = self.call
-        replay = False
+        replay = planned = False  # planned: the last socket was retired on purpose (a roll-over)
         backoff = Backoff(max_attempts=call.settings.model_connect_attempts)
         failures = 0
         while not call.ended.is_set():
@@ -205,15 +205,21 @@ class ModelLink:
                 await self._flush_buffer()
                 await self.request_response(say_line(FALLBACK_NOTICE))
                 if replay:
-                    call.audio.forget_items()
+                    await call.audio.new_session()
             elif replay:
-                call.record.count("model_reconnects")
-                call.meter.reconnected()
-                call.audio.forget_items()
+                await call.audio.new_session()
                 self.response_in_flight = False
                 self.current_response = None
-                call.feed.emit("model.reconnected")
-                call.log.info("model session re-established; replayed %d history items", len(self.history))
+                if planned:  # counted in model_rollovers when it was retired
+                    call.feed.emit("model.rolled_over")
+                    call.log.info("model session rolled over; replayed %d history items", len(self.history))
+                else:
+                    call.record.count("model_reconnects")
+                    call.meter.reconnected()
+                    call.feed.emit("model.reconnected")
+                    call.log.info(
+                        "model session re-established; replayed %d history items", len(self.history)
+                    )
             else:
                 call.log.info("model connected (%s)", call.dialect)
                 self._ever_connected = True
@@ -235,9 +241,9 @@ class ModelLink:
             self.ws = None
             if call.ended.is_set():
                 return
-            if not self._rolling:
+            planned, self._rolling = self._rolling, False
+            if not planned:
                 call.log.warning("model socket closed unexpectedly (%s); reconnecting", how)
-            self._rolling = False
             replay = True
 
     async def _open(self, *, replay: bool) -> RealtimeSocket | InProcessModel:

@@ -10,6 +10,11 @@ A ``clear`` makes Twilio echo every pending mark at once; those echoes do not me
 :meth:`PlaybackTracker.interrupt` forgets the pending marks first, and their late echoes are reported as
 stale. Barrier marks (:meth:`barrier`) are different: they mean "everything queued before this point is
 done with", played or cleared, which is what a hang-up after a goodbye waits for.
+
+When the model session is replaced (reconnect, roll-over, fallback), the audio of the old session's items
+already queued at Twilio still plays: :meth:`PlaybackTracker.retire_items` keeps tracking it (what the caller
+heard, whether a barge-in must ``clear``), but marks those items so that no truncation is sent for them —
+the new session does not know them.
 """
 
 from __future__ import annotations
@@ -41,12 +46,15 @@ class Truncation:
     audio_end_ms: int
     #: What had been sent of the item before the interruption (the clear discarded the rest).
     sent_ms: int = field(default=0, compare=False)
+    #: The item belongs to a model session that was replaced: cut it in the transcript, do not truncate it.
+    retired: bool = field(default=False, compare=False)
 
 
 @dataclass(slots=True)
 class _Item:
     sent_ms: float = 0.0
     played_ms: float = 0.0
+    retired: bool = False
 
 
 @dataclass(slots=True)
@@ -67,14 +75,14 @@ class PlaybackTracker:
     def on_audio_sent(self, item_id: str, duration_ms: float) -> str:
         """Record a chunk sent to Twilio; returns the mark name to send right after it."""
         item = self._items.get(item_id)
+        if item is not None and item.retired:  # a new session reusing an old id: a new item
+            self._drop(item_id)
+            item = None
         if item is None:
             item = self._items[item_id] = _Item()
             self._order.append(item_id)
             if len(self._order) > 64:  # keep memory bounded on very long calls
-                old = self._order.pop(0)
-                self._items.pop(old, None)
-                for name in [n for n, (owner, _) in self._pending.items() if owner == old]:
-                    del self._pending[name]
+                self._drop(self._order[0])
         item.sent_ms += duration_ms
         name = self._name("a")
         self._pending[name] = (item_id, item.sent_ms)
@@ -124,11 +132,21 @@ class PlaybackTracker:
         """True while some sent assistant audio has not been confirmed played."""
         return bool(self._pending)
 
-    def forget_items(self) -> None:
-        """The model session was replaced: its item ids mean nothing to the new one. Barriers survive."""
-        self._items.clear()
-        self._order.clear()
-        self._pending.clear()
+    def retire_items(self) -> None:
+        """The model session was replaced: its items mean nothing to the new one, but their queued audio
+        still plays. Items fully played are forgotten; the others are tracked until played or cleared, and a
+        barge-in reports them ``retired`` (no truncation to send)."""
+        for item_id in [i for i, item in self._items.items() if item.played_ms >= item.sent_ms]:
+            self._drop(item_id)
+        for item in self._items.values():
+            item.retired = True
+
+    def _drop(self, item_id: str) -> None:
+        """Forget an item and its pending marks (their echoes will be stale)."""
+        self._items.pop(item_id, None)
+        self._order.remove(item_id)
+        for name in [n for n, (owner, _) in self._pending.items() if owner == item_id]:
+            del self._pending[name]
 
     def interrupt(self) -> list[Truncation]:
         """Caller barged in: forget pending marks and say how far each unfinished item was heard.
@@ -146,7 +164,7 @@ class PlaybackTracker:
             if item is None:
                 continue
             heard = min(item.played_ms, item.sent_ms)
-            truncations.append(Truncation(item_id, int(heard), int(item.sent_ms)))
+            truncations.append(Truncation(item_id, int(heard), int(item.sent_ms), item.retired))
             # Whatever was sent beyond this point was cleared: it will never play.
             item.sent_ms = heard
         self._pending.clear()

@@ -37,12 +37,8 @@ from ..telephony import media_stream as tw
 from ..telephony.rest import CallController
 from ..tools.registry import ToolContext, registry_for_flow
 from .audio_out import MARK_EVERY_MS, AudioOut
-from .audio_out import _b64_safe as _b64_safe
-from .control import _ACTION_TIMEOUT_S as _ACTION_TIMEOUT_S
 from .control import CallActions, CallControlRefused
 from .meter import CallMeter
-from .model_link import _APOLOGY as _APOLOGY
-from .model_link import _MAX_BUFFERED_FRAMES as _MAX_BUFFERED_FRAMES
 from .model_link import FALLBACK_AFTER_ATTEMPTS, FALLBACK_NOTICE, ModelLink, session_config
 from .playback import MarkKind
 from .pricing import estimate_cost_usd

@@ -2,19 +2,18 @@
 
 Why a module of its own: an instance's liveness is its heartbeat (the fleet page and other instances read
 it), and a restarted instance must close the books on the calls its previous run owned. Both are about the
-instance rather than one call; :class:`~ivr.store.store.CallStore` exposes them as ``heartbeat``,
-``heartbeat_forever`` and ``reconcile``. Direct writes: these raise when Redis is unreachable (the loop in
-:func:`heartbeat_forever` logs instead).
+instance rather than one call; :class:`~ivr.store.store.CallStore` exposes them as ``heartbeat`` and
+``reconcile``. Direct writes: these raise when Redis is unreachable (the app's housekeeping loop in
+:mod:`ivr.state` retries).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,7 +23,7 @@ from ivr.store.indexes import beat, end_call_indexes, expire_call
 from ivr.store.keys import KeySchema
 from ivr.store.streams import CALL_EVENTS_MAXLEN, EVENTS_MAXLEN, event_fields, to_float, ts_text
 
-__all__ = ["RESTART_OUTCOME", "default_instance_id", "heartbeat", "heartbeat_forever", "reconcile"]
+__all__ = ["RESTART_OUTCOME", "default_instance_id", "heartbeat", "reconcile"]
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +64,6 @@ async def heartbeat(
     async with redis.pipeline(transaction=True) as pipe:
         beat(pipe, keys, instance_id, fields, stats, now=now)
         await pipe.execute()
-
-
-async def heartbeat_forever(
-    send: Callable[[Mapping[str, Any] | None], Awaitable[None]],
-    interval_s: float,
-    stats: Callable[[], Mapping[str, Any]] | None = None,
-) -> None:
-    """Call ``send(stats())`` every ``interval_s`` until cancelled; Redis errors are logged, not raised."""
-    failing = False
-    while True:
-        try:
-            await send(stats() if stats is not None else None)
-            if failing:
-                log.info("heartbeat to Redis works again")
-            failing = False
-        except Exception as exc:
-            if not failing:
-                log.warning("heartbeat to Redis failed (%s: %s); retrying", type(exc).__name__, exc)
-            failing = True
-        await asyncio.sleep(interval_s)
 
 
 async def reconcile(

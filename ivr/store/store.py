@@ -30,7 +30,6 @@ from redis.asyncio.client import Pipeline
 from ivr.store import instances
 from ivr.store.codec import HSET_TYPED_SCRIPT, JSON_FIELD, decode_hash, encode_fields, hset_typed_args
 from ivr.store.indexes import (
-    HEARTBEAT_INTERVAL_S,
     HEARTBEAT_TTL_S,
     caller_fields,
     end_call_indexes,
@@ -62,8 +61,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Record fields that are lists kept elsewhere (transcript stream, events) and left out of event payloads.
-_BULKY = ("transcript", "tool_calls")
+#: Record fields left out of event payloads: lists kept elsewhere (transcript stream, events) or in the call
+#: hash only (per-turn latency, up to 500 entries).
+_BULKY = ("transcript", "tool_calls", "turns")
 
 
 class CallStore:
@@ -305,14 +305,6 @@ class CallStore:
             now=self._clock(),
             stats=stats,
         )
-
-    async def heartbeat_forever(
-        self,
-        interval_s: float = HEARTBEAT_INTERVAL_S,
-        stats: Callable[[], Mapping[str, Any]] | None = None,
-    ) -> None:
-        """Run :meth:`heartbeat` every ``interval_s`` until cancelled; Redis errors are logged, not raised."""
-        await instances.heartbeat_forever(self.heartbeat, interval_s, stats)
 
     async def reconcile(self, live: set[str]) -> list[str]:
         """Calls this instance owned that are not live any more (it restarted): mark them ended.
