@@ -57,6 +57,8 @@ log = logging.getLogger("ivr.app")
 START_TIMEOUT_S = 10.0
 DRAINING_MESSAGE = "Sorry, we can't take your call right now. Please call again in a minute. Goodbye."
 _TERMINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+#: A bootstrap admin token shorter than this draws a start-up warning.
+MIN_OPERATOR_TOKEN = 24
 #: Counters (the app's and each call's) that count errors: the heartbeat's ``errors`` (the fleet page).
 ERROR_COUNTERS = (
     "bad_signatures",
@@ -169,6 +171,12 @@ def startup_warnings(settings: Settings) -> list[str]:
         warnings.append(
             "IVR_OPERATOR_TOKEN is not set: no bootstrap admin token; only operators added with "
             "`ivr operators add NAME --role …` can log in to the console and the operator API (/api/...)."
+        )
+    elif len(settings.operator_token) < MIN_OPERATOR_TOKEN:
+        warnings.append(
+            f"IVR_OPERATOR_TOKEN is {len(settings.operator_token)} characters long: a short bootstrap token "
+            f"can be guessed (it logs in as the admin): use at least {MIN_OPERATOR_TOKEN}, e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
         )
     return warnings
 
@@ -386,10 +394,11 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         raise HTTPException(404, f"no call {call_sid}")
 
     @app.get("/api/calls/{call_sid}/events", dependencies=[Depends(viewer)])
-    async def call_events(call_sid: str) -> StreamingResponse:
+    async def call_events(call_sid: str, request: Request) -> StreamingResponse:
         """Server-sent events of one call: replayed from its start, then live, until ``call.ended``.
 
-        Served from memory when the call runs on this instance, else from the call's Redis stream.
+        Served from memory when the call runs on this instance, else from the call's Redis stream. Ends
+        early once the request's credentials stop holding (re-checked every ``Auth.recheck_s`` seconds).
         """
         feed = state.calls.get(call_sid)
         events: AsyncIterator[dict[str, Any]]
@@ -410,7 +419,7 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
                 yield b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
         return StreamingResponse(
-            stream(),
+            state.auth.while_allowed(request, stream()),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

@@ -8,6 +8,7 @@ page calls) and then used by an httpx client exactly as a browser would send the
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -242,7 +243,40 @@ async def test_redis_down_is_503_but_the_bootstrap_admin_still_gets_in(
         await asyncio.to_thread(embedded_redis.restart)  # so the app's shutdown can flush
 
 
-# -- Auth in a small app of its own: form CSRF fields, the cached form, the login redirect -----------------
+async def test_a_redis_outage_ends_live_streams_cleanly_and_refuses_new_ones(
+    embedded_redis: EmbeddedRedis, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Headers already sent: the stream ends with a comment (no traceback); a new one is a clean 503."""
+    caplog.set_level(logging.INFO)
+    client = aioredis.Redis.from_url(embedded_redis.url, decode_responses=True)
+    try:
+        token = await OperatorStore(client, KeySchema(redis_prefix)).add("vic", "viewer")
+    finally:
+        await client.aclose()
+    settings = make_settings(redis_url=embedded_redis.url, redis_prefix=redis_prefix)
+    async with running_server(settings) as server, httpx.AsyncClient(base_url=server.base_url) as http:
+        session = await logged_in(server, token)
+        server.state.auth.recheck_s = 0.2  # the stream finds out at its next check of the session
+        try:
+            async with http.stream("GET", "/ops/events", headers=cookie(session)) as live:
+                assert live.status_code == 200
+                await asyncio.to_thread(embedded_redis.stop)
+                text = (await asyncio.wait_for(live.aread(), 10)).decode()
+            assert text.endswith(": a Redis read failed; reconnecting\n\n"), text[-300:]
+            # The bootstrap admin authenticates without Redis: the join and first replay page fail, before
+            # the response starts.
+            refused = await http.get("/ops/events", headers=bearer(OPERATOR_TOKEN))
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+            assert refused.headers["content-type"].startswith("text/html")
+            assert "Redis, where the console reads everything, is unreachable" in refused.text
+        finally:
+            await asyncio.to_thread(embedded_redis.restart)  # so the app's shutdown can flush
+    ended = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ended the live stream")]
+    assert ended == ["ended the live stream /ops/events: its login cannot be re-checked without Redis"]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+# -- Auth in a small app of its own: form CSRF fields, the cached form ---------------------------------------
 
 
 @asynccontextmanager
@@ -277,10 +311,6 @@ async def form_app(redis_url: str, redis_keys: KeySchema) -> AsyncIterator[tuple
     @app.post("/form-params")
     async def form_params(note: str = Form(...), operator: Operator = Depends(approver)) -> dict[str, str]:  # noqa: B008
         return {"by": operator.name, "note": note}
-
-    @app.get("/page", dependencies=[Depends(auth.require("viewer", login_url="/ops/login"))])
-    async def page() -> dict[str, bool]:
-        return {"ok": True}
 
     try:
         async with serve(app) as base_url:
@@ -337,15 +367,6 @@ async def test_the_csrf_form_field_leaves_the_form_readable_by_the_route(
         assert bearer_ok.status_code == 200 and bearer_ok.json()["by"] == "alice"
 
 
-async def test_pages_redirect_to_the_login_page(form_app: tuple[str, Auth, OperatorStore]) -> None:
-    base_url, _, _ = form_app
-    async with httpx.AsyncClient(base_url=base_url) as http:
-        response = await http.get("/page?x=1")
-        assert response.status_code == 303
-        assert response.headers["location"] == "/ops/login?next=/page%3Fx%3D1"
-        assert (await http.get("/page", headers=bearer("boot"))).json() == {"ok": True}
-
-
 def test_the_session_cookie_attributes() -> None:
     session = ConsoleSession(
         id="abc", operator=Operator("a", "viewer"), csrf="c", expires_at=time.time() + 3600
@@ -395,6 +416,13 @@ def test_start_up_warning_without_a_bootstrap_token() -> None:
     [warning] = [w for w in warnings if "IVR_OPERATOR_TOKEN" in w]
     assert "no bootstrap admin token" in warning and "ivr operators add" in warning
     assert "refuses every request" not in warning
-    assert not [
-        w for w in startup_warnings(make_settings(public_url="https://a.example.com")) if "OPERATOR" in w
-    ]
+    good = make_settings(public_url="https://a.example.com", operator_token="t" * 24)
+    assert not [w for w in startup_warnings(good) if "OPERATOR" in w]
+
+
+def test_start_up_warning_for_a_short_bootstrap_token() -> None:
+    short = make_settings(public_url="https://a.example.com", operator_token="x" * 23)
+    [warning] = [w for w in startup_warnings(short) if "IVR_OPERATOR_TOKEN" in w]
+    assert "23 characters" in warning and "can be guessed" in warning
+    assert "python -c 'import secrets; print(secrets.token_urlsafe(32))'" in warning
+    assert "x" * 23 not in warning  # never the token itself

@@ -664,3 +664,234 @@ async def test_resuming_while_entries_keep_arriving_skips_none_and_repeats_none(
         await early.aclose()
     finally:
         await hub.close()
+
+
+# ------------------------------------------------------------------------------------------ review fixes
+
+
+async def test_live_streams_end_when_the_login_ends(server: RunningServer) -> None:
+    """Removal, logout (and so expiry: the same check) end an open stream within the re-check interval."""
+    server.state.auth.recheck_s = 0.2  # production: every 15 s
+    start_call(server)
+    await flush(server)
+    store = server.state.services.operators
+    assert store is not None
+    bearer = {"Authorization": "Bearer " + await store.add("api-bot", "viewer")}
+    async with (
+        logged_in(server, "vic", "viewer") as vic,
+        logged_in(server, "rob", "viewer") as rob,
+        vic.client.stream("GET", "/ops/events") as board,
+        rob.client.stream("GET", "/ops/fleet/events") as fleet,
+        vic.client.stream("GET", f"/api/calls/{SID}/events", headers=bearer) as api,
+    ):
+        assert board.status_code == fleet.status_code == api.status_code == 200
+        await store.remove("vic")
+        await store.remove("api-bot")
+        text = (await asyncio.wait_for(board.aread(), 5)).decode()
+        assert "event: reload" in text and "log in again" in text  # the page goes to the login page
+        assert "log in again" in (await asyncio.wait_for(api.aread(), 5)).decode()
+        out = await rob.client.post("/ops/logout", data={"csrf": rob.csrf})
+        assert out.status_code == 303
+        assert "event: reload" in (await asyncio.wait_for(fleet.aread(), 5)).decode()
+
+
+async def test_a_call_stream_leaves_the_hub_when_the_call_ends(server: RunningServer) -> None:
+    start_call(server)
+    await flush(server)
+    key = server.state.services.keys.call_events(SID)
+    hub = _console(server).hub
+    at_the_end: list[dict[str, int]] = []
+    app = server.server.config.app
+    inner = app.middleware_stack  # built by the first request (the login)
+    assert inner is not None
+
+    async def watch(scope: Any, receive: Any, send: Any) -> None:
+        """Notes the hub's subscribers when the stream's last message goes out (the response still alive)."""
+
+        async def send_and_note(message: Any) -> None:
+            last = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if last and scope["path"].endswith("/events"):
+                at_the_end.append(hub.readers())
+            await send(message)
+
+        await inner(scope, receive, send_and_note)
+
+    async with logged_in(server, "vic", "viewer") as vic:
+        app.middleware_stack = watch
+        try:
+            async with vic.client.stream("GET", f"/ops/calls/{SID}/events?after=0-0") as response:
+                sse = Sse(response)
+                await sse.take(1)  # call.started
+                assert hub.readers() == {key: 1}
+                server.state.services.calls.event(SID, "call.ended", {"outcome": "completed"})  # type: ignore[union-attr]
+                await flush(server)
+                assert "event: end" in await asyncio.wait_for(_to_the_end(sse), 5)
+        finally:
+            app.middleware_stack = inner
+    # The subscriber left when its stream ended, not whenever its generator is collected.
+    assert at_the_end == [{key: 0}]
+
+
+async def _to_the_end(sse: Sse) -> str:
+    """What is left of a stream, once the server has ended it."""
+    return "\n".join([line async for line in sse.lines])
+
+
+async def test_a_redis_error_in_the_middle_of_a_stream_ends_it_cleanly(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The headers are sent by then: one warning, an SSE comment, the end — no traceback, no broken body."""
+    redis, keys = server.state.services.redis, server.state.services.keys
+    calls = server.state.services.calls
+    assert redis is not None and calls is not None
+    start_call(server)
+    for n in range(500):  # the first replay page (500 entries) is read before the response starts
+        say(server, "caller", f"line {n}")
+    # The second page holds an approval event whose record Redis refuses to read (a string, not a hash).
+    calls.event(SID, "approval.decided", {"approval_id": "ap-broken"})
+    calls.call_ended(SID, {"outcome": "completed"})  # an ended call: its stream is replayed, then closed
+    await flush(server)
+    await redis.set(keys.approval("ap-broken"), "not a hash")
+    async with (
+        logged_in(server, "vic", "viewer") as vic,
+        vic.client.stream("GET", f"/ops/calls/{SID}/events?after=0-0") as response,
+    ):
+        assert response.status_code == 200
+        text = (await asyncio.wait_for(response.aread(), 5)).decode()
+    assert text.endswith(": a Redis read failed; reconnecting\n\n"), text[-300:]
+    assert "line 498" in text and "line 499" not in text  # the first page went out, then the stream ended
+    ended = [r for r in caplog.records if r.getMessage().startswith("ended the live stream")]
+    assert len(ended) == 1 and ended[0].levelname == "WARNING" and "WRONGTYPE" in ended[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+async def test_history_page_numbers_are_checked_and_redis_faults_are_not_outages(
+    server: RunningServer,
+) -> None:
+    async with logged_in(server, "vic", "viewer") as vic:
+        for page in ("100000000000000000000", "0", "-1", "abc", "1e3", "100001", "²"):
+            response = await vic.client.get("/ops/history", params={"page": page})
+            assert response.status_code == 400, (page, response.text[:300])
+            assert response.headers["content-type"].startswith("text/html")
+            assert "Page must be a whole number from 1 to 100,000" in response.text
+            assert "unreachable" not in response.text
+        assert (await vic.client.get("/ops/history", params={"page": "3"})).status_code == 200
+        # A command Redis refuses (here: an index of the wrong type) is a fault, not an outage.
+        redis, keys = server.state.services.redis, server.state.services.keys
+        assert redis is not None
+        await redis.set(keys.recent_calls(), "not a sorted set")
+        broken = await vic.client.get("/ops/history")
+        assert broken.status_code == 500 and "unreachable" not in broken.text
+        assert "Redis refused the console&#39;s request (ResponseError: " in broken.text
+        assert "WRONGTYPE" in broken.text
+        assert "retry-after" not in broken.headers
+
+
+async def test_login_checks_the_origin_as_every_other_form_does(server: RunningServer) -> None:
+    token = await server.state.services.operators.add("dana", "viewer")  # type: ignore[union-attr]
+    foreign_scheme = server.base_url.replace("http://", "https://")
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        for headers in (
+            {"Origin": "null"},
+            {"Origin": "https://evil.example"},
+            {"Origin": foreign_scheme},  # same host and port, another origin
+            {"Referer": "https://evil.example/login"},  # no Origin: the Referer's origin counts
+        ):
+            refused = await http.post("/ops/login", data={"token": token}, headers=headers)
+            assert refused.status_code == 403, headers
+            assert "Cross-site request refused" in refused.text
+            assert "ivr_session" not in refused.headers.get("set-cookie", "")
+        ok = await http.post("/ops/login", data={"token": token}, headers={"Origin": server.base_url})
+        assert ok.status_code == 303 and "ivr_session" in ok.headers["set-cookie"]
+
+
+async def test_the_back_link_of_an_action_keeps_only_a_console_path(server: RunningServer) -> None:
+    admin = {"Authorization": "Bearer operator-secret-token"}  # a script: no CSRF, any Referer
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        for referer, back in (
+            (server.base_url + ".evil.example/ops/calls/x", "/ops/calls/x"),
+            ("//evil.example/ops/", "/ops/"),
+            ("https://evil.example/elsewhere", "/ops/"),
+            ("javascript:alert(1)", "/ops/"),
+            (server.base_url + "/ops/history", "/ops/history"),
+        ):
+            page = await http.post(f"/ops/calls/{SID}/hangup", headers={**admin, "Referer": referer})
+            assert page.status_code == 404, page.text[:300]
+            assert re.findall(r'<p><a href="([^"]*)">Back</a></p>', page.text) == [back], referer
+
+
+async def test_ids_in_console_urls_are_encoded(server: RunningServer) -> None:
+    """The key schema allows '?', '#' and '%' in a call sid: links must still lead to that call."""
+    odd = "CA?q=1#x%41"
+    encoded = "CA%3Fq%3D1%23x%2541"
+    start_call(server, odd)
+    approvals = server.state.services.approvals
+    assert approvals is not None
+    request = await approvals.request(
+        call_sid=odd,
+        instance_id="i",
+        flow_id="test-clinic",
+        tool="appointments",
+        call_id="c1",
+        arguments={"action": "book"},
+        reason="r",
+        timeout_s=60,
+    )
+    await flush(server)
+    async with logged_in(server, "ann", "approver") as ann:
+        board = (await ann.client.get("/ops/")).text
+        links = set(re.findall(r'href="(/ops/calls/[^"]*)"', board))
+        assert links == {f"/ops/calls/{encoded}"}, links
+        call = await ann.client.get(f"/ops/calls/{encoded}")
+        assert call.status_code == 200 and f'<span class="mono muted">{odd}</span>' in call.text
+        assert f'action="/ops/calls/{encoded}/hangup"' in call.text
+        assert f'sse-connect="/ops/calls/{encoded}/events?after=' in call.text
+        assert f'action="/ops/approvals/{request.id}"' in board  # approval ids need no encoding, but get it
+    env = _console(server).env
+    card = env.get_template("_approval.html").render(
+        a=type(
+            "A",
+            (),
+            {"id": "a/b?c", "status": "pending", "call_sid": "s#1", "deadline": 0, "created_at": 0},
+        )(),
+        me_can_decide=True,
+        csrf="t",
+        now=0,
+    )
+    assert 'action="/ops/approvals/a%2Fb%3Fc"' in card and 'href="/ops/calls/s%231"' in card
+    remove = env.get_template("operators.html").render(
+        operators=[type("O", (), {"name": "a.b-c_d", "role": "viewer", "created_at": 0})()],
+        roles=(),
+        form={},
+        csrf="t",
+    )
+    assert 'action="/ops/operators/a.b-c_d/remove"' in remove
+
+
+async def test_errors_of_console_routes_are_html(server: RunningServer) -> None:
+    start_call(server)
+    await flush(server)
+    async with logged_in(server, "ann", "approver") as ann:
+        htmx = {"HX-Request": "true"}
+        refused = await ann.client.post(f"/ops/calls/{SID}/hangup", headers=htmx)  # no CSRF token
+        assert refused.status_code == 403
+        assert refused.headers["content-type"].startswith("text/html")  # console.js shows it in place
+        assert refused.text.startswith('<span class="error" role="status">Missing or wrong CSRF token')
+        page = await ann.client.post(f"/ops/calls/{SID}/hangup", data={})  # a plain form, no token
+        assert page.status_code == 403 and "<h1>Not allowed</h1>" in page.text
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
+        escaped = await ann.client.get("/ops/calls/%3Cb%3Ex:y/events")
+        assert escaped.status_code == 404 and escaped.headers["content-type"].startswith("text/html")
+        assert "&lt;b&gt;x:y" in escaped.text and "<b>x" not in escaped.text
+    async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
+        fragment = await anonymous.post(f"/ops/calls/{SID}/hangup", headers=htmx)
+        assert fragment.status_code == 401 and fragment.headers["www-authenticate"] == "Bearer"
+        assert fragment.text.startswith('<span class="error"')
+        form = await anonymous.post(
+            f"/ops/calls/{SID}/hangup", headers={"Referer": server.base_url + f"/ops/calls/{SID}"}
+        )
+        assert form.status_code == 401 and "<h1>Not logged in</h1>" in form.text
+        assert f'href="/ops/login?next=/ops/calls/{SID}">Log in</a>' in form.text
+        browser = await anonymous.get("/ops/history?x=1&y=2", headers=HTML)
+        assert browser.status_code == 303
+        assert browser.headers["location"] == "/ops/login?next=/ops/history%3Fx%3D1%26y%3D2"

@@ -91,6 +91,8 @@ async def test_adding_a_name_twice_is_refused_and_keeps_the_first_token(store: O
         ("admin", "bootstrap admin"),
         ("Admin", "bootstrap admin"),
         ("timeout", "ran out of time"),
+        ("..", "URLs read it as a folder"),  # /ops/operators/../remove would be /ops/remove
+        (".", "URLs read it as a folder"),
     ],
 )
 async def test_bad_names_are_refused_with_the_reason(store: OperatorStore, name: str, why: str) -> None:

@@ -16,17 +16,22 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
-from markupsafe import escape
 from redis.exceptions import RedisError
 
 from ivr.approvals.store import ApprovalAlreadyDecided, ApprovalExpired, ApprovalNotFound, describe_decision
 from ivr.console.commands import CommandError, send_command
-from ivr.console.context import ConsoleContext, Page, security_headers
+from ivr.console.context import (
+    ConsoleContext,
+    Page,
+    is_htmx,
+    redis_failure,
+    safe_console_path,
+    security_headers,
+)
 from ivr.console.decode import approval_row
-from ivr.console.live import LINGER_S, _require
+from ivr.console.live import LINGER_S
 from ivr.console.operators import Operator
 from ivr.console.render import iso_utc
-from ivr.logs import mask_number
 from ivr.store.keys import KeySchemaError
 
 __all__ = ["add_action_routes"]
@@ -36,22 +41,15 @@ log = logging.getLogger("ivr.console.actions")
 MAX_NOTE = 1000
 
 
-def _is_htmx(request: Request) -> bool:
-    return request.headers.get("hx-request") == "true"
-
-
 def add_action_routes(router: APIRouter, ctx: ConsoleContext) -> None:
     """Register POST /approvals/{aid}, /calls/{sid}/hangup and /calls/{sid}/transfer on ``router``."""
-    approver = Depends(_require(ctx, "approver"))
+    approver = Depends(ctx.auth.require("approver"))
 
     def outcome(request: Request, operator: Operator, status: int, message: str, *, error: bool) -> Response:
-        if _is_htmx(request):
-            html = f'<span class="{"error" if error else "notice"}" role="status">{escape(message)}</span>'
-            return security_headers(HTMLResponse(html, status_code=status))
+        if is_htmx(request):
+            return ctx.fragment(message, status, error=error)
         page = Page(operator, "")
-        back = request.headers.get("referer") or "/ops/"
-        if not back.startswith(ctx.state.settings.public_url) and not back.startswith("/"):
-            back = "/ops/"
+        back = safe_console_path(request.headers.get("referer"))  # its path only, and the console's
         title = "Not done" if error else "Done"
         return ctx.html(
             "message.html", page, status=status, title=title, message=message, error=error, back=back
@@ -79,9 +77,10 @@ def add_action_routes(router: APIRouter, ctx: ConsoleContext) -> None:
         except ApprovalExpired as exc:
             approval, status = exc.approval, 409
             error = "Too late: the deadline passed before your decision, so the call was told it was denied."
-        except (RedisError, OSError):
-            return outcome(request, operator, 503, "Redis is unreachable; try again in a moment.", error=True)
-        if not _is_htmx(request):
+        except (RedisError, OSError) as exc:
+            failure = redis_failure(exc)
+            return outcome(request, operator, failure.status_code, failure.detail, error=True)
+        if not is_htmx(request):
             message = error or f"You {approval.status} the {approval.tool} request."
             return outcome(request, operator, status, message, error=error is not None)
         caller = await _caller(ctx, approval.call_sid)
@@ -103,8 +102,9 @@ def add_action_routes(router: APIRouter, ctx: ConsoleContext) -> None:
             )
         except CommandError as exc:
             return outcome(request, operator, exc.status, str(exc), error=True)
-        except (RedisError, OSError):
-            return outcome(request, operator, 503, "Redis is unreachable; try again in a moment.", error=True)
+        except (RedisError, OSError) as exc:
+            failure = redis_failure(exc)
+            return outcome(request, operator, failure.status_code, failure.detail, error=True)
         log.info("operator %s asked %s to %s call %s", operator.name, result.instance_id, action, sid)
         return outcome(
             request, operator, 200 if result.delivered else 503, result.message, error=not result.delivered
@@ -121,7 +121,6 @@ def add_action_routes(router: APIRouter, ctx: ConsoleContext) -> None:
 
 async def _caller(ctx: ConsoleContext, sid: str) -> str:
     try:
-        masked, caller = await ctx.redis.hmget(ctx.keys.call(sid), ["caller_masked", "caller"])
+        return await ctx.queries.caller(sid)
     except (RedisError, OSError, KeySchemaError):
         return ""
-    return masked or (mask_number(caller) if caller else "")

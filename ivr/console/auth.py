@@ -14,17 +14,24 @@ forged cross-site request cannot carry one. Cookies they do attach, hence the to
 
 The origin check accepts ``IVR_PUBLIC_URL`` and the origin the request itself was sent to (its ``Host``):
 a browser's cross-site request carries the attacker's ``Origin`` with our ``Host``, so it is refused either
-way, while the console keeps working when opened as ``localhost`` rather than the public name.
+way, while the console keeps working when opened as ``localhost`` rather than the public name. The login form
+uses the same check (:meth:`Auth.check_origin`).
+
+Long-lived responses (the console's live streams, ``/api/calls/{sid}/events``) outlive the request's
+credentials: they call :meth:`Auth.still_allowed` every :attr:`Auth.recheck_s` seconds and end once the
+session is logged out or expired, or its operator removed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request, Response
 from redis.exceptions import RedisError
@@ -49,6 +56,8 @@ SESSION_COOKIE = "ivr_session"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Seconds between two checks of a live stream's credentials (:meth:`Auth.still_allowed`).
+RECHECK_S = 15.0
 _FORM_TYPE = "application/x-www-form-urlencoded"
 _STATE_ATTR = "ivr_auth"
 _UNSET = object()
@@ -85,6 +94,8 @@ class Auth:
         self.settings = settings
         self._store = store
         self._secure = settings.public_url.startswith("https://")
+        #: How often a long-lived stream re-checks its credentials (tests make it short).
+        self.recheck_s = RECHECK_S
 
     @property
     def store(self) -> OperatorStore | None:
@@ -108,21 +119,82 @@ class Auth:
         cached = getattr(request.state, _STATE_ATTR, _UNSET)
         if cached is not _UNSET:
             return cached  # type: ignore[return-value]
-        result: Authenticated | None = None
+        result = await self._credentials(request)
+        setattr(request.state, _STATE_ATTR, result)
+        return result
+
+    def known(self, request: Request) -> Authenticated | None:
+        """Who :meth:`authenticate` found for this request already, if it ran; never asks Redis."""
+        cached = getattr(request.state, _STATE_ATTR, None)
+        return cached if isinstance(cached, Authenticated) else None
+
+    async def still_allowed(self, request: Request, role: Role = "viewer") -> bool:
+        """Whether the request's credentials still hold *now*, for a response that outlives its request.
+
+        Checked afresh (not the per-request cache): the session must still be open (not logged out, not
+        expired) and its operator still exist with at least ``role``; a bearer token must still be valid.
+        Raises :class:`AuthUnavailable` when Redis cannot be reached.
+        """
+        who = await self._credentials(request)
+        return who is not None and who.operator.allows(role)
+
+    async def while_allowed(
+        self, request: Request, chunks: AsyncIterator[bytes], role: Role = "viewer"
+    ) -> AsyncIterator[bytes]:
+        """``chunks`` (a streaming response's body) until the request's credentials stop holding.
+
+        For streams that may stay idle for long: the next chunk is awaited in a task, so the credentials are
+        re-checked every :attr:`recheck_s` seconds even when nothing arrives. The stream then ends with an
+        SSE comment saying why; ``chunks`` is closed in every case.
+        """
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[bytes] | None = None
+        async with contextlib.aclosing(chunks):
+            try:
+                check_at = loop.time() + self.recheck_s
+                while True:
+                    if pending is None:
+                        pending = asyncio.ensure_future(anext(chunks))
+                    done, _ = await asyncio.wait({pending}, timeout=max(check_at - loop.time(), 0.0))
+                    if pending in done:
+                        try:
+                            chunk = pending.result()
+                        except StopAsyncIteration:
+                            return
+                        pending = None
+                        yield chunk
+                    if loop.time() >= check_at:
+                        check_at = loop.time() + self.recheck_s
+                        try:
+                            allowed = await self.still_allowed(request, role)
+                        except AuthUnavailable:
+                            yield b": cannot re-check the operator's credentials (Redis is unreachable)\n\n"
+                            return
+                        if not allowed:
+                            log.info("ended the stream %s: its credentials no longer hold", request.url.path)
+                            yield b": the session ended or the operator was removed; log in again\n\n"
+                            return
+            finally:
+                if pending is not None and not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await pending
+
+    async def _credentials(self, request: Request) -> Authenticated | None:
+        """The request's operator, read afresh (no cache); None when its credentials are missing or wrong."""
         header = request.headers.get("authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
             token = token.strip()
             if scheme.lower() == "bearer" and token:
                 operator = await self._by_token(token)
-                result = Authenticated(operator, None) if operator is not None else None
-        else:
-            cookie = request.cookies.get(SESSION_COOKIE)
-            if cookie:
-                session = await self._session(cookie)
-                result = Authenticated(session.operator, session) if session is not None else None
-        setattr(request.state, _STATE_ATTR, result)
-        return result
+                return Authenticated(operator, None) if operator is not None else None
+            return None
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            session = await self._session(cookie)
+            return Authenticated(session.operator, session) if session is not None else None
+        return None
 
     async def _by_token(self, token: str) -> Operator | None:
         bootstrap = self.settings.operator_token
@@ -142,22 +214,15 @@ class Auth:
             raise _redis_down(exc) from None
 
     # -- what may they do ---------------------------------------------------------------------------------
-    def require(
-        self, role: Role = "viewer", *, login_url: str | None = None
-    ) -> Callable[[Request], Awaitable[Operator]]:
+    def require(self, role: Role = "viewer") -> Callable[[Request], Awaitable[Operator]]:
         """A FastAPI dependency returning the :class:`Operator`, or raising 401/403/503.
 
-        With ``login_url`` (console pages), an unauthenticated GET is redirected there (303) with
-        ``?next=<path>`` instead of answering 401.
+        (The console turns a 401 on a page into a redirect to its login page: :mod:`ivr.console.web`.)
         """
 
         async def dependency(request: Request) -> Operator:
             who = await self.authenticate(request)
             if who is None:
-                if login_url is not None and request.method in SAFE_METHODS:
-                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                    location = f"{login_url}?next={quote(target, safe='/')}"
-                    raise HTTPException(303, "log in first", headers={"Location": location})
                 raise HTTPException(
                     401, self._unauthenticated_detail(), headers={"WWW-Authenticate": "Bearer"}
                 )
@@ -192,22 +257,7 @@ class Auth:
         ``request.body()`` after this check (the stream is consumed). Multipart bodies are not parsed here
         (their uploaded files would need closing): send the header with them.
         """
-        origin = request.headers.get("origin")
-        if origin is None:
-            referer = request.headers.get("referer")
-            origin = _origin_of(referer) if referer else None
-        if origin is not None and origin.lower() not in self._own_origins(request):
-            log.warning(
-                "refused a cookie-authenticated %s %s from origin %r",
-                request.method,
-                request.url.path,
-                origin,
-            )
-            raise HTTPException(
-                403,
-                f"cross-site request refused: it came from {origin}, not from this server "
-                f"({self.settings.public_url}); open the console there and try again",
-            )
+        self.check_origin(request)
         supplied = request.headers.get(CSRF_HEADER)
         if supplied is None and request.headers.get("content-type", "").lower().startswith(_FORM_TYPE):
             value = (await request.form()).get(CSRF_FIELD)
@@ -217,6 +267,25 @@ class Auth:
                 403,
                 f"missing or wrong CSRF token (form field {CSRF_FIELD!r} or header {CSRF_HEADER}); "
                 "reload the page and try again",
+            )
+
+    def check_origin(self, request: Request) -> None:
+        """403 when the request says it comes from another origin than this server's.
+
+        The ``Origin`` header, else the origin of the ``Referer``, must be ``IVR_PUBLIC_URL``'s or the one
+        the request was sent to; ``null`` (a sandboxed frame, a redirect chain, a ``file:`` page) is refused.
+        A request with neither header passes (what old browsers and non-browser clients send).
+        """
+        origin = request.headers.get("origin")
+        if origin is None:
+            referer = request.headers.get("referer")
+            origin = _origin_of(referer) if referer else None
+        if origin is not None and origin.lower() not in self._own_origins(request):
+            log.warning("refused a %s %s from origin %r", request.method, request.url.path, origin)
+            raise HTTPException(
+                403,
+                f"cross-site request refused: it came from {origin}, not from this server "
+                f"({self.settings.public_url}); open the console there and try again",
             )
 
     def _own_origins(self, request: Request) -> set[str]:

@@ -1,8 +1,14 @@
-"""What every console route shares: the app state, templates, the SSE hub, auth helpers, security headers.
+"""What every console route shares: the app state, templates, the SSE hub, auth helpers, security headers,
+and the HTML answers to errors.
 
 Services are looked up lazily (``state.services`` starts with the app's lifespan, after the routes exist),
 so the router can be built when the app is created and still find Redis, operators and approvals once the
 app is running; until then a route answers 503 with a sentence saying so.
+
+Errors of console routes (401, 403, 503… raised as ``HTTPException``, and Redis failures) are answered in
+HTML, because the console's script shows only HTML answers (:meth:`ConsoleContext.error_response`): a small
+fragment for htmx requests, a page otherwise, and a redirect to the login page for a browser that is not
+logged in.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import redis.asyncio as aioredis
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import escape
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ivr.console.render import environment
 from ivr.console.sse import SseHub
@@ -29,7 +38,16 @@ if TYPE_CHECKING:
     from ivr.console.queries import ConsoleQueries
     from ivr.store.keys import KeySchema
 
-__all__ = ["CSP", "ConsoleContext", "Page", "StaticFile", "security_headers"]
+__all__ = [
+    "CSP",
+    "ConsoleContext",
+    "Page",
+    "StaticFile",
+    "is_htmx",
+    "redis_failure",
+    "safe_console_path",
+    "security_headers",
+]
 
 #: Console pages run only the package's own scripts and styles: no inline script, no eval, no framing.
 CSP = (
@@ -52,6 +70,16 @@ _TYPES = {
 }
 #: Blocking XREADs of the hub's readers; its own client's socket timeout is above it.
 HUB_BLOCK_MS = 1000
+#: Titles of error pages by status.
+_TITLES = {
+    400: "Not understood",
+    401: "Not logged in",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Not changed",
+    422: "Not understood",
+    503: "Unavailable",
+}
 
 
 def security_headers(response: Response, *, cache: str = "no-store") -> Response:
@@ -60,6 +88,48 @@ def security_headers(response: Response, *, cache: str = "no-store") -> Response
         response.headers.setdefault(name, value)
     response.headers["Cache-Control"] = cache
     return response
+
+
+def is_htmx(request: Request) -> bool:
+    """True for a request htmx made (it answers into part of a page)."""
+    return request.headers.get("hx-request") == "true"
+
+
+def safe_console_path(value: Any) -> str:
+    """A console path to send a browser to (after login, a Back link), else ``/ops/``: no open redirect.
+
+    A full URL (a ``Referer``) keeps only its path, and the path must be the console's (``/ops…``, never
+    ``//host``, which a browser reads as another site).
+    """
+    if not isinstance(value, str):
+        return "/ops/"
+    if not value.startswith("/"):
+        try:
+            value = urlsplit(value).path
+        except ValueError:
+            return "/ops/"
+    if value.startswith("/ops") and not value.startswith("//"):
+        return value
+    return "/ops/"
+
+
+def redis_failure(exc: BaseException) -> HTTPException:
+    """What to answer when a Redis command failed: 503 "unreachable" only when it could not be reached.
+
+    Connection errors and time-outs (and OS-level socket errors) are an outage, worth retrying; any other
+    ``RedisError`` (a refused or malformed command) is a fault of this server, said as such (500).
+    """
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return HTTPException(
+            503,
+            "Redis, where the console reads everything, is unreachable right now; try again shortly.",
+            headers={"Retry-After": "5"},
+        )
+    return HTTPException(
+        500,
+        f"Redis refused the console's request ({type(exc).__name__}: {str(exc)[:200]}). This is a fault of "
+        "the server, not an outage: retrying will not help; the server's log has the details.",
+    )
 
 
 @dataclass(frozen=True)
@@ -161,20 +231,62 @@ class ConsoleContext:
         self.services_ready()
         return await self.auth.authenticate(request)
 
-    async def page(self, request: Request) -> Page | Response:
-        """The operator of a page request, or the response to send instead (login redirect, or 401)."""
+    async def page(self, request: Request) -> Page:
+        """The operator of a page request, with the session's CSRF token for its forms; else 401 (which
+        :meth:`error_response` turns into the login page for a browser)."""
         who = await self.who(request)
         if who is None:
-            accept = request.headers.get("accept", "")
-            if request.method == "GET" and "text/html" in accept and "hx-request" not in request.headers:
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return security_headers(RedirectResponse(f"/ops/login?next={quote(target, safe='/')}", 303))
             raise HTTPException(
                 401,
                 "log in at /ops/login, or send `Authorization: Bearer <token>` (ivr operators add)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return Page(who.operator, who.session.csrf if who.session is not None else "")
+
+    # -- errors ----------------------------------------------------------------------------------------------
+    def error_response(self, request: Request, exc: HTTPException) -> Response:
+        """An error of a console route in HTML (autoescaped), with the error's status and headers.
+
+        htmx requests get a one-line fragment (the console's script swaps error answers in place when they
+        are HTML); a browser opening a page while not logged in is sent to the login page (and back to the
+        page after login); anything else gets a small page saying what went wrong (a 401 with a link to the
+        login page).
+        """
+        status, message = exc.status_code, str(exc.detail)
+        message = message[:1].upper() + message[1:]
+        headers = dict(exc.headers or {})
+        if is_htmx(request):
+            return self.fragment(message, status, error=True, headers=headers)
+        link: dict[str, str] = {}
+        if status == 401:
+            if request.method == "GET":
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            else:  # a form sent after the session ended: back to the page it was sent from
+                target = safe_console_path(request.headers.get("referer"))
+            login = f"/ops/login?next={quote(target, safe='/')}"
+            if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+                return security_headers(RedirectResponse(login, 303))  # a browser opening a page
+            link = {"back": login, "back_label": "Log in"}
+        known = self.auth.known(request)
+        page = Page(known.operator, known.session.csrf if known.session else "") if known else None
+        response = self.html(
+            "message.html",
+            page,
+            status=status,
+            title=_TITLES.get(status, "Something went wrong" if status >= 500 else "Not done"),
+            message=message,
+            error=True,
+            **link,
+        )
+        response.headers.update(headers)
+        return response
+
+    def fragment(
+        self, message: str, status: int, *, error: bool, headers: dict[str, str] | None = None
+    ) -> Response:
+        """A one-line result for htmx to swap where the action was (its message escaped)."""
+        html = f'<span class="{"error" if error else "notice"}" role="status">{escape(message)}</span>'
+        return security_headers(HTMLResponse(html, status_code=status, headers=headers))
 
     # -- rendering -------------------------------------------------------------------------------------------
     def static_url(self, name: str) -> str:

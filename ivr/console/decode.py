@@ -23,13 +23,16 @@ from ivr.console.rows import (
     mask_data,
     split_heard,
 )
+from ivr.logs import mask_number
 from ivr.store.codec import decode_hash, loads_or_raw
 
 __all__ = [
+    "CALLER_FIELDS",
     "approval_row",
     "event_row",
     "instance_row",
     "json_dict",
+    "shown_caller",
     "to_float",
     "to_int",
     "tool_call",
@@ -39,6 +42,14 @@ __all__ = [
 ]
 
 _TRUE = {"1", "true", "True", "yes"}
+#: The call record's fields :func:`shown_caller` needs, in its argument order.
+CALLER_FIELDS = ("caller_masked", "caller")
+
+
+def shown_caller(masked: str | None, raw: str | None) -> str:
+    """The caller as the console shows it: the record's ``caller_masked``, else its raw ``caller`` masked
+    here (records written before ``caller_masked`` existed); ``-`` when there is neither."""
+    return masked or mask_number(raw)
 
 
 def to_float(value: Any) -> float | None:

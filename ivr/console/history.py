@@ -15,7 +15,9 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis.asyncio as aioredis
 
@@ -23,6 +25,7 @@ from ivr.console.rows import CallRow
 from ivr.store.keys import KeySchema
 
 __all__ = [
+    "MAX_PAGE",
     "MAX_PER_PAGE",
     "HistoryFilter",
     "HistoryPage",
@@ -32,6 +35,8 @@ __all__ = [
 
 #: Largest page the history serves (also the largest export of one request).
 MAX_PER_PAGE = 200
+#: Highest page number the history serves (its offset must stay a number Redis takes).
+MAX_PAGE = 100_000
 #: Longest transcript search text accepted.
 MAX_TEXT = 200
 #: Candidates read per round trip while scanning (one ZREVRANGEBYSCORE plus one pipelined HMGET): the first
@@ -91,26 +96,21 @@ class HistoryFilter:
         return f
 
     @classmethod
-    def from_query(cls, params: Mapping[str, str]) -> HistoryFilter:
-        """From URL query parameters of the same names (``since``/``until`` in epoch seconds); checked."""
-
-        def number(name: str) -> float | None:
-            raw = (params.get(name) or "").strip()
-            if not raw:
-                return None
-            try:
-                return float(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a time in epoch seconds, got {raw!r}") from None
-
+    def from_form(cls, params: Mapping[str, str]) -> HistoryFilter:
+        """From the history page's form (``from``/``to`` are local times in the operator's zone ``tz``, an
+        IANA name or an offset; ``caller`` the number's last digits); checked."""
+        zone = _zone(params.get("tz", ""))
+        until = _epoch(params.get("to", ""), zone, "To")
+        if until is not None and len(params.get("to", "").strip()) <= 16:
+            until += 59.999  # "to 10:30" includes calls that ended during that minute
         return cls(
-            since=number("since"),
-            until=number("until"),
-            flow=params.get("flow"),
-            outcome=params.get("outcome"),
-            instance=params.get("instance"),
-            caller_digits=params.get("caller_digits"),
-            text=params.get("text"),
+            since=_epoch(params.get("from", ""), zone, "From"),
+            until=until,
+            flow=params.get("flow") or None,
+            outcome=params.get("outcome") or None,
+            instance=params.get("instance") or None,
+            caller_digits=(params.get("caller") or "").strip() or None,
+            text=params.get("text") or None,
         ).checked()
 
     def index_filters(self, keys: KeySchema) -> dict[str, tuple[str, str]]:
@@ -165,6 +165,36 @@ class ScanResult:
     exhausted: bool = False
     #: Matches seen (those skipped for the offset included).
     matches: int = 0
+
+
+def _zone(name: str) -> timezone | ZoneInfo:
+    """The operator's time zone from the browser: an IANA name (``Europe/Paris``) or offset (``+02:00``)."""
+    name = (name or "").strip()
+    if not name:
+        return UTC
+    if name[0] in "+-" and len(name) in (5, 6):
+        digits = name[1:].replace(":", "")
+        if digits.isdigit() and len(digits) == 4:
+            delta = timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+            return timezone(delta if name[0] == "+" else -delta)
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}; use a name like Europe/Paris or an offset like +02:00"
+        ) from None
+
+
+def _epoch(local: str, zone: timezone | ZoneInfo, what: str) -> float | None:
+    if not local.strip():
+        return None
+    try:
+        naive = datetime.fromisoformat(local.strip())
+    except ValueError:
+        raise ValueError(f"{what} must be a date and time like 2026-03-02T09:30, got {local!r}") from None
+    if naive.tzinfo is not None:
+        return naive.timestamp()
+    return naive.replace(tzinfo=zone).timestamp()
 
 
 def _first_line(text: str, needle: str) -> str | None:

@@ -10,10 +10,17 @@ call's stream, closing after ``call.ended``) and ``/ops/fleet/events`` (one shar
 is the Redis stream id; a reconnecting browser sends it back as ``Last-Event-ID`` and resumes exactly after
 it (see :mod:`ivr.console.sse`); without one, ``?after=<id>`` (embedded by the page that rendered the
 snapshot) says where the page's snapshot ended.
+
+A stream ends by itself when its operator's credentials stop holding (checked every ``Auth.recheck_s``
+seconds: logged out, session expired, operator removed) with a ``reload`` event, so the page goes to the
+login page; and when Redis fails under it, with a comment (the browser reconnects and gets a clean 503
+while Redis is down: the join and the first replay page are read before the response starts).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,6 +30,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
+from ivr.console.auth import AuthUnavailable
 from ivr.console.context import ConsoleContext, security_headers
 from ivr.console.decode import approval_row, event_row, to_float, turns
 from ivr.console.operators import Operator
@@ -34,11 +42,14 @@ from ivr.store.keys import KeySchemaError
 
 __all__ = ["add_live_routes"]
 
+log = logging.getLogger("ivr.console.live")
+
 #: Comment sent on an idle stream so proxies keep it open.
 HEARTBEAT_S = 15.0
 #: How long an ended call's row and a decided approval stay on the board before they leave.
 LINGER_S = 10.0
 _RELOAD = "too far behind to replay; reload the page"
+_LOGGED_OUT = "your login ended (logged out, expired or removed); log in again"
 #: Seconds between two fleet refreshes (one Redis read per instance, shared by every browser).
 FLEET_EVERY_S = 5.0
 _HEADER_TYPES = frozenset(
@@ -99,8 +110,7 @@ class LiveViews:
             row = pending.get(aid) or await self._approval(aid)
             return Update("approval", {"a": row}) if row is not None else Update()
         if event.type == "approval.decided" and isinstance(aid, str):
-            caller = await self.ctx.redis.hget(self.ctx.keys.call(sid), "caller_masked") if sid else None
-            row = await self._approval(aid, caller or "")
+            row = await self._approval(aid, await self.ctx.queries.caller(sid) if sid else "")
             return Update("approval", {"a": row}) if row is not None else Update()
         return Update()
 
@@ -177,9 +187,10 @@ def _resume_from(request: Request) -> str | None:
 def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
     """Register the console's SSE endpoints on ``router`` (mounted at /ops)."""
     views = LiveViews(ctx)
-    viewer = Depends(_require(ctx, "viewer"))
+    viewer = Depends(ctx.auth.require("viewer"))
 
     def stream(
+        request: Request,
         batches: AsyncIterator[list[StreamEntry] | None],
         render: Callable[[StreamEntry], str],
         *,
@@ -188,43 +199,72 @@ def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
         stop_after: Callable[[StreamEntry], bool] = lambda _e: False,
         end_when_done: bool = False,
     ) -> StreamingResponse:
+        def encode(batch: list[StreamEntry]) -> tuple[bytes, bool]:
+            """One write for a batch, and whether the stream is over after it.
+
+            Entries that change nothing on the page (most of a busy stream) send no message of their own:
+            only the batch's last id goes out, so a reconnect resumes after it.
+            """
+            chunk: list[bytes] = []
+            unsent_id: str | None = None
+            for entry in batch:
+                if entry is RESYNC:
+                    chunk.append(format_event(_RELOAD, event="reload"))
+                    return b"".join(chunk), True
+                html = render(entry)
+                if html:
+                    chunk.append(format_event(html, event=event, id=entry.id if with_ids else None))
+                    unsent_id = None
+                elif with_ids:
+                    unsent_id = entry.id
+                if stop_after(entry):
+                    if unsent_id is not None:
+                        chunk.append(f"id: {unsent_id}\n\n".encode())
+                    chunk.append(format_event("ended", event="end"))
+                    return b"".join(chunk), True
+            if unsent_id is not None:
+                chunk.append(f"id: {unsent_id}\n\n".encode())
+            return b"".join(chunk), False
+
         async def body() -> AsyncIterator[bytes]:
+            auth = ctx.auth
             quiet_since = time.monotonic()
+            check_at = quiet_since + auth.recheck_s
             yield b"retry: 2000\n\n"
-            async for batch in batches:
-                if ctx.state.calls.draining:
-                    return  # a draining instance sheds its streams: browsers resume on a healthy one
-                if batch is None:
-                    if time.monotonic() - quiet_since >= HEARTBEAT_S:
+            try:
+                # aclosing: the hub forgets this subscriber as soon as the stream ends, not when collected.
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
+                        if ctx.state.calls.draining:
+                            return  # a draining instance sheds its streams: browsers resume on a healthy one
+                        if time.monotonic() >= check_at:
+                            check_at = time.monotonic() + auth.recheck_s
+                            if not await auth.still_allowed(request):
+                                log.info("ended the live stream %s: its login ended", request.url.path)
+                                yield format_event(_LOGGED_OUT, event="reload")
+                                return
+                        if batch is None:
+                            if time.monotonic() - quiet_since >= HEARTBEAT_S:
+                                quiet_since = time.monotonic()
+                                yield format_comment()
+                            continue
                         quiet_since = time.monotonic()
-                        yield format_comment()
-                    continue
-                quiet_since = time.monotonic()
-                # One write per batch. Entries that change nothing on the page (most of a busy stream) send
-                # no message of their own: only the batch's last id goes out, so a reconnect resumes after it.
-                chunk: list[bytes] = []
-                unsent_id: str | None = None
-                for entry in batch:
-                    if entry is RESYNC:
-                        chunk.append(format_event(_RELOAD, event="reload"))
-                        yield b"".join(chunk)
-                        return
-                    html = render(entry)
-                    if html:
-                        chunk.append(format_event(html, event=event, id=entry.id if with_ids else None))
-                        unsent_id = None
-                    elif with_ids:
-                        unsent_id = entry.id
-                    if stop_after(entry):
-                        if unsent_id is not None:
-                            chunk.append(f"id: {unsent_id}\n\n".encode())
-                        chunk.append(format_event("ended", event="end"))
-                        yield b"".join(chunk)
-                        return
-                if unsent_id is not None:
-                    chunk.append(f"id: {unsent_id}\n\n".encode())
-                if chunk:
-                    yield b"".join(chunk)
+                        chunk, over = encode(batch)
+                        if chunk:
+                            yield chunk
+                        if over:
+                            return
+            except (RedisError, OSError, AuthUnavailable) as exc:
+                # The headers are sent: no status to change. End cleanly; the browser reconnects (and
+                # gets a 503 while Redis stays down). One log line: Auth has already said why it failed.
+                path = request.url.path
+                if isinstance(exc, AuthUnavailable):
+                    log.info("ended the live stream %s: its login cannot be re-checked without Redis", path)
+                else:
+                    why = f"{type(exc).__name__}: {exc}"
+                    log.warning("ended the live stream %s: Redis failed (%s)", path, why)
+                yield format_comment("a Redis read failed; reconnecting")
+                return
             if end_when_done:
                 yield format_event("ended", event="end")
 
@@ -247,13 +287,13 @@ def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
     async def board_events(request: Request, operator: Operator = viewer) -> StreamingResponse:
         _refuse_while_draining()
         after = _resume_from(request)
-        batches = ctx.hub.follow_batches(ctx.keys.events(), after, views.prepare_board)
+        batches = await _started(ctx.hub.follow_batches(ctx.keys.events(), after, views.prepare_board))
 
         def render(entry: StreamEntry) -> str:
             update = entry.prepared if isinstance(entry.prepared, Update) else Update()
             return cached(entry, _variant(operator), lambda: views.render_board(update, operator))
 
-        return stream(batches, render)
+        return stream(request, batches, render)
 
     @router.get("/calls/{sid}/events")
     async def call_events(sid: str, request: Request, operator: Operator = viewer) -> StreamingResponse:
@@ -262,10 +302,7 @@ def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
             key = ctx.keys.call_events(sid)
         except KeySchemaError:
             raise HTTPException(404, f"no call {sid!r}") from None
-        try:
-            exists, ended_at = await ctx.redis.hmget(ctx.keys.call(sid), ["call_sid", "ended_at"])
-        except (RedisError, OSError):
-            raise HTTPException(503, "Redis is unreachable; the page reconnects by itself") from None
+        exists, ended_at = await ctx.redis.hmget(ctx.keys.call(sid), ["call_sid", "ended_at"])
         if exists is None and ended_at is None:
             raise HTTPException(404, f"no call {sid} in Redis (unknown, or its record expired)")
         after = _resume_from(request) or "0-0"
@@ -275,13 +312,14 @@ def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
 
         if to_float(ended_at) is not None:
             # Nothing more will come: replay what is left, then tell the page to stop listening.
-            return stream(_replay(ctx, key, after, prepare), render_for(operator), end_when_done=True)
-        batches = ctx.hub.follow_batches(key, after, prepare)
+            replay = await _started(_replay(ctx, key, after, prepare))
+            return stream(request, replay, render_for(operator), end_when_done=True)
+        batches = await _started(ctx.hub.follow_batches(key, after, prepare))
 
         def ended(entry: StreamEntry) -> bool:
             return entry.fields.get("type") == "call.ended"
 
-        return stream(batches, render_for(operator), stop_after=ended)
+        return stream(request, batches, render_for(operator), stop_after=ended)
 
     def render_for(operator: Operator) -> Callable[[StreamEntry], str]:
         def render(entry: StreamEntry) -> str:
@@ -291,14 +329,33 @@ def add_live_routes(router: APIRouter, ctx: ConsoleContext) -> None:
         return render
 
     @router.get("/fleet/events")
-    async def fleet_events(operator: Operator = viewer) -> StreamingResponse:
+    async def fleet_events(request: Request, operator: Operator = viewer) -> StreamingResponse:
         _refuse_while_draining()
 
         async def produce(_entry: StreamEntry) -> str:
             return ctx.render("_fleet.html", instances=await ctx.queries.fleet())
 
         ticks = ctx.hub.tick("fleet", FLEET_EVERY_S, produce)
-        return stream(_batched(ticks), lambda e: e.prepared or "", event="fleet", with_ids=False)
+        return stream(request, _batched(ticks), lambda e: e.prepared or "", event="fleet", with_ids=False)
+
+
+async def _started(
+    batches: AsyncIterator[list[StreamEntry] | None],
+) -> AsyncIterator[list[StreamEntry] | None]:
+    """``batches`` with its first batch read now, before the response starts.
+
+    That first batch is the join and the first replay page (both read Redis), so a Redis outage at connect
+    time raises here and the route answers a clean 503, rather than failing after a 200 was sent.
+    """
+    first = await anext(batches)
+
+    async def rest() -> AsyncIterator[list[StreamEntry] | None]:
+        async with contextlib.aclosing(batches):
+            yield first
+            async for batch in batches:
+                yield batch
+
+    return rest()
 
 
 async def _batched(entries: AsyncIterator[StreamEntry | None]) -> AsyncIterator[list[StreamEntry] | None]:
@@ -309,8 +366,12 @@ async def _batched(entries: AsyncIterator[StreamEntry | None]) -> AsyncIterator[
 async def _replay(
     ctx: ConsoleContext, key: str, after: str, prepare: Callable[[StreamEntry], Any]
 ) -> AsyncIterator[list[StreamEntry] | None]:
-    """The entries of an ended call's stream after ``after``, without a live reader (none will come)."""
+    """The entries of an ended call's stream after ``after``, without a live reader (none will come).
+
+    The first page comes even when it is empty (see :func:`_started`).
+    """
     start = "(" + after
+    first = True
     while True:
         page = await ctx.redis.xrange(key, min=start, max="+", count=500)
         batch = []
@@ -318,18 +379,9 @@ async def _replay(
             entry = StreamEntry(entry_id, fields)
             entry.prepared = await prepare(entry)
             batch.append(entry)
-        if batch:
+        if batch or first:
             yield batch
+        first = False
         if len(page) < 500:
             return
         start = "(" + page[-1][0]
-
-
-def _require(ctx: ConsoleContext, role: str) -> Callable[[Request], Any]:
-    """``auth.require(role)``, resolved per request (the app's Auth exists once the app runs)."""
-
-    async def dependency(request: Request) -> Operator:
-        ctx.services_ready()
-        return await ctx.auth.require(role)(request)  # type: ignore[arg-type]
-
-    return dependency

@@ -200,6 +200,8 @@ class OperatorStore:
     async def add(self, name: str, role: Role) -> str:
         """Create an operator; returns its login token, which is not stored and cannot be shown again."""
         check_name(name)
+        if name in (".", ".."):  # a browser would read /ops/operators/../remove as /ops/remove
+            raise OperatorError(f"operator name {name!r} is not allowed: URLs read it as a folder")
         check_role(role)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = token_digest(token)

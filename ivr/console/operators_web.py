@@ -23,7 +23,6 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ivr.console.context import ConsoleContext, Page, security_headers
-from ivr.console.live import _require
 from ivr.console.operators import (
     BOOTSTRAP_ADMIN,
     ROLES,
@@ -54,18 +53,13 @@ def _sentence(text: str) -> str:
 
 def add_operator_routes(router: APIRouter, ctx: ConsoleContext) -> None:
     """Register GET/POST /operators and POST /operators/{name}/remove on ``router`` (mounted at /ops)."""
-    admin = Depends(_require(ctx, "admin"))
+    admin = Depends(ctx.auth.require("admin"))
 
     def store() -> OperatorStore:
         found = ctx.state.services.operators
         if found is None:
             raise HTTPException(503, "the server is still starting (operators live in Redis); try again")
         return found
-
-    async def page_of(request: Request) -> Page:
-        page = await ctx.page(request)
-        assert isinstance(page, Page)  # the admin dependency has authenticated the request
-        return page
 
     async def render(page: Page, *, status: int = 200, **context: Any) -> Response:
         context.setdefault("form", {})
@@ -95,9 +89,7 @@ def add_operator_routes(router: APIRouter, ctx: ConsoleContext) -> None:
 
     @router.get("/operators")
     async def operators_page(request: Request) -> Response:
-        page = await ctx.page(request)
-        if not isinstance(page, Page):
-            return page  # not logged in: the login page (browsers) or 401
+        page = await ctx.page(request)  # not logged in: the login page (browsers) or 401
         try:
             await ctx.auth.require("admin")(request)
         except HTTPException as exc:
@@ -118,7 +110,7 @@ def add_operator_routes(router: APIRouter, ctx: ConsoleContext) -> None:
 
     @router.post("/operators")
     async def add(request: Request, operator: Operator = admin) -> Response:
-        page = await page_of(request)
+        page = await ctx.page(request)
         form = await request.form()
         name_raw, role_raw = form.get("name"), form.get("role")
         name = name_raw.strip() if isinstance(name_raw, str) else ""
@@ -150,7 +142,7 @@ def add_operator_routes(router: APIRouter, ctx: ConsoleContext) -> None:
 
     @router.post("/operators/{name}/remove")
     async def remove(name: str, request: Request, operator: Operator = admin) -> Response:
-        page = await page_of(request)
+        page = await ctx.page(request)
         if name.lower() == BOOTSTRAP_ADMIN.name:
             message = (
                 f"{name} is the bootstrap admin: it logs in with IVR_OPERATOR_TOKEN, which is set on the "

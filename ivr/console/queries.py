@@ -21,17 +21,19 @@ import redis.asyncio as aioredis
 from ivr.approvals.store import ApprovalStore
 from ivr.console.commands import FlowLookup
 from ivr.console.decode import (
+    CALLER_FIELDS,
     approval_row,
     event_row,
     instance_row,
     json_dict,
+    shown_caller,
     to_float,
     tool_call,
     total_tokens,
     transcript_line,
     turns,
 )
-from ivr.console.history import MAX_PER_PAGE, HistoryFilter, HistoryPage, scan_history
+from ivr.console.history import MAX_PAGE, MAX_PER_PAGE, HistoryFilter, HistoryPage, scan_history
 from ivr.console.rows import ApprovalRow, CallDetail, CallRow, InstanceRow, rows_to_csv, rows_to_json
 from ivr.logs import mask_number
 from ivr.store.codec import decode_hash
@@ -113,11 +115,10 @@ class ConsoleQueries:
         usage = json_dict(raw["usage"])
         ended_at = to_float(raw["ended_at"])
         flow_id = raw["flow_id"] or ""
-        caller = raw["caller_masked"] or mask_number(raw["caller"])
         return CallRow(
             call_sid=raw["call_sid"] or sid,
             flow_id=flow_id,
-            caller=caller,
+            caller=shown_caller(raw["caller_masked"], raw["caller"]),
             called=mask_number(raw["called"]),
             instance_id=raw["instance_id"] or "",
             started_at=to_float(raw["started_at"]),
@@ -167,6 +168,10 @@ class ConsoleQueries:
             found = await pipe.execute()
         return {iid: bool(n) for iid, n in zip(ids, found, strict=True)}
 
+    async def caller(self, sid: str) -> str:
+        """The call's caller as the console shows it (masked); ``-`` when the record has none."""
+        return shown_caller(*await self.redis.hmget(self.keys.call(sid), list(CALLER_FIELDS)))
+
     # ------------------------------------------------------------------------------------------ live
     async def live_calls(self) -> list[CallRow]:
         """Calls in progress on every instance, newest first, each with its latest transcript line."""
@@ -215,8 +220,8 @@ class ConsoleQueries:
         ``with_transcript`` fills each row's ``transcript`` (for exports). Raises ValueError for a bad
         filter, page or page size, with the reason.
         """
-        if not isinstance(page, int) or page < 1:
-            raise ValueError(f"page must be 1 or more, got {page!r}")
+        if not isinstance(page, int) or not 1 <= page <= MAX_PAGE:
+            raise ValueError(f"page must be 1 or more and at most {MAX_PAGE}, got {page!r}")
         if not isinstance(per_page, int) or not 1 <= per_page <= MAX_PER_PAGE:
             raise ValueError(f"per_page must be between 1 and {MAX_PER_PAGE}, got {per_page!r}")
         f = f.checked()
@@ -317,7 +322,7 @@ class ConsoleQueries:
         if sids:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for sid in sids:
-                    pipe.hmget(self.keys.call(sid), ["caller_masked", "caller"])
+                    pipe.hmget(self.keys.call(sid), list(CALLER_FIELDS))
                     pipe.xrevrange(self.keys.transcript(sid), count=_TAIL_LINES)
                 replies = await pipe.execute()
             for i, sid in enumerate(sids):
@@ -326,7 +331,7 @@ class ConsoleQueries:
                     (f.get("text", "") for _, f in replies[2 * i + 1] if f.get("role") in ("caller", "user")),
                     None,
                 )
-                context[sid] = (masked or mask_number(caller), last)
+                context[sid] = (shown_caller(masked, caller), last)
         return [approval_row(a, *context.get(a.call_sid, ("-", None))) for a in pending]
 
 

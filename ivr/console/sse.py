@@ -167,6 +167,10 @@ class SseHub:
 
         What a server-sent-event response wants: one socket write per batch rather than per entry, which is
         most of what following a busy stream costs when many browsers do it.
+
+        The first batch comes as soon as the subscriber has joined and read the first page of its replay,
+        even when that page is empty (``[]``): awaiting it is how a caller learns, before it answers its
+        client, that Redis could be read (a Redis error raises there, with the subscriber already gone).
         """
         if after not in (None, "$"):
             parse_stream_id(after)
@@ -178,10 +182,9 @@ class SseHub:
             last = parse_stream_id(after)
             start = "(" + after
             replayed = 0
+            first = True
             while True:
                 page = await redis.xrange(key, min=start, max="+", count=500)
-                if not page:
-                    break
                 replayed += len(page)
                 if replayed > self.replay_limit:
                     yield [RESYNC]
@@ -191,11 +194,14 @@ class SseHub:
                     entry = StreamEntry(entry_id, fields)
                     await self._prepare(topic, entry)
                     batch.append(entry)
-                last = parse_stream_id(page[-1][0])
-                yield batch
-                start = "(" + page[-1][0]
+                if page:
+                    last = parse_stream_id(page[-1][0])
+                if batch or first:
+                    yield batch
+                first = False
                 if len(page) < 500:
                     break
+                start = "(" + page[-1][0]
             async for live in self._drain(sub):
                 if live is not None:
                     live = [entry for entry in live if parse_stream_id(entry.id) > last]  # not replayed

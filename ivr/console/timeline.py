@@ -117,6 +117,8 @@ def describe(event: EventRow, approvals: Mapping[str, ApprovalRow] | None = None
         return item("", "Caller interrupted the agent", detail)
     if kind == "model.reconnected":
         return item("", "Model connection re-established")
+    if kind == "model.rolled_over":
+        return item("", "Model session renewed", "before the provider's session limit; nothing was lost")
     if kind == "model.fallback":
         detail = f"{data.get('previous') or '?'} → {data.get('engine') or '?'}"
         if data.get("reason"):

@@ -20,18 +20,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 
 from ivr.console.actions import add_action_routes
-from ivr.console.context import ConsoleContext, Page, security_headers
+from ivr.console.context import ConsoleContext, redis_failure, safe_console_path, security_headers
+from ivr.console.history import MAX_PAGE, HistoryFilter, HistoryPage
 from ivr.console.live import add_live_routes
 from ivr.console.operators_web import add_operator_routes
 from ivr.console.timeline import describe, latency_strip, line_of
@@ -61,32 +60,40 @@ EXPORT_PER_PAGE = 200
 _BAD_TOKEN = "That token is not valid. Check it was copied whole, or ask an administrator for a new one."
 
 
-class _ConsoleRoute(APIRoute):
-    """A console route: an unreachable Redis is a 503 with a sentence, not a stack trace."""
+def _console_route(ctx: ConsoleContext) -> type[APIRoute]:
+    """The route class of the console: its errors answered in HTML, Redis failures with a sentence."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    class ConsoleRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
 
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (RedisError, OSError) as exc:
-                log.warning("console %s %s: Redis is unreachable (%s)", request.method, request.url.path, exc)
-                message = (
-                    "Redis, where the console reads everything, is unreachable right now; try again shortly."
-                )
-                return security_headers(
-                    PlainTextResponse(message, status_code=503, headers={"Retry-After": "5"})
-                )
+            async def guarded(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except HTTPException as exc:
+                    return ctx.error_response(request, exc)
+                except (RedisError, OSError) as exc:
+                    failure = redis_failure(exc)
+                    if failure.status_code == 503:
+                        log.warning(
+                            "console %s %s: Redis is unreachable (%s)", request.method, request.url.path, exc
+                        )
+                    else:
+                        log.error(
+                            "console %s %s: Redis error", request.method, request.url.path, exc_info=exc
+                        )
+                    return ctx.error_response(request, failure)
 
-        return guarded
+            return guarded
+
+    return ConsoleRoute
 
 
 class ConsoleRouter(APIRouter):
     """The console's routes plus what must be stopped with the app (its SSE hub)."""
 
     def __init__(self, ctx: ConsoleContext) -> None:
-        super().__init__(prefix="/ops", include_in_schema=False, route_class=_ConsoleRoute)
+        super().__init__(prefix="/ops", include_in_schema=False, route_class=_console_route(ctx))
         self.ctx = ctx
 
     async def aclose(self) -> None:
@@ -94,60 +101,14 @@ class ConsoleRouter(APIRouter):
         await self.ctx.close()
 
 
-def _safe_next(value: Any) -> str:
-    """Only a console path may be a post-login destination (no open redirect to another site)."""
-    if isinstance(value, str) and value.startswith("/ops") and not value.startswith("//"):
-        return value
-    return "/ops/"
-
-
-def _zone(name: str) -> timezone | ZoneInfo:
-    """The operator's time zone from the browser: an IANA name (``Europe/Paris``) or offset (``+02:00``)."""
-    name = (name or "").strip()
-    if not name:
-        return UTC
-    if name[0] in "+-" and len(name) in (5, 6):
-        digits = name[1:].replace(":", "")
-        if digits.isdigit() and len(digits) == 4:
-            delta = timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
-            return timezone(delta if name[0] == "+" else -delta)
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown time zone {name!r}; use a name like Europe/Paris or an offset like +02:00"
-        ) from None
-
-
-def _epoch(local: str, zone: timezone | ZoneInfo, what: str) -> float | None:
-    if not local.strip():
-        return None
-    try:
-        naive = datetime.fromisoformat(local.strip())
-    except ValueError:
-        raise ValueError(f"{what} must be a date and time like 2026-03-02T09:30, got {local!r}") from None
-    if naive.tzinfo is not None:
-        return naive.timestamp()
-    return naive.replace(tzinfo=zone).timestamp()
-
-
-def history_filter(params: dict[str, str]) -> Any:
-    """The history filter from the page's form (local times in the operator's zone) → HistoryFilter."""
-    from ivr.console.history import HistoryFilter
-
-    zone = _zone(params.get("tz", ""))
-    until = _epoch(params.get("to", ""), zone, "To")
-    if until is not None and len(params.get("to", "").strip()) <= 16:
-        until += 59.999  # "to 10:30" includes calls that ended during that minute
-    return HistoryFilter(
-        since=_epoch(params.get("from", ""), zone, "From"),
-        until=until,
-        flow=params.get("flow") or None,
-        outcome=params.get("outcome") or None,
-        instance=params.get("instance") or None,
-        caller_digits=(params.get("caller") or "").strip() or None,
-        text=params.get("text") or None,
-    ).checked()
+def _page_number(raw: str | None) -> int:
+    """``?page=`` of the history: a whole number from 1 to MAX_PAGE, else 400 saying so."""
+    if raw is None or not raw.strip():
+        return 1
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 7 or not 1 <= int(text) <= MAX_PAGE:
+        raise HTTPException(400, f"page must be a whole number from 1 to {MAX_PAGE:,}, got {raw[:40]!r}")
+    return int(text)
 
 
 def console_router(state: AppState) -> ConsoleRouter:
@@ -179,19 +140,15 @@ def console_router(state: AppState) -> ConsoleRouter:
     # -- login and logout -----------------------------------------------------------------------------------
     @router.get("/login")
     async def login_form(request: Request) -> Response:
-        return ctx.html("login.html", None, next=_safe_next(request.query_params.get("next")), me=None)
+        next_path = safe_console_path(request.query_params.get("next"))
+        return ctx.html("login.html", None, next=next_path, me=None)
 
     @router.post("/login")
     async def login(request: Request) -> Response:
         ctx.services_ready()
-        origin = request.headers.get("origin")
-        if origin and urlsplit(origin).netloc not in (
-            request.headers.get("host"),
-            urlsplit(state.settings.public_url).netloc,
-        ):
-            raise HTTPException(403, f"cross-site login refused (origin {origin})")
+        ctx.auth.check_origin(request)  # no login CSRF: a foreign page cannot log a browser in
         form = await request.form()
-        token, target = form.get("token"), _safe_next(form.get("next"))
+        token, target = form.get("token"), safe_console_path(form.get("next"))
         session = await ctx.auth.login(token) if isinstance(token, str) else None
         if session is None:
             return ctx.html("login.html", None, status=401, error=_BAD_TOKEN, next=target, me=None)
@@ -213,8 +170,6 @@ def console_router(state: AppState) -> ConsoleRouter:
     @router.get("/")
     async def board(request: Request) -> Response:
         page = await ctx.page(request)
-        if not isinstance(page, Page):
-            return page
         newest = await ctx.redis.xrevrange(ctx.keys.events(), "+", "-", count=1)  # before the snapshot
         last_id = newest[0][0] if newest else "0-0"
         calls = await ctx.queries.live_calls()
@@ -233,11 +188,8 @@ def console_router(state: AppState) -> ConsoleRouter:
     @router.get("/calls/{sid}")
     async def call_page(sid: str, request: Request) -> Response:
         page = await ctx.page(request)
-        if not isinstance(page, Page):
-            return page
         try:
             detail = await ctx.queries.call(sid)
-            greeting = await ctx.redis.hget(ctx.keys.call(sid), "greeting_ms") if detail else None
         except KeySchemaError:
             detail = None
         if detail is None:
@@ -258,26 +210,21 @@ def console_router(state: AppState) -> ConsoleRouter:
             lines=lines,
             events=items,
             last_id=last_id,
-            lat=latency_strip(detail.turns, greeting),
+            lat=latency_strip(detail.turns, detail.greeting_ms),
         )
 
     @router.get("/history")
     async def history(request: Request) -> Response:
         page = await ctx.page(request)
-        if not isinstance(page, Page):
-            return page
         params = dict(request.query_params)
         export = params.get("format")
         if export not in (None, "", "csv", "json"):
             raise HTTPException(400, f"format must be csv or json, got {export!r}")
-        try:
-            number = max(int(params.get("page") or 1), 1)
-        except ValueError:
-            number = 1
+        number = _page_number(params.get("page"))
         error = None
         try:
             result = await ctx.queries.history(
-                history_filter(params),
+                HistoryFilter.from_form(params),
                 page=number,
                 per_page=EXPORT_PER_PAGE if export else PER_PAGE,
                 with_transcript=bool(export),
@@ -296,8 +243,6 @@ def console_router(state: AppState) -> ConsoleRouter:
             return "/ops/history?" + urlencode(query)
 
         if result is None:
-            from ivr.console.history import HistoryPage
-
             result = HistoryPage([], 0, 1, PER_PAGE, has_next=False)
         return ctx.html(
             "history.html",
@@ -315,8 +260,6 @@ def console_router(state: AppState) -> ConsoleRouter:
     @router.get("/fleet")
     async def fleet(request: Request) -> Response:
         page = await ctx.page(request)
-        if not isinstance(page, Page):
-            return page
         return ctx.html(
             "fleet.html", page, nav="fleet", live_stream=True, instances=await ctx.queries.fleet()
         )
