@@ -504,7 +504,12 @@ async def _report(
         "bookings": booked,
         "approvals": demo.approvals,
         "transcript": [
-            {"role": e.get("role"), "text": e.get("text")}
+            {
+                "role": e.get("role"),
+                "text": e.get("text"),
+                # An agent line the caller did not hear to its end says how much they heard.
+                **{k: e[k] for k in ("interrupted", "heard_ms", "total_ms") if k in e},
+            }
             for e in call.transcript
             if e.get("type") == "transcript"
         ],
