@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +31,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 from starlette.datastructures import ImmutableMultiDict
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -42,13 +45,23 @@ from .console.commands import Action
 from .console.web import console_router
 from .flows import FlowSet
 from .flows.hours import after_hours_decision
+from .limits import BodyLimit, FailureLimiter
 from .logs import mask_number, redact
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .settings import Settings
 from .state import RedisServices
+from .store.keys import KeySchemaError
 from .telephony import media_stream as tw
 from .telephony.rest import CallController
 from .telephony.signature import SignatureChecker
+from .telephony.stream_token import (
+    TOKEN_PARAMETER,
+    OnceClaims,
+    Refusal,
+    StreamBinding,
+    StreamTokens,
+    derive_key,
+)
 from .telephony.twiml import connect_stream, dial, say_and_hang_up
 
 log = logging.getLogger("ivr.app")
@@ -57,11 +70,21 @@ log = logging.getLogger("ivr.app")
 START_TIMEOUT_S = 10.0
 DRAINING_MESSAGE = "Sorry, we can't take your call right now. Please call again in a minute. Goodbye."
 _TERMINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+#: Ended calls whose record and events stay in this instance's memory (the rest are read from Redis).
+KEEP_ENDED_CALLS = 50
 #: A bootstrap admin token shorter than this draws a start-up warning.
 MIN_OPERATOR_TOKEN = 24
+#: An IVR_STREAM_SECRET shorter than this draws a start-up warning.
+MIN_STREAM_SECRET = 32
+#: A stream claim outlives its token by this much (clocks of a fleet's hosts drift a little).
+CLAIM_LEEWAY_S = 30.0
+#: What :func:`_receive` returns for frames that are not text, or are larger than the cap.
+_BINARY = "\x00binary"
+_TOO_BIG = "\x00too-big"
 #: Counters (the app's and each call's) that count errors: the heartbeat's ``errors`` (the fleet page).
 ERROR_COUNTERS = (
     "bad_signatures",
+    "stream_refused",
     "malformed_twilio",
     "unexpected_twilio",
     "malformed_model",
@@ -78,7 +101,8 @@ class AppState:
     def __init__(self, settings: Settings, flows: FlowSet) -> None:
         self.settings = settings
         self.flows = flows
-        self.calls = CallRegistry()
+        # Ended calls are in Redis (the API and the console read them there): keep only a few in memory.
+        self.calls = CallRegistry(keep_ended=KEEP_ENDED_CALLS)
         self.sessions: dict[str, CallSession] = {}
         self.signatures = SignatureChecker(settings.twilio_auth_token)
         self.controller = CallController(
@@ -92,9 +116,73 @@ class AppState:
         #: Prometheus metrics of this instance, in their own registry (GET /metrics).
         self.metrics = Metrics()
         self.metrics.bind(live_calls=lambda: len(self.calls.live), writer=lambda: self.services.writer)
+        self.streams_refused = Counter(
+            "ivr_media_streams_refused",
+            "Media streams closed (1008) before a call started, by reason (docs/security.md).",
+            ["reason"],
+            registry=self.metrics.registry,
+        )
+        #: Per-call media-stream tokens (ivr.telephony.stream_token). Without any secret (only possible with
+        #: IVR_VERIFY_SIGNATURES=false) a random key: tokens then verify on this process only.
+        key = derive_key(settings.stream_secret, settings.twilio_auth_token) or secrets.token_bytes(32)
+        self.tokens = StreamTokens(key, settings.stream_token_ttl_s)
+        self.claims = OnceClaims()
+        #: Clients that keep failing Twilio's signature check get 429 for a while.
+        self.limiter = FailureLimiter(settings.signature_failure_limit, settings.signature_failure_window_s)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+    def refuse_stream(self, reason: str) -> None:
+        """Count a stream refused before its call started (``stream_refused`` and the metric by reason)."""
+        self.count("stream_refused")
+        self.streams_refused.labels(reason=reason).inc()
+
+    def signature_failed(self, client: str) -> None:
+        self.count("bad_signatures")
+        now = time.monotonic()
+        was_free = self.limiter.retry_after(client, now) is None
+        self.limiter.failed(client, now)
+        wait = self.limiter.retry_after(client, now)
+        if was_free and wait is not None:  # once per block, not per refused request (no log flood)
+            log.warning(
+                "client %s sent %d bad Twilio signatures within %.0f s: answering 429 for %.0f s "
+                "(IVR_SIGNATURE_FAILURE_LIMIT / IVR_SIGNATURE_FAILURE_WINDOW)",
+                client,
+                self.limiter.limit,
+                self.limiter.window_s,
+                wait,
+            )
+
+    def retry_after(self, client: str) -> int | None:
+        """Whole seconds a client that failed signatures too often must wait; None when it may go on."""
+        if not self.settings.verify_signatures:
+            return None
+        wait = self.limiter.retry_after(client, time.monotonic())
+        return None if wait is None else max(1, math.ceil(wait))
+
+    async def claim_stream(self, call_sid: str, until: float) -> bool:
+        """Claim ``call_sid`` for one stream: here (always) and in Redis (when up), until ``until`` (wall
+        clock). False when it was claimed already, on this instance or any other."""
+        now = time.time()
+        if not self.claims.claim(call_sid, until, now):
+            return False
+        redis = self.services.redis
+        if redis is None:
+            return True
+        try:
+            key = self.services.keys.stream_claim(call_sid)
+            claimed = await redis.set(
+                key, self.services.instance_id or "-", nx=True, ex=max(1, math.ceil(until - now))
+            )
+        except KeySchemaError:
+            return True  # not a sid Redis can key (only reachable unbound, in dev mode): this process decides
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "call=%s stream claim not checked in Redis (%s); this instance's claim holds", call_sid, exc
+            )
+            return True
+        return bool(claimed)
 
     def call_finished(self, record: CallRecord) -> None:
         """Fold an ended call's error counters into the instance's (the heartbeat's ``errors``)."""
@@ -155,6 +243,12 @@ def startup_warnings(settings: Settings) -> list[str]:
             "TWILIO_AUTH_TOKEN is not set: every Twilio request will be refused (403). Set it to your "
             "account's auth token (for `ivr call` against this server, any secret both sides share)."
         )
+    if settings.stream_secret and len(settings.stream_secret) < MIN_STREAM_SECRET:
+        warnings.append(
+            f"IVR_STREAM_SECRET is {len(settings.stream_secret)} characters long: use at least "
+            f"{MIN_STREAM_SECRET} random ones (the same on every instance), e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
+        )
     if settings.engine == "openai" and not settings.openai_api_key:
         warnings.append("OPENAI_API_KEY is not set: the model will refuse connections.")
     elif settings.uses_local_engine:
@@ -200,6 +294,8 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
     if not settings.public_url:
         raise ValueError("settings.public_url is required (IVR_PUBLIC_URL)")
     flowset = flows if flows is not None else FlowSet.load(settings.flows_dir)
+    # Numbers no flow claims get the built-in assistant: give it a voice this deployment's model can take.
+    flowset = flowset.fitted_to(settings.realtime_model, settings.realtime_dialect)
     state = AppState(settings, flowset)
 
     @asynccontextmanager
@@ -230,6 +326,8 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
 
     app = FastAPI(title="ivr", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ivr = state
+    # Every HTTP body is capped before anything reads it (413); media messages are capped in _receive.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # The operations console (/ops/…): built now so its routes exist; it finds Redis lazily once started.
     console = console_router(state)
     app.include_router(console)
@@ -238,7 +336,15 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
     # ------------------------------------------------------------------ Twilio webhooks
 
     async def signed_form(request: Request, path: str) -> ImmutableMultiDict[str, str]:
-        body = await request.body()
+        client = _client(request.client)
+        wait = state.retry_after(client)
+        if wait is not None:
+            state.count("rate_limited")
+            log.debug("refused %s: too many bad signatures from this client; retry in %d s", path, wait)
+            raise HTTPException(
+                429, f"too many requests with a bad signature; retry in {wait} s", {"Retry-After": str(wait)}
+            )
+        body = await request.body()  # at most IVR_MAX_BODY_BYTES: BodyLimit answered 413 beyond
         try:
             pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
@@ -252,7 +358,7 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
             if not state.signatures.valid(
                 url, form, signature, request.headers.get("x-twilio-webhooks-signature-settings")
             ):
-                state.count("bad_signatures")
+                state.signature_failed(client)
                 log.warning("refused %s: %s X-Twilio-Signature", path, "invalid" if signature else "missing")
                 raise HTTPException(403, "invalid or missing X-Twilio-Signature")
         return form
@@ -285,11 +391,12 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
             if closed.action == "transfer" and closed.number:
                 return Response(dial(closed.number, message), media_type="application/xml")
             return Response(say_and_hang_up(message or DRAINING_MESSAGE), media_type="application/xml")
-        params = {"flow": flow.id, "caller": caller, "called": called}
+        binding = StreamBinding(call_sid, flow.id, caller, called)
+        params = {**binding.parameters(), TOKEN_PARAMETER: state.tokens.issue(binding, time.time())}
         if state.services.calls is not None:
             # So the media socket may land on another instance; the <Parameter>s carry the same essentials.
             context = {
-                **params,
+                **binding.parameters(),
                 "account_sid": form.get("AccountSid", ""),
                 "direction": form.get("Direction", ""),
             }
@@ -326,18 +433,46 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
 
     @app.websocket("/twilio/media")
     async def media(ws: WebSocket) -> None:
+        client = _client(ws.client)
+        wait = state.retry_after(client)
+        if wait is not None:
+            state.count("rate_limited")
+            state.refuse_stream("rate_limited")
+            log.debug("refused a media stream: too many bad signatures from this client; retry in %d s", wait)
+            if "websocket.http.response" in ws.scope.get("extensions", {}):
+                denial = PlainTextResponse(
+                    f"too many requests with a bad signature; retry in {wait} s\n",
+                    status_code=429,
+                    headers={"Retry-After": str(wait)},
+                )
+                await ws.send_denial_response(denial)
+            else:
+                await ws.close(code=1008)
+            return
         await ws.accept()
         if settings.verify_signatures and not state.signatures.valid(
             settings.media_stream_url, {}, ws.headers.get("x-twilio-signature")
         ):
-            state.count("bad_signatures")
+            state.signature_failed(client)
+            state.refuse_stream("bad_signature")
             log.warning("refused a media stream: invalid or missing x-twilio-signature")
             await ws.close(code=1008, reason="invalid signature")
             return
         start = await _await_start(ws, state)
         if start is None:
             return
-        await _run_call(ws, start, state)
+        params = await _admit(start, state)
+        if isinstance(params, Refusal):
+            state.refuse_stream(params.reason)
+            log.warning(
+                "refused a media stream for call=%r: %s (%s); closing 1008",
+                start.call_sid[:40],
+                params.reason,
+                params.detail,
+            )
+            await ws.close(code=1008, reason=params.reason)
+            return
+        await _run_call(ws, start, state, params)
 
     # ------------------------------------------------------------------ health and operator API
 
@@ -439,15 +574,37 @@ async def _flatten(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[
         }
 
 
-async def _receive(ws: WebSocket) -> str | None:
-    """The next text frame, or None when the socket closed. Binary frames come back as a marker string."""
+def _client(address: Any) -> str:
+    """The peer's address, the key of the signature-failure limiter (uvicorn resolves X-Forwarded-For for
+    the proxies it trusts: ``FORWARDED_ALLOW_IPS``)."""
+    return str(address.host) if address is not None and address.host else "unknown"
+
+
+async def _receive(ws: WebSocket, limit: int) -> str | None:
+    """The next text frame, or None when the socket closed. Binary frames and frames over ``limit`` bytes
+    come back as marker strings (:data:`_BINARY`, :data:`_TOO_BIG`)."""
     message = await ws.receive()
     if message["type"] == "websocket.disconnect":
         return None
     text = message.get("text")
     if text is None:
-        return "\x00binary"
+        data = message.get("bytes")
+        return _TOO_BIG if data is not None and len(data) > limit else _BINARY
+    # len() is free; encoding is needed only where characters could be up to 4 bytes each.
+    if len(text) > limit or (len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit):
+        return _TOO_BIG
     return text
+
+
+async def _too_big(ws: WebSocket, state: AppState, where: str) -> None:
+    state.count("ws_message_too_big")
+    log.warning(
+        "closed a media stream (1009): a message %s was over %d bytes (IVR_MAX_WS_MESSAGE_BYTES)",
+        where,
+        state.settings.max_ws_message_bytes,
+    )
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await ws.close(code=1009, reason="message too big")
 
 
 async def _await_start(ws: WebSocket, state: AppState) -> tw.Start | None:
@@ -455,10 +612,13 @@ async def _await_start(ws: WebSocket, state: AppState) -> tw.Start | None:
     try:
         async with asyncio.timeout(START_TIMEOUT_S):
             while True:
-                raw = await _receive(ws)
+                raw = await _receive(ws, state.settings.max_ws_message_bytes)
                 if raw is None:
                     return None
-                msg = tw.parse(raw) if raw != "\x00binary" else tw.Malformed("binary frame", "")
+                if raw == _TOO_BIG:
+                    await _too_big(ws, state, "before start")
+                    return None
+                msg = tw.parse(raw) if raw != _BINARY else tw.Malformed("binary frame", "")
                 if isinstance(msg, tw.Start):
                     return msg
                 if isinstance(msg, tw.Malformed):
@@ -470,13 +630,46 @@ async def _await_start(ws: WebSocket, state: AppState) -> tw.Start | None:
         return None
 
 
-async def _run_call(ws: WebSocket, start: tw.Start, state: AppState) -> None:
+async def _admit(start: tw.Start, state: AppState) -> dict[str, str] | Refusal:
+    """The call's parameters if this stream may run it, else why not (finding 1 of issue 9).
+
+    With signatures on, only a valid token from the signed webhook admits a stream, and then only the values
+    it covers (flow, caller, called) are used. With IVR_VERIFY_SIGNATURES=false an unbound stream is admitted
+    with a warning, with its ``start`` parameters (and the webhook's saved context) as before. Either way a
+    call sid streams once: never beside or instead of a live call.
+    """
+    now = time.time()
+    verdict = state.tokens.verify(start.custom_parameters, start.call_sid, now)
+    if isinstance(verdict, StreamBinding):
+        params = verdict.parameters()
+        until = state.tokens.expires_at(start.custom_parameters[TOKEN_PARAMETER]) + CLAIM_LEEWAY_S
+    elif state.settings.verify_signatures:
+        return verdict
+    else:
+        # Loudly once per instance (load tests run this way), then quietly for each call.
+        level = logging.DEBUG if state.counters.get("unbound_streams") else logging.WARNING
+        state.count("unbound_streams")
+        log.log(
+            level,
+            "call=%r: accepting an unbound media stream (%s) because IVR_VERIFY_SIGNATURES=false",
+            start.call_sid[:40],
+            verdict.reason,
+        )
+        params = {k: v for k, v in start.custom_parameters.items() if k != TOKEN_PARAMETER}
+        if "flow" not in params and state.services.calls is not None:
+            with contextlib.suppress(RedisError, OSError, KeySchemaError):
+                params.update(await state.services.calls.load_context(start.call_sid) or {})
+        until = now + state.settings.stream_token_ttl_s + CLAIM_LEEWAY_S
+    if start.call_sid in state.sessions:
+        return Refusal("replayed", "this call sid is live on this instance")
+    if not await state.claim_stream(start.call_sid, until):
+        return Refusal("replayed", "this call sid already had its media stream")
+    return params
+
+
+async def _run_call(ws: WebSocket, start: tw.Start, state: AppState, params: dict[str, str]) -> None:
     started_at = time.perf_counter()  # Twilio's start is in: the greeting's time to first audio runs from now
     settings = state.settings
-    params = dict(start.custom_parameters)
-    if "flow" not in params and state.services.calls is not None:
-        with contextlib.suppress(RedisError, OSError):
-            params.update(await state.services.calls.load_context(start.call_sid) or {})
     flow = state.flows.get(params.get("flow", "")) or state.flows.for_number(params.get("called", ""))
     record = CallRecord(
         call_sid=start.call_sid,
@@ -537,11 +730,15 @@ async def _run_call(ws: WebSocket, start: tw.Start, state: AppState) -> None:
         # Whoever ends the call from elsewhere (hang-up, status callback, drain) also closes this socket,
         # so a plain receive loop is enough: no per-message futures on the hot path.
         while not session.ended.is_set():
-            raw = await _receive(ws)
+            raw = await _receive(ws, settings.max_ws_message_bytes)
             if raw is None:
                 log.info("call=%s media socket closed by Twilio", start.call_sid)
                 break
-            msg = tw.parse(raw) if raw != "\x00binary" else tw.Malformed("binary frame", "")
+            if raw == _TOO_BIG:
+                record.count("ws_message_too_big")
+                await _too_big(ws, state, "during the call")
+                break
+            msg = tw.parse(raw) if raw != _BINARY else tw.Malformed("binary frame", "")
             await session.on_twilio(msg)
     except WebSocketDisconnect:
         pass

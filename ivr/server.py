@@ -18,6 +18,9 @@ from fastapi import FastAPI
 
 from .app import AppState
 
+#: How far above IVR_MAX_WS_MESSAGE_BYTES the WebSocket protocol's own frame limit is set.
+PROTOCOL_HEADROOM_BYTES = 64 * 1024
+
 log = logging.getLogger("ivr.server")
 
 
@@ -32,6 +35,11 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets is not None and self.started:  # `ivr serve` binds first; uvicorn logs only its own binds
+            self._log_started_message(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_task is None and not self.should_exit and self._loop is not None:
@@ -59,6 +67,10 @@ def make_server(
         log_config=None,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
+        # Twilio's media messages are well under 1 KiB. The app refuses a message over the cap itself (close
+        # 1009, counted and logged with the reason: ivr.app._receive); the protocol's hard limit sits a
+        # little above it, so it only stops what is far too big to assemble: the app's check acts first.
+        ws_max_size=app.state.ivr.settings.max_ws_message_bytes + PROTOCOL_HEADROOM_BYTES,
         # Measured per call under load (docs/performance.md): the websockets sans-I/O protocol costs 20-30 %
         # less CPU than uvicorn's legacy "websockets" or its "wsproto" protocol. "auto" picks it today; naming
         # it keeps that choice should uvicorn's preference change.

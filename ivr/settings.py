@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import tool_env
+from .redis_url import redis_url_problem
+
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 DEFAULT_REALTIME_MODEL = "gpt-realtime"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -71,6 +74,13 @@ def _origin(raw: str) -> str:
     return f"{scheme.lower()}{sep}{rest}" if sep else raw
 
 
+def _http_env_prefix(env: Mapping[str, str]) -> str:
+    try:
+        return tool_env.prefix_from(env)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed settings with documented defaults (see README.md, "Configuration")."""
@@ -100,8 +110,21 @@ class Settings:
     operator_token: str = ""
     #: Serve GET /metrics without an operator token (for a Prometheus on a private network).
     metrics_public: bool = False
+    #: Key of the per-call media-stream tokens (docs/security.md); empty: derived from twilio_auth_token.
+    stream_secret: str = ""
+    #: How long a stream token from the voice webhook stays valid (and a call sid stays claimed).
+    stream_token_ttl_s: float = 120.0
+    #: Largest HTTP request body read (413 beyond); largest media WebSocket message (close 1009 beyond).
+    max_body_bytes: int = 64 * 1024
+    max_ws_message_bytes: int = 64 * 1024
+    #: Bad Twilio signatures one client may send per window before it gets 429 (Retry-After).
+    signature_failure_limit: int = 20
+    signature_failure_window_s: float = 60.0
     #: How long live calls may run on after SIGTERM before they are ended.
     drain_timeout_s: float = 30.0
+    #: An instance silent this long is lost: a survivor ends its calls (instance-lost); heartbeats go out
+    #: every min(5, this / 3) seconds.
+    instance_lost_after_s: float = 15.0
     #: Roll the model socket over to a fresh one after this long (providers cap sessions at ~30-60 min).
     model_session_max_s: float = 25 * 60.0
     #: Attempts to (re)open the model socket before the call is ended with an apology.
@@ -112,6 +135,8 @@ class Settings:
     engine: str = "auto"
     #: Base URL of the OpenAI HTTP API, for the Chat Completions audio models (an Azure or gateway URL works).
     openai_base_url: str = DEFAULT_OPENAI_BASE_URL
+    #: http tools may read only ${VARIABLES} starting with this (never one ivr itself uses; ivr/tool_env.py).
+    http_env_prefix: str = tool_env.DEFAULT_PREFIX
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -133,12 +158,20 @@ class Settings:
             twilio_api_base=(env.get("IVR_TWILIO_API_BASE", "") or "https://api.twilio.com").rstrip("/"),
             operator_token=env.get("IVR_OPERATOR_TOKEN", ""),
             metrics_public=_bool(env, "IVR_METRICS_PUBLIC", False),
+            stream_secret=env.get("IVR_STREAM_SECRET", ""),
+            stream_token_ttl_s=_float(env, "IVR_STREAM_TOKEN_TTL", 120.0, minimum=1.0),
+            max_body_bytes=_int(env, "IVR_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
+            max_ws_message_bytes=_int(env, "IVR_MAX_WS_MESSAGE_BYTES", 64 * 1024, minimum=1024),
+            signature_failure_limit=_int(env, "IVR_SIGNATURE_FAILURE_LIMIT", 20, minimum=1),
+            signature_failure_window_s=_float(env, "IVR_SIGNATURE_FAILURE_WINDOW", 60.0, minimum=1.0),
             drain_timeout_s=_float(env, "IVR_DRAIN_TIMEOUT", 30.0),
+            instance_lost_after_s=_float(env, "IVR_INSTANCE_LOST_AFTER", 15.0, minimum=1.0),
             model_session_max_s=_float(env, "IVR_MODEL_SESSION_MAX", 25 * 60.0, minimum=1.0),
             model_connect_attempts=_int(env, "IVR_MODEL_CONNECT_ATTEMPTS", 6, minimum=1),
             log_level=(env.get("IVR_LOG_LEVEL", "") or "INFO").upper(),
             engine=(env.get("IVR_ENGINE", "") or "auto").strip().lower(),
             openai_base_url=(env.get("IVR_OPENAI_BASE_URL", "") or DEFAULT_OPENAI_BASE_URL).rstrip("/"),
+            http_env_prefix=_http_env_prefix(env),
         )
         settings.check()
         return settings
@@ -156,6 +189,8 @@ class Settings:
             )
         if self.realtime_dialect not in {"auto", "ga", "beta"}:
             raise SettingsError(f"IVR_REALTIME_DIALECT={self.realtime_dialect!r}: use auto, ga or beta")
+        if self.redis_url and (redis_problem := redis_url_problem(self.redis_url)):
+            raise SettingsError(redis_problem)
         if self.public_url:
             parts = urlsplit(self.public_url)
             if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path not in {"", "/"}:

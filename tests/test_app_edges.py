@@ -50,6 +50,8 @@ async def test_voice_webhook_signed_answers_connect_stream(fake_realtime: FakeRe
         assert stream.get("url") == server.settings.media_stream_url
         assert "?" not in stream.get("url", "")
         params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+        token = params.pop("ivr_token")  # binds the stream to this webhook (tests/test_stream_trust.py)
+        assert token and token.startswith("v1.")
         assert params == {"flow": "test-desk", "caller": "+15550100001", "called": "+15550100002"}
 
         other = {**PARAMS, "To": "+15550100003"}
