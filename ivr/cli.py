@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 
+if TYPE_CHECKING:
+    from .flows import FlowSet
+    from .settings import Settings
+
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import create_app
+    """Check everything that can be checked before starting (settings, flows against their model, the
+    port), so a bad configuration stops here with one message instead of failing at the first call."""
+    from .bind import BindError, bind_listener
     from .flows import FlowError, FlowSet
-    from .logs import configure_logging
-    from .server import make_server
+    from .flows.flowset import missing_flows
     from .settings import Settings, SettingsError
 
     try:
@@ -24,6 +31,50 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.flows:
         settings = settings.with_(flows_dir=Path(args.flows))
+    missing = missing_flows(settings.flows_dir)
+    if missing is not None:
+        print(
+            f"ivr serve: {missing}; every call would get the built-in assistant. Point --flows (or "
+            "IVR_FLOWS) at your folder of flow files, and check it with `ivr flows check`.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        flows = FlowSet.load(settings.flows_dir)
+    except FlowError as exc:
+        print(f"ivr serve: the call flows in {settings.flows_dir} have errors:\n{exc}", file=sys.stderr)
+        print("Fix them (check with `ivr flows check`) and start again.", file=sys.stderr)
+        return 2
+    if not settings.uses_local_engine:  # the local engine ignores the flows' model settings
+        errors, warnings = flows.model_problems(settings.realtime_model, settings.realtime_dialect)
+        if errors:
+            print(
+                f"ivr serve: the call flows in {settings.flows_dir} ask for what their model cannot do:",
+                *errors,
+                "Fix them or pick another model (model.name in the flow, or IVR_REALTIME_MODEL); "
+                "`ivr flows check` shows the same.",
+                sep="\n",
+                file=sys.stderr,
+            )
+            return 2
+        for warning in warnings:
+            print(f"ivr serve: warning: {warning}", file=sys.stderr)
+    try:
+        listener = bind_listener(args.host, args.port)
+    except BindError as exc:
+        print(f"ivr serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run(args, settings, flows, listener)
+    finally:
+        listener.close()
+
+
+def _run(args: argparse.Namespace, settings: Settings, flows: FlowSet, listener: socket.socket) -> int:
+    from .app import create_app
+    from .logs import configure_logging
+    from .server import make_server
+
     if not settings.instance_id:
         from .store.store import default_instance_id
 
@@ -32,12 +83,6 @@ def _serve(args: argparse.Namespace) -> int:
         origin = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}"
         settings = settings.with_(public_url=origin)
     configure_logging(settings.log_level)
-    try:
-        flows = FlowSet.load(settings.flows_dir)
-    except FlowError as exc:
-        print(f"ivr serve: the call flows in {settings.flows_dir} have errors:\n{exc}", file=sys.stderr)
-        print("Fix them (check with `ivr flows check`) and start again.", file=sys.stderr)
-        return 2
     app = create_app(settings, flows)
     print(
         f"ivr {__version__}: listening on http://{args.host}:{args.port}  "
@@ -45,16 +90,17 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     server = make_server(app, args.host, args.port, settings.drain_timeout_s, settings.log_level)
-    try:
-        server.run()  # uvicorn picks uvloop when installed (11-24 % less CPU per call, docs/performance.md)
-    except OSError as exc:
-        print(
-            f"ivr serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. "
-            "Is another server using that port? Pick another with --port.",
-            file=sys.stderr,
-        )
-        return 1
+    server.run(sockets=[listener])  # uvicorn picks uvloop when installed (docs/performance.md)
     return 0
+
+
+def _port(text: str) -> int:
+    from .bind import port_number
+
+    try:
+        return port_number(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the webhook and media-stream server")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on, 1-65535 (default 8000)")
     serve.add_argument(
         "--flows", default=None, help="folder of call-flow YAML (default $IVR_FLOWS or flows/)"
     )

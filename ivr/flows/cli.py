@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from ivr.flows.errors import FlowError
-from ivr.flows.flowset import FlowSet
+from ivr.flows.compat import DIALECT_SETTING, MODEL_SETTING
+from ivr.flows.errors import FlowError, Problem
+from ivr.flows.flowset import FlowSet, missing_flows
 from ivr.flows.hours import DAY_NAMES, describe_opening
 from ivr.flows.model import Flow, LookupConfig, ToolConfig, TransferToHumanConfig
 from ivr.flows.state import FlowState
-from ivr.settings import Settings, SettingsError
+from ivr.settings import DEFAULT_REALTIME_MODEL, Settings, SettingsError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,47 +39,95 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="folder of *.yaml flows, or one flow file (default: $IVR_FLOWS, else flows/)",
     )
+    check.add_argument(
+        "--model",
+        default=None,
+        help="check every flow without model.name against this model (default: $IVR_REALTIME_MODEL, "
+        "else gpt-realtime)",
+    )
+    check.add_argument(
+        "--dialect",
+        choices=("auto", "ga", "beta"),
+        default=None,
+        help="force the Realtime dialect, as IVR_REALTIME_DIALECT does (default: $IVR_REALTIME_DIALECT, "
+        "else auto: from the model name)",
+    )
     check.set_defaults(func=check_command)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The deployment's model and dialect the flows are checked against, and what set them (for messages)."""
+
+    name: str = DEFAULT_REALTIME_MODEL
+    dialect: str = "auto"
+    name_from: str = MODEL_SETTING
+    dialect_from: str = DIALECT_SETTING
 
 
 def check_command(args: argparse.Namespace) -> int:
     """Entry point for ``ivr flows check``; resolves the default path from the settings."""
-    path: Path | None = args.path
-    if path is None:
-        try:
-            path = Settings.from_env().flows_dir
-        except SettingsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    return check(path, out=sys.stdout, err=sys.stderr)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path: Path = args.path if args.path is not None else settings.flows_dir
+    model = ModelChoice(
+        settings.realtime_model if args.model is None else args.model,
+        settings.realtime_dialect if args.dialect is None else args.dialect,
+        MODEL_SETTING if args.model is None else "--model",
+        DIALECT_SETTING if args.dialect is None else "--dialect",
+    )
+    return check(path, out=sys.stdout, err=sys.stderr, model=model)
 
 
-def check(path: Path, *, out: TextIO, err: TextIO, now: datetime | None = None) -> int:
+def check(
+    path: Path,
+    *,
+    out: TextIO,
+    err: TextIO,
+    now: datetime | None = None,
+    model: ModelChoice | None = None,
+) -> int:
     """Validate the flows at ``path``; print a summary to ``out`` or the problems to ``err``.
 
-    ``now`` (default: the current time) is the moment "today's hours" and "open now" refer to.
+    ``now`` (default: the current time) is the moment "today's hours" and "open now" refer to; ``model``
+    (default: gpt-realtime, dialect from its name) the deployment model each flow is checked against.
     """
     now = now or datetime.now(UTC)
-    if not path.exists():
-        print(f"error: {path} does not exist (give a folder of flow files or one .yaml file)", file=err)
+    model = model or ModelChoice()
+    missing = missing_flows(path)
+    if missing is not None:
+        print(f"error: {missing} (give a folder of flow files or one .yaml file)", file=err)
         return 1
     try:
         flows = FlowSet.load(path)
     except FlowError as exc:
-        print(exc, file=err)
-        count = len(exc.problems)
-        print(f"FAILED: {count} problem{'s' if count != 1 else ''}", file=err)
-        return 1
+        return _failed(exc.problems, err)
+    errors, model_warnings = flows.model_problems(
+        model.name, model.dialect, model_source=model.name_from, dialect_source=model.dialect_from
+    )
+    if errors:
+        return _failed(errors, err)
     for flow in flows:
         print(summary(flow, flows.source_of(flow.id) or "", now=now), file=out)
     for line in dataset_lines(flows):
         print(line, file=out)
-    for warning in flows.warnings():
+    for warning in [*flows.warnings(), *model_warnings]:
         print(f"warning: {warning}", file=out)
     if flows.default is None:
         print("note: no flow has default: true; other numbers get the built-in assistant", file=out)
     print(f"OK: {len(flows)} flow{'s' if len(flows) != 1 else ''}", file=out)
     return 0
+
+
+def _failed(problems: Sequence[Problem], err: TextIO) -> int:
+    for problem in problems:
+        print(problem, file=err)
+    count = len(problems)
+    print(f"FAILED: {count} problem{'s' if count != 1 else ''}", file=err)
+    return 1
 
 
 def summary(flow: Flow, source: str, *, now: datetime | None = None) -> str:

@@ -8,10 +8,12 @@ locations named, because neither file is wrong on its own.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ivr.flows.compat import DIALECT_SETTING, MODEL_SETTING, choices_for, compat_issues, target_for
 from ivr.flows.errors import FlowError, Problem
 from ivr.flows.loader import flow_files, load_flow
 from ivr.flows.model import (
@@ -140,11 +142,61 @@ class FlowSet:
         """Problems that did not stop any flow from loading (unreachable stages, hours without a zone...)."""
         return [warning for entry in self._entries.values() for warning in entry.warnings]
 
+    def model_problems(
+        self,
+        default_model: str,
+        dialect_override: str = "auto",
+        *,
+        model_source: str = MODEL_SETTING,
+        dialect_source: str = DIALECT_SETTING,
+    ) -> tuple[list[Problem], list[Problem]]:
+        """``(errors, warnings)``: settings each flow's model and dialect cannot take (or may not know), by
+        file and line. ``default_model``/``dialect_override`` are the deployment's (``IVR_REALTIME_MODEL``,
+        ``IVR_REALTIME_DIALECT``); see :mod:`ivr.flows.compat`."""
+        errors: list[Problem] = []
+        warnings: list[Problem] = []
+        for entry in self._entries.values():
+            issues = compat_issues(
+                entry.flow,
+                default_model=default_model,
+                dialect_override=dialect_override,
+                model_source=model_source,
+                dialect_source=dialect_source,
+            )
+            for issue in issues:
+                problem = Problem(entry.source, entry.locate(issue.path), dotted(issue.path), issue.message)
+                (errors if issue.severity == "error" else warnings).append(problem)
+        return errors, warnings
+
+    def fitted_to(self, default_model: str, dialect_override: str = "auto") -> FlowSet:
+        """This set, with the built-in assistant (numbers no flow claims, when there is no default flow)
+        speaking a voice the deployment's model can take: its GA voice does not exist on beta models."""
+        builtin = self._fallback
+        if self._default is not None:
+            return self
+        target = target_for(builtin, default_model=default_model, dialect_override=dialect_override)
+        voices = choices_for(target.dialect).voices
+        if target.engine != "realtime" or builtin.model.voice in voices:
+            return self
+        model = builtin.model.model_copy(update={"voice": sorted(voices)[0]})
+        fitted = copy.copy(self)
+        fitted._fallback = builtin.model_copy(update={"model": model})
+        return fitted
+
     def __iter__(self) -> Iterator[Flow]:
         return (entry.flow for entry in self._entries.values())
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def missing_flows(path: Path) -> str | None:
+    """Why ``path`` has no flows to load (it does not exist, or holds no ``*.yaml``), else None."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if path.is_dir() and not flow_files(path):
+        return f"no flows in {path} (no *.yaml or *.yml files in that folder)"
+    return None
 
 
 def _cross_problems(entries: Sequence[_Entry]) -> list[Problem]:

@@ -212,6 +212,11 @@ _GA_FORMATS: dict[str, dict[str, Any]] = {
 _BETA_FORMATS: dict[str, str] = {"pcm": "pcm16", "pcmu": "g711_ulaw"}
 
 
+def wire_audio_format(dialect: Dialect, audio: str) -> str:
+    """What ``audio`` (``pcm``/``pcmu``) is called on the wire: ``audio/pcm``… (GA), ``pcm16``… (beta)."""
+    return str(_GA_FORMATS[audio]["type"]) if dialect == "ga" else _BETA_FORMATS[audio]
+
+
 class ClientEvents:
     """Builds the client events of one model connection in its dialect.
 
