@@ -12,7 +12,7 @@ import asyncio
 import json
 from typing import Any
 
-from ivr.call.registry import CallFeed, CallRecord, CallRegistry
+from ivr.call.registry import MAX_FEED_EVENTS, CallFeed, CallRecord, CallRegistry
 
 TIMEOUT = 2.0
 
@@ -299,3 +299,23 @@ async def test_many_live_calls_all_kept_even_past_the_history_bound() -> None:
     feeds = {f"CA{n}": registry.open(CallRecord(f"CA{n}")) for n in range(10)}
     assert all(registry.get(sid) is feed for sid, feed in feeds.items())
     assert len(registry.live) == 10
+
+
+async def test_a_long_call_keeps_a_bounded_event_list_and_followers_carry_on() -> None:
+    feed = CallFeed(CallRecord("CA1"))
+    follower = feed.follow()
+    feed.emit("call.started")
+    assert (await anext(follower))["type"] == "call.started"
+    for n in range(MAX_FEED_EVENTS * 2):
+        feed.emit("transcript", n=n)
+    assert len(feed.events) <= MAX_FEED_EVENTS
+    assert feed.dropped + len(feed.events) == MAX_FEED_EVENTS * 2 + 1
+    # The follower paused early skips what was dropped and resumes at the oldest event still kept.
+    resumed = await anext(follower)
+    assert resumed is feed.events[0] and resumed["n"] == feed.dropped - 1
+    feed.emit("call.ended")
+    rest = [e async for e in follower]
+    assert rest[-1]["type"] == "call.ended" and len(rest) == len(feed.events) - 1
+    # A new follower replays the kept events, in order.
+    replay = [e.get("n") async for e in feed.follow()]
+    assert replay[:-1] == list(range(feed.dropped - 1, MAX_FEED_EVENTS * 2))

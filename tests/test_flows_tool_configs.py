@@ -191,7 +191,7 @@ def test_http_errors() -> None:
         "flows/shop.yaml:11: tools[0].parameters: is not a valid JSON Schema: 5 is not valid under any of "
         "the given schemas (at items/type)",
     ]
-    flow = parse(HEAD + '  - {type: http, name: s, description: S., url: "${API_URL}/s"}\n')
+    flow = parse(HEAD + '  - {type: http, name: s, description: S., url: "${IVR_TOOL_API_URL}/s"}\n')
     assert flow.tools[0].type == "http"
 
 

@@ -139,12 +139,12 @@ async def run_http(
 
 
 async def test_get_sends_arguments_as_query_and_header_from_env(backend: Backend) -> None:
-    env = {"ORDERS_URL": backend.base_url, "ORDERS_KEY": SECRET}
+    env = {"IVR_TOOL_ORDERS_URL": backend.base_url, "IVR_TOOL_ORDERS_KEY": SECRET}
     outcome, result = await run_http(
         env,
         {"order_number": "123", "tags": ["a", "b"], "rush": True, "address": {"city": "Oslo"}},
-        url="${ORDERS_URL:-http://127.0.0.1:9}/orders",
-        headers={"X-Api-Key": "${ORDERS_KEY}", "Accept": "application/json"},
+        url="${IVR_TOOL_ORDERS_URL:-http://127.0.0.1:9}/orders",
+        headers={"X-Api-Key": "${IVR_TOOL_ORDERS_KEY}", "Accept": "application/json"},
     )
     assert outcome.ok
     assert result == {
@@ -168,11 +168,11 @@ async def test_get_sends_arguments_as_query_and_header_from_env(backend: Backend
 
 async def test_post_sends_arguments_as_json_body(backend: Backend) -> None:
     _, result = await run_http(
-        {"KEY": "literal-too"},
+        {"IVR_TOOL_KEY": "literal-too"},
         {"order_number": "77", "rush": False},
         url=f"{backend.base_url}/orders",
         method="POST",
-        headers={"X-Api-Key": "prefix-${KEY}"},
+        headers={"X-Api-Key": "prefix-${IVR_TOOL_KEY}"},
     )
     assert result["status"] == 200 and result["ok"] is True
     assert result["body"]["json"] == {"order_number": "77", "rush": False}
@@ -187,12 +187,12 @@ async def test_missing_env_var_is_named_without_calling_the_backend(
         {"OTHER": SECRET},
         {},
         url=f"{backend.base_url}/orders",
-        headers={"X-Api-Key": "${ORDERS_KEY}"},
+        headers={"X-Api-Key": "${IVR_TOOL_ORDERS_KEY}"},
     )
     assert outcome.error_type == "configuration_error"
-    assert "environment variable ORDERS_KEY is not set" in result["error"]["message"]
+    assert "environment variable IVR_TOOL_ORDERS_KEY is not set" in result["error"]["message"]
     assert backend.requests == []
-    assert "ORDERS_KEY" in caplog.text and SECRET not in caplog.text
+    assert "IVR_TOOL_ORDERS_KEY" in caplog.text and SECRET not in caplog.text
 
 
 async def test_retries_503_for_get_but_not_post(backend: Backend) -> None:

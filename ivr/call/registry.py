@@ -3,6 +3,10 @@
 Each call has an append-only list of events (``call.started``, ``transcript``, ``tool.called``, ``barge_in``,
 ``dtmf``, ``error``, ``call.ended`` …) that subscribers (the operator event stream, ``ivr call``'s live
 transcript) can replay from the start and then follow. Ended calls are kept for a while, bounded in number.
+
+Every event passes through :meth:`CallFeed.emit`, which applies the call's redaction rules (the flow's
+``redact:``, :mod:`ivr.redaction`) before the event is kept, followed or handed to the sink (Redis): nothing
+downstream ever sees the caller data a flow asks to mask.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..redaction import NOTHING, Redactor
 
 
 @dataclass
@@ -45,6 +51,8 @@ class CallRecord:
     turns: list[dict[str, Any]] = field(default_factory=list)
     transcript: list[dict[str, Any]] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    #: The flow's redaction rules (set by the call session): tool calls are shown through them.
+    redactor: Redactor = field(default=NOTHING, repr=False, compare=False)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -68,32 +76,52 @@ class CallRecord:
         self.usage["responses"] = self.usage.get("responses", 0) + 1
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("redactor")
+        data["tool_calls"] = self.redactor.value(data["tool_calls"])  # arguments may hold caller data
+        return data
 
     def summary(self) -> dict[str, Any]:
         """The flat fields of the Redis call hash (transcript and tool calls live in their own streams)."""
         data = asdict(self)
+        data.pop("redactor")
         data.pop("transcript")
         data.pop("tool_calls")
         return data
 
 
 EventSink = Callable[[dict[str, Any]], None]
+#: Events one call keeps in memory (its Redis stream keeps as many: ``CALL_EVENTS_MAXLEN``); a long call's
+#: memory stays bounded.
+MAX_FEED_EVENTS = 10_000
 
 
 class CallFeed:
     """The event list of one call, with followers; every event also goes to ``sink`` (the Redis store)."""
 
-    def __init__(self, record: CallRecord, sink: EventSink | None = None) -> None:
+    def __init__(
+        self, record: CallRecord, sink: EventSink | None = None, redactor: Redactor = NOTHING
+    ) -> None:
         self.record = record
         self._sink = sink
+        #: Applied to every event before anyone sees it (set by the call session from its flow).
+        self.redactor = redactor
+        #: The latest :data:`MAX_FEED_EVENTS` events (older ones are in the call's Redis stream).
         self.events: list[dict[str, Any]] = []
+        #: How many events were dropped from the front of :attr:`events` (a follower's position is absolute).
+        self.dropped = 0
         self._changed = asyncio.Event()
         self.ended = False
 
     def emit(self, type_: str, **data: Any) -> dict[str, Any]:
         event = {"type": type_, "ts": round(time.time(), 3), "call_sid": self.record.call_sid, **data}
+        if self.redactor.active:
+            event = self.redactor.event(event)
         self.events.append(event)
+        if len(self.events) > MAX_FEED_EVENTS:
+            drop = len(self.events) - MAX_FEED_EVENTS // 2  # in halves: amortised, not one shift per event
+            del self.events[:drop]
+            self.dropped += drop
         if self._sink is not None:
             self._sink(event)
         if type_ == "call.ended":
@@ -103,11 +131,13 @@ class CallFeed:
         return event
 
     async def follow(self) -> AsyncIterator[dict[str, Any]]:
-        """Replay every event so far, then yield new ones until ``call.ended``."""
-        index = 0
+        """Replay every event so far (the latest :data:`MAX_FEED_EVENTS`), then yield new ones until
+        ``call.ended``. A follower too slow to keep up skips the events dropped meanwhile."""
+        index = 0  # absolute: events[index - self.dropped]
         while True:
-            while index < len(self.events):
-                event = self.events[index]
+            while index < self.dropped + len(self.events):
+                index = max(index, self.dropped)
+                event = self.events[index - self.dropped]
                 index += 1
                 yield event
                 if event["type"] == "call.ended":

@@ -74,6 +74,7 @@ def parse_flow(text: str, source: str) -> LoadedFlow:
             node = loader.get_single_node()
             if node is not None:
                 _index(node, (), document, problems, set())
+                _check_alias_expansion(node, source)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -160,6 +161,63 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, source: str) -> Problem:
     line = mark.line + 1 if mark is not None else None
     column = mark.column + 1 if mark is not None else None
     return Problem(source, line, "", f"YAML syntax error: {what}", column)
+
+
+#: Most values a document may hold once its aliases are expanded (the shipped flows hold well under 2,000).
+MAX_EXPANDED_VALUES = 100_000
+
+
+def _check_alias_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse a document whose aliases expand it past :data:`MAX_EXPANDED_VALUES` values.
+
+    PyYAML keeps aliases as shared references, so loading stays cheap, but the flow's data is serialised in
+    full later (tool parameters go into every call's ``session.update``): nested aliases can turn a few
+    hundred bytes into gigabytes. The problem points at the smallest node that is too big on its own.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = 1  # a recursive alias counts once (it cannot be expanded at all)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        sizes[key] = total
+        return total
+
+    if size(root) <= MAX_EXPANDED_VALUES:
+        return
+    node = root
+    while True:
+        children = (
+            [v for _, v in node.value]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+            if isinstance(node, yaml.SequenceNode)
+            else []
+        )
+        bigger = next(
+            (c for c in children if sizes.get(id(c), 0) > MAX_EXPANDED_VALUES and c is not node), None
+        )
+        if bigger is None:
+            break
+        node = bigger
+    raise FlowError(
+        [
+            Problem(
+                source,
+                node.start_mark.line + 1,
+                "",
+                f"YAML aliases expand this flow to {sizes[id(root)]:,} values (at most "
+                f"{MAX_EXPANDED_VALUES:,}), mostly through the node here; "
+                "repeat less through aliases (*name)",
+            )
+        ]
+    )
 
 
 def _index(node: yaml.Node, path: Path_, document: Document, problems: list[Problem], seen: set[int]) -> None:

@@ -53,8 +53,10 @@ from ivr.flows.fields import (
 )
 from ivr.flows.fields import Strict as _Strict
 from ivr.flows.hours import AfterHours, OpeningHours, describe_opening
+from ivr.flows.http_env import http_env_issues
 from ivr.flows.offline import Intent, Offline, Slot, StageOffline, Step
 from ivr.flows.offline_checks import offline_issues
+from ivr.flows.redact_config import RedactEntry, redactor_for
 from ivr.flows.tool_configs import (
     BookingConfig,
     EndCallConfig,
@@ -63,6 +65,7 @@ from ivr.flows.tool_configs import (
     ToolConfig,
     TransferToHumanConfig,
 )
+from ivr.redaction import Redactor
 
 __all__ = [
     "BUILTIN_PLACEHOLDERS",
@@ -327,6 +330,8 @@ class Flow(_Strict):
     limits: Limits = Field(default_factory=Limits)
     #: How calls run on the local engine (no LLM); ``None`` leaves only its built-in behaviour.
     offline: Offline | None = None
+    #: Caller data masked in transcripts, events and logs: built-in detectors and/or {name, pattern}.
+    redact: list[RedactEntry] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -385,6 +390,10 @@ class Flow(_Strict):
 
     # -- checks ------------------------------------------------------------------------------------------
 
+    def redactor(self) -> Redactor:
+        """What a call of this flow masks before its events reach Redis, the live feed or the logs."""
+        return redactor_for(self.redact)
+
     def placeholder_names(self) -> frozenset[str]:
         """Names a placeholder may use in this flow (built-ins and ``variables``)."""
         return frozenset(BUILTIN_PLACEHOLDERS) | frozenset(self.variables)
@@ -423,6 +432,7 @@ class Flow(_Strict):
         issues.extend(self._stage_issues(declared))
         issues.extend(self._hours_issues())
         issues.extend(offline_issues(self))
+        issues.extend(http_env_issues(self.tools))
         return issues
 
     def _placeholder_issues(self) -> list[Issue]:

@@ -9,7 +9,10 @@ an unreachable server is a structured error.
 Retries only where repeating is safe: idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS) are retried
 after a network error, a timeout or a 502/503/504; POST and PATCH never, since the first attempt may have
 done its work. Header values and the URL may use ``${ENV_VAR}`` (``${ENV_VAR:-default}``); a variable
-that is not set is an error naming it, and resolved values are never logged.
+that is not set is an error naming it, and resolved values are never logged. Only variables the operator
+allows may be read (names starting with ``IVR_HTTP_ENV_PREFIX``, default ``IVR_TOOL_``, and never one ivr
+itself uses, see :mod:`ivr.tool_env`): flows are checked when they load, and the tool checks again here
+before it expands anything, so a secret of the deployment never leaves in a URL or header.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import httpx
 
 from ivr.flows.tool_configs import ENV_REFERENCE, HttpConfig
+from ivr.tool_env import prefix_from, refusal
 from ivr.tools.registry import ToolContext, ToolError, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,24 @@ class MissingVariable(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
+
+
+class RefusedVariable(Exception):
+    """A ``${NAME}`` the operator does not let http tools read; ``reason`` states the rule."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.name = name
+        self.reason = reason
+
+
+def check_references(texts: list[str], prefix: str) -> None:
+    """Raise :class:`RefusedVariable` for the first reference in ``texts`` the prefix rule refuses."""
+    for text in texts:
+        for match in ENV_REFERENCE.finditer(text):
+            reason = refusal(match.group(1), prefix)
+            if reason is not None:
+                raise RefusedVariable(match.group(1), reason)
 
 
 def substitute(text: str, env: Mapping[str, str]) -> str:
@@ -92,6 +114,16 @@ class HttpTool:
     async def run(self, args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         config = self.config
         env: Mapping[str, str] = ctx.env if ctx.env is not None else os.environ
+        try:
+            check_references([config.url, *config.headers.values()], prefix_from(env))
+        except (RefusedVariable, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, RefusedVariable) else str(exc)
+            log.error("tool %s refused to run: %s", config.name, reason)
+            raise ToolError(
+                "configuration_error",
+                "This tool is not set up correctly. Tell the caller it cannot be done right now and offer "
+                "another way to help.",
+            ) from None
         try:
             url = substitute(config.url, env)
             headers = {name: substitute(value, env) for name, value in config.headers.items()}
