@@ -47,11 +47,12 @@ def test_dotted_fields_reach_into_nested_objects() -> None:
     assert policy.fields == frozenset({"address.city", "address.zip.prefix"})
 
 
-def test_missing_fields_are_none() -> None:
+def test_missing_fields_are_none_only_for_presence_tests() -> None:
     policy = when("note == None or not vip")
     assert policy.requires_approval({}) is True
     assert policy.requires_approval({"note": "x", "vip": True}) is False
-    assert when("address.city == 'Paris'").requires_approval({"address": {}}) is False
+    # any other use of a missing field fails closed (issue 9, finding 10)
+    assert when("address.city == 'Paris'").requires_approval({"address": {}}) is True
 
 
 @pytest.mark.parametrize(
@@ -179,7 +180,7 @@ def test_model_is_strict_frozen_and_closed() -> None:
 def test_evaluation_never_raises_on_odd_inputs() -> None:
     policy = when("amount > 100")
     assert policy.requires_approval(None) is True  # type: ignore[arg-type]
-    assert policy.requires_approval({"amount": float("nan")}) is False
+    assert policy.requires_approval({"amount": float("nan")}) is True  # NaN > 100 is False: fail closed
     assert when("items == [1, 2]").requires_approval({"items": [1, 2]}) is True
     assert when("items == (1, 2)").requires_approval({"items": [1, 2]}) is True  # JSON arrays are lists
     assert when("items == [1, 2]").requires_approval({"items": [2, 1]}) is False

@@ -7,8 +7,12 @@ list (names, dotted fields, constants, comparisons, ``and``/``or``/``not``, list
 ever passed to ``eval``: a small walker evaluates the checked tree.
 
 The gate must not be talked past, so evaluation fails closed: if the arguments make the condition
-meaningless (``None > 100`` because the model left ``amount`` out, a string where a number was expected,
-a dotted field into something that is not an object) the answer is "requires approval".
+meaningless the answer is "requires approval". Meaningless means: a field the condition reads was left
+out (``amount > 100`` or ``currency == 'USD'`` without that argument — only ``field == None`` and
+``field != None`` may test whether it was given), a value that is not a finite number where numbers are
+compared (``NaN``, ``Infinity``; ``NaN > 100`` is false, so it would otherwise wave the call through),
+a string where a number was expected, or a dotted field into something that is not an object. Fields a
+short-circuited ``and``/``or`` never reaches do not count.
 
 Pure and synchronous (sans-I/O); safe to import from the flow models.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -203,7 +208,13 @@ def _check(node: ast.expr, text: str, fields: set[str]) -> ast.expr:
     raise _reject(what, node, text)
 
 
-_MISSING = object()
+class _Missing:
+    """The value of a field the arguments do not have; only ``== None`` / ``!= None`` accept it."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
 def _lookup(arguments: Mapping[str, Any], path: Sequence[str]) -> Any:
@@ -211,9 +222,18 @@ def _lookup(arguments: Mapping[str, Any], path: Sequence[str]) -> Any:
     for part in path:
         if not isinstance(value, Mapping):
             raise _Mismatch(f"{'.'.join(path)}: not an object")
-        value = value.get(part, _MISSING)
-        if value is _MISSING:
-            return None
+        if part not in value:
+            return _Missing(".".join(path))
+        value = value[part]
+    return value
+
+
+def _checked(value: Any) -> Any:
+    """``value`` if a comparison or truth test may use it; a missing field or a non-finite number is not."""
+    if isinstance(value, _Missing):
+        raise _Mismatch(f"{value.path} was not given")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Mismatch(f"{value!r} is not a finite number")
     return value
 
 
@@ -230,7 +250,7 @@ def _attribute_path(node: ast.Attribute) -> list[str]:
 
 
 def _truth(value: Any) -> bool:
-    return bool(value)
+    return bool(_checked(value))
 
 
 def _eval(node: ast.expr, arguments: Mapping[str, Any]) -> Any:
@@ -255,11 +275,25 @@ def _eval(node: ast.expr, arguments: Mapping[str, Any]) -> Any:
             left = right
         return True
     if isinstance(node, ast.List):
-        return [_eval(value, arguments) for value in node.elts]
+        return [_checked(_eval(value, arguments)) for value in node.elts]
     raise _Mismatch(f"unexpected node {type(node).__name__}")  # unreachable after _check
 
 
+#: Comparisons that order their operands (a boolean operand makes them fail closed).
+_ORDERED = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+
+
 def _compare(op: type[ast.cmpop], left: Any, right: Any) -> bool:
+    if op is ast.Eq or op is ast.NotEq:
+        # ``field == None`` / ``field != None``: whether the field was given (a missing one counts as None)
+        if right is None and isinstance(left, _Missing):
+            left = None
+        elif left is None and isinstance(right, _Missing):
+            right = None
+    left, right = _checked(left), _checked(right)
+    if op in _ORDERED and (isinstance(left, bool) or isinstance(right, bool)):
+        # True/False order as 1/0 in Python: ``amount > 0`` must not be waved through by ``false``.
+        raise _Mismatch(f"cannot order {left!r} and {right!r}")
     try:
         if op is ast.Eq:
             return bool(left == right)
@@ -287,7 +321,9 @@ def _contains(container: Any, item: Any) -> bool:
         if not isinstance(item, str):
             raise _Mismatch("'in' a string needs a string on the left")
         return item in container
-    if isinstance(container, list | tuple | Mapping):
+    if isinstance(container, list | tuple):
+        return any(_checked(element) == item for element in container)
+    if isinstance(container, Mapping):
         return item in container
     raise _Mismatch(f"'in' needs a list, string or object on the right, not {type(container).__name__}")
 

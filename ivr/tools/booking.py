@@ -10,9 +10,17 @@ a slot exactly one wins. A calendar with ``capacity`` N has N lanes (chairs, tab
 lane for its whole length. Rescheduling claims the new slots and releases the old ones in the same
 script; cancelling releases them.
 
-Idempotent per call: the first successful result of each (call, action, arguments) is stored under
-``booking_idempotency`` inside the same script that books, so a model that repeats a call (or sends it
-twice at once) gets the first result back instead of a second booking.
+Idempotent per call, and truthful: the first successful result of each (call, action, arguments) is
+stored under ``booking_idempotency`` inside the same script that books, together with the booking's
+revision (``rev``, bumped by every book, move and cancel). A model that repeats a call (or sends it twice
+at once) gets that result back only while the booking is still at that revision; once anything changed it
+(book → cancel → book again; a move to 11:00, then 14:00, then 11:00 again) the repeat is carried out
+afresh, so a result always describes what is stored.
+
+Only the caller who booked may move or cancel (:func:`may_change`): the call that made the booking, a call
+from the same number (``caller``, from the signed webhook; withheld numbers match no one), a call that
+verified the same lookup record by its own number (``records``), or a call whose request an operator
+approved. Anyone else gets ``not_booking_owner`` and learns nothing about the booking.
 
 Key layout (see :class:`ivr.store.keys.KeySchema` and docs/redis.md): ``calendar_slot(cal, "<UTC start>")``
 (``#<lane>`` appended for lanes after the first) holds the booking id; ``booking(id)`` is a hash;
@@ -33,6 +41,7 @@ import orjson
 from ivr.flows.hours import OpeningHours
 from ivr.flows.tool_configs import BookingConfig
 from ivr.tools import calendar as cal
+from ivr.tools.identity import caller_identity
 from ivr.tools.registry import ToolContext, ToolError, ToolSpec
 
 if TYPE_CHECKING:
@@ -51,14 +60,17 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 RETENTION_AFTER_END_S = 30 * 86400
 _RETRIES = 5
 
+# Every script first checks that the idempotency record is still the one the caller read (ARGV "prior";
+# '' = none): if another request of the same call wrote it meanwhile, the answer is 'again' and Python
+# reads it afresh. Every change bumps the booking's ``rev``; a stored result names the rev it describes.
+
 # KEYS: idempotency, booking, bookings zset, then capacity x n slot keys (lane by lane).
-# ARGV: n, capacity, booking id, score, result json, idempotency ttl, keep-for seconds, retention cutoff,
-#       then booking hash fields...
+# ARGV: n, capacity, booking id, score, idempotency record json, idempotency ttl, keep-for seconds,
+#       retention cutoff, prior idempotency record, then booking hash fields...
 _BOOK = """
 local n = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
-local prior = redis.call('GET', KEYS[1])
-if prior then return {'dup', prior} end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[9] then return {'again', ''} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'id_exists', ''} end
 for lane = 0, capacity - 1 do
   local base = 3 + lane * n
@@ -72,8 +84,8 @@ for lane = 0, capacity - 1 do
       redis.call('SET', KEYS[base + i], ARGV[3], 'EX', ARGV[7])
       slots[i] = KEYS[base + i]
     end
-    redis.call('HSET', KEYS[2], unpack(ARGV, 9))
-    redis.call('HSET', KEYS[2], 'lane', lane, 'slots', cjson.encode(slots))
+    redis.call('HSET', KEYS[2], unpack(ARGV, 10))
+    redis.call('HSET', KEYS[2], 'lane', lane, 'slots', cjson.encode(slots), 'rev', 1)
     redis.call('EXPIRE', KEYS[2], ARGV[7])
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[8])
     redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
@@ -85,17 +97,16 @@ return {'taken', ''}
 """
 
 # KEYS: idempotency, booking, bookings zset, m old slot keys, then capacity x n new slot keys.
-# ARGV: m, n, capacity, booking id, score, result json, idempotency ttl, keep-for seconds, old slots json,
-#       then booking hash fields...
+# ARGV: m, n, capacity, booking id, score, idempotency record json, idempotency ttl, keep-for seconds,
+#       rev read, prior idempotency record, then booking hash fields...
 _RESCHEDULE = """
 local m = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local capacity = tonumber(ARGV[3])
 local bid = ARGV[4]
-local prior = redis.call('GET', KEYS[1])
-if prior then return {'dup', prior} end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[10] then return {'again', ''} end
 if redis.call('HGET', KEYS[2], 'status') ~= 'booked' then return {'gone', ''} end
-if redis.call('HGET', KEYS[2], 'slots') ~= ARGV[9] then return {'changed', ''} end
+if (redis.call('HGET', KEYS[2], 'rev') or '0') ~= ARGV[9] then return {'changed', ''} end
 for lane = 0, capacity - 1 do
   local base = 3 + m + lane * n
   local free = true
@@ -115,8 +126,8 @@ for lane = 0, capacity - 1 do
       local key = KEYS[3 + i]
       if not keep[key] and redis.call('GET', key) == bid then redis.call('DEL', key) end
     end
-    redis.call('HSET', KEYS[2], unpack(ARGV, 10))
-    redis.call('HSET', KEYS[2], 'lane', lane, 'slots', cjson.encode(slots))
+    redis.call('HSET', KEYS[2], unpack(ARGV, 11))
+    redis.call('HSET', KEYS[2], 'lane', lane, 'slots', cjson.encode(slots), 'rev', tonumber(ARGV[9]) + 1)
     redis.call('EXPIRE', KEYS[2], ARGV[8])
     redis.call('ZADD', KEYS[3], ARGV[5], bid)
     redis.call('SET', KEYS[1], ARGV[6], 'EX', ARGV[7])
@@ -127,16 +138,16 @@ return {'taken', ''}
 """
 
 # KEYS: idempotency, booking, bookings zset, m slot keys.
-# ARGV: booking id, old slots json, result json, idempotency ttl, cancelled-at.
+# ARGV: booking id, rev read, idempotency record json, idempotency ttl, cancelled-at,
+#       prior idempotency record.
 _CANCEL = """
-local prior = redis.call('GET', KEYS[1])
-if prior then return {'dup', prior} end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[6] then return {'again', ''} end
 if redis.call('HGET', KEYS[2], 'status') ~= 'booked' then return {'gone', ''} end
-if redis.call('HGET', KEYS[2], 'slots') ~= ARGV[2] then return {'changed', ''} end
+if (redis.call('HGET', KEYS[2], 'rev') or '0') ~= ARGV[2] then return {'changed', ''} end
 for i = 4, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
 end
-redis.call('HSET', KEYS[2], 'status', 'cancelled', 'cancelled_at', ARGV[5])
+redis.call('HSET', KEYS[2], 'status', 'cancelled', 'cancelled_at', ARGV[5], 'rev', tonumber(ARGV[2]) + 1)
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
 return {'ok', ''}
@@ -354,7 +365,10 @@ class BookingTool:
     # -- book -------------------------------------------------------------------------------------------
 
     def _checked_start(self, text: str, hours: OpeningHours, bounds: cal.Window, minutes: int) -> datetime:
-        start = cal.parse_local(text, hours.zone)
+        try:
+            start = cal.parse_local(text, hours.zone)
+        except cal.LocalTimeError as exc:
+            raise ToolError("invalid_arguments", f"{exc}. {_FIND_SLOTS_ADVICE}") from None
         if start is None:
             raise ToolError(
                 "invalid_arguments",
@@ -405,6 +419,10 @@ class BookingTool:
         slot_keys = self._slot_keys(keys, start, minutes)
         n = len(slot_keys) // self.config.capacity
         for _ in range(_RETRIES):
+            prior = await redis.get(idempotency)
+            replayed = await _replay(redis, keys, prior)
+            if replayed is not None:
+                return replayed
             booking_id = new_booking_id()
             result = {
                 "status": "booked",
@@ -431,6 +449,8 @@ class BookingTool:
                 "phone": args.get("phone") or ctx.caller_number,
                 "party_size": args.get("party_size", ""),
                 "call_sid": ctx.call_sid,
+                "caller": caller_identity(ctx.caller_number),
+                "records": json.dumps(sorted(ctx.verified_records)),
                 "flow_id": ctx.flow.id,
                 "status": "booked",
                 "created_at": f"{bounds.now.timestamp():.3f}",
@@ -447,28 +467,29 @@ class BookingTool:
                 self.config.capacity,
                 booking_id,
                 start.timestamp(),
-                orjson.dumps(result).decode(),
+                _idempotency_record(booking_id, 1, result),
                 IDEMPOTENCY_TTL_S,
                 self._keep_for(start, minutes, bounds.now),
                 cutoff,
+                prior or "",
                 *_flatten(fields),
             )
-            status, payload = reply[0], reply[1]
-            if status == "dup":
-                return dict(orjson.loads(payload))
+            status = reply[0]
             if status == "ok":
-                log.info("booked %s on %s (%s, lane %s)", booking_id, self.config.calendar, service, payload)
+                log.info("booked %s on %s (%s, lane %s)", booking_id, self.config.calendar, service, reply[1])
                 return result
             if status == "taken":
                 raise ToolError(
                     "slot_taken",
                     f"{cal.spoken(start)} was just taken by someone else. {_FIND_SLOTS_ADVICE}",
                 )
+            # "again": the same request of this call finished meanwhile; "id_exists": draw another id.
         raise ToolError("tool_failed", "Could not create a booking id. Apologise and try once more.")
 
     # -- reschedule / cancel ----------------------------------------------------------------------------
 
-    async def _load(self, redis: Redis, keys: KeySchema, booking_id: str) -> dict[str, str]:
+    async def _load(self, redis: Redis, keys: KeySchema, booking_id: str, ctx: ToolContext) -> dict[str, str]:
+        """The booking, if it exists on this calendar and this call may change it (else a ToolError)."""
         booking_id = booking_id.strip().upper()
         record: dict[str, str] = {}
         if booking_id and all(ch in _ID_ALPHABET for ch in booking_id):
@@ -477,6 +498,19 @@ class BookingTool:
             raise ToolError(
                 "booking_not_found",
                 f"There is no booking with id {booking_id!r}. Ask the caller to repeat it letter by letter.",
+            )
+        if not may_change(record, ctx):
+            log.warning(
+                "refused a change to booking %s on %s: call %s is not the caller who booked it",
+                record["id"],
+                self.config.calendar,
+                ctx.call_sid,
+            )
+            raise ToolError(
+                "not_booking_owner",
+                f"Booking {record['id']} was made from another phone number, so it cannot be moved or "
+                "cancelled on this call. Do not tell the caller anything about it. Ask them to call from "
+                "the number they booked with, or offer a transfer to staff.",
             )
         return record
 
@@ -494,9 +528,10 @@ class BookingTool:
         )
         for _ in range(_RETRIES):
             prior = await redis.get(idempotency)
-            if prior is not None:
-                return dict(orjson.loads(prior))
-            record = await self._load(redis, keys, args["booking_id"])
+            replayed = await _replay(redis, keys, prior)
+            if replayed is not None:
+                return replayed
+            record = await self._load(redis, keys, args["booking_id"], ctx)
             if record.get("status") != "booked":
                 raise ToolError(
                     "booking_cancelled", f"Booking {record['id']} was cancelled; it cannot be moved."
@@ -505,6 +540,7 @@ class BookingTool:
             start = self._checked_start(args["start"], hours, bounds, minutes)
             end = start.astimezone(UTC) + timedelta(minutes=minutes)
             booking_id = record["id"]
+            rev = record.get("rev", "0")
             result = {
                 "status": "rescheduled",
                 "booking_id": booking_id,
@@ -515,8 +551,7 @@ class BookingTool:
                 "spoken": cal.spoken(start),
                 "name": record.get("name", ""),
             }
-            old_slots = record.get("slots", "[]")
-            old_keys = [str(k) for k in json.loads(old_slots)]
+            old_keys = [str(k) for k in json.loads(record.get("slots", "[]"))]
             new_keys = self._slot_keys(keys, start, minutes)
             fields = {
                 "start": cal.format_local(start),
@@ -538,15 +573,14 @@ class BookingTool:
                 self.config.capacity,
                 booking_id,
                 start.timestamp(),
-                orjson.dumps(result).decode(),
+                _idempotency_record(booking_id, int(rev) + 1, result),
                 IDEMPOTENCY_TTL_S,
                 self._keep_for(start, minutes, bounds.now),
-                old_slots,
+                rev,
+                prior or "",
                 *_flatten(fields),
             )
-            status, payload = reply[0], reply[1]
-            if status == "dup":
-                return dict(orjson.loads(payload))
+            status = reply[0]
             if status == "ok":
                 log.info("rescheduled %s on %s", booking_id, self.config.calendar)
                 return result
@@ -556,7 +590,7 @@ class BookingTool:
                 raise ToolError(
                     "booking_cancelled", f"Booking {booking_id} was cancelled; it cannot be moved."
                 )
-            # "changed": the booking moved under us; read it again.
+            # "changed": the booking moved under us; "again": this call's same request finished. Read again.
         raise ToolError("tool_failed", "The booking kept changing while moving it. Apologise and try again.")
 
     async def _cancel(
@@ -571,18 +605,21 @@ class BookingTool:
         )
         for _ in range(_RETRIES):
             prior = await redis.get(idempotency)
-            if prior is not None:
-                return dict(orjson.loads(prior))
-            record = await self._load(redis, keys, args["booking_id"])
+            replayed = await _replay(redis, keys, prior)
+            if replayed is not None:
+                return replayed
+            record = await self._load(redis, keys, args["booking_id"], ctx)
             booking_id = record["id"]
+            rev = record.get("rev", "0")
             summary = {
                 "booking_id": booking_id,
                 "service": record["service"],
                 "start": record["start"],
                 "name": record.get("name", ""),
             }
+            already = {"status": "cancelled", **summary, "note": "This booking was already cancelled."}
             if record.get("status") != "booked":
-                return {"status": "cancelled", **summary, "note": "This booking was already cancelled."}
+                return already
             result = {"status": "cancelled", **summary, "note": "Confirm the cancellation to the caller."}
             old_slots = record.get("slots", "[]")
             old_keys = [str(k) for k in json.loads(old_slots)]
@@ -594,22 +631,77 @@ class BookingTool:
                 keys.calendar_bookings(self.config.calendar),
                 *old_keys,
                 booking_id,
-                old_slots,
-                orjson.dumps(result).decode(),
+                rev,
+                _idempotency_record(booking_id, int(rev) + 1, result),
                 IDEMPOTENCY_TTL_S,
                 f"{ctx.now().timestamp():.3f}",
+                prior or "",
             )
-            status, payload = reply[0], reply[1]
-            if status == "dup":
-                return dict(orjson.loads(payload))
+            status = reply[0]
             if status == "ok":
                 log.info("cancelled %s on %s", booking_id, self.config.calendar)
                 return result
             if status == "gone":
-                return {"status": "cancelled", **summary, "note": "This booking was already cancelled."}
+                return already
         raise ToolError(
             "tool_failed", "The booking kept changing while cancelling it. Apologise and try again."
         )
+
+
+def may_change(record: dict[str, str], ctx: ToolContext) -> bool:
+    """Whether the call in ``ctx`` may move or cancel the booking ``record``.
+
+    Yes for the call that made it; for a call from the same number (withheld numbers match no one); for a
+    call that verified the same lookup record by its own number; and for any call once an operator
+    approved the change. Bookings stored before ``caller`` existed fall back to their ``phone`` field.
+    """
+    if ctx.approved or record.get("call_sid") == ctx.call_sid:
+        return True
+    owner = record["caller"] if "caller" in record else caller_identity(record.get("phone", ""))
+    if owner and owner == caller_identity(ctx.caller_number):
+        return True
+    try:
+        records = json.loads(record.get("records") or "[]")
+    except ValueError:
+        return False
+    return isinstance(records, list) and bool(ctx.verified_records.intersection(map(str, records)))
+
+
+def _idempotency_record(booking_id: str, rev: int, result: dict[str, Any]) -> str:
+    """What the idempotency key holds: a result and the booking revision it describes."""
+    return orjson.dumps({"booking_id": booking_id, "rev": rev, "result": result}).decode()
+
+
+async def _replay(redis: Redis, keys: KeySchema, prior: str | None) -> dict[str, Any] | None:
+    """The result stored under an idempotency key, if it still describes the stored booking, else None.
+
+    A result is replayed only while the booking is at the revision the result was written at, so a
+    repeated request never answers "booked" for a booking since cancelled, nor "moved to 11:00" for
+    one moved on to 14:00: it is carried out again instead (against what is stored now). Records from
+    before revisions existed are checked against the booking's status and start.
+    """
+    if prior is None:
+        return None
+    try:
+        entry = orjson.loads(prior)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    if "rev" in entry:
+        result, booking_id = entry.get("result"), str(entry.get("booking_id", ""))
+    else:  # written before revisions: the result itself
+        result, booking_id = entry, str(entry.get("booking_id", ""))
+    if not isinstance(result, dict) or not booking_id:
+        return None
+    rev, status, start = await redis.hmget(keys.booking(booking_id), ["rev", "status", "start"])
+    if "rev" in entry:
+        current = str(entry["rev"]) == (rev or "0")
+    elif result.get("status") == "cancelled":
+        current = status == "cancelled"
+    else:
+        current = status == "booked" and start == result.get("start")
+    return dict(result) if current else None
 
 
 def _parse_time(text: str | None) -> time | None:

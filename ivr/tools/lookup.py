@@ -3,6 +3,10 @@
 The model gets exactly the record's listed fields, or ``{"found": false}`` — never a guess, a near match or
 another record's data. Keys are normalised the same way when loading and when looking up
 (:func:`normalise_key`), so "+1 (555) 010-0001" finds the record written as "+15550100001".
+
+A record found by the number the call comes from (``normalize: phone`` and the key equal to the caller's
+own number) is remembered as *verified* for the call (``ToolContext.verified_records``); a record found
+by a number somebody said is not.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import re
 from typing import Any, Literal
 
 from ivr.flows.tool_configs import LookupConfig
+from ivr.tools.identity import caller_identity
 from ivr.tools.registry import ToolContext, ToolError, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,10 @@ class LookupTool:
             pipe.exists(keys.dataset_meta(dataset))
             values, found, loaded = await pipe.execute()
         if found:
+            if self.config.normalize == "phone" and key == caller_identity(ctx.caller_number):
+                # found by the number the call comes from, not by one somebody said: this record is the
+                # caller's (the booking tool lets it stand in for the number; see docs/security.md)
+                ctx.verified_records.add(f"{dataset}:{key}")
             return {
                 "found": True,
                 **{f: v if v is not None else "" for f, v in zip(self.config.fields, values, strict=True)},

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -83,6 +84,11 @@ class ToolContext:
     keys: KeySchema | None = None
     now: Callable[[], datetime] = utc_now
     env: Mapping[str, str] | None = None
+    #: Lookup records this call found by the caller's own number ("dataset:key"): who the caller is,
+    #: as far as the data says. Filled by the lookup tool; read by the booking tool's ownership check.
+    verified_records: set[str] = field(default_factory=set)
+    #: True while a tool runs because an operator approved this very call (see ``dispatch(approved=)``).
+    approved: bool = False
 
     def require_redis(self, tool: str) -> tuple[Redis, KeySchema]:
         """The Redis client and key schema, or a :class:`ToolError` the model can act on."""
@@ -135,7 +141,15 @@ class _Registered:
 
 
 #: Runs between validation and execution; returns ``(result for the model, error type)`` to stop the tool.
-Guard = Callable[[dict[str, Any]], Awaitable[tuple[Any, str] | None]]
+class Approved:
+    """What a guard returns to let a tool run *because an operator approved it* (``ctx.approved``)."""
+
+
+#: The one :class:`Approved` value.
+APPROVED = Approved()
+#: Sees the validated arguments: ``None`` lets the tool run, :data:`APPROVED` lets it run as approved,
+#: ``(payload, error_type)`` stops it with that output.
+Guard = Callable[[dict[str, Any]], Awaitable[tuple[Any, str] | Approved | None]]
 
 
 class ToolRegistry:
@@ -183,12 +197,21 @@ class ToolRegistry:
         ]
 
     async def dispatch(
-        self, name: str, arguments_json: str, call_id: str, ctx: ToolContext, guard: Guard | None = None
+        self,
+        name: str,
+        arguments_json: str,
+        call_id: str,
+        ctx: ToolContext,
+        guard: Guard | None = None,
+        *,
+        approved: bool = False,
     ) -> ToolOutcome:
         """Validate and run one function call from the model. Never raises except on cancellation.
 
         ``guard`` sees the validated arguments before the tool runs and may stop it by returning the
         result the model gets instead, with its error type (the stage check and the approval gate).
+        ``approved`` says an operator approved this call: the tool sees ``ctx.approved`` (the booking
+        tool then lets a caller change a booking made from another number).
         """
         started = time.perf_counter()
 
@@ -235,13 +258,16 @@ class ToolRegistry:
 
         if guard is not None:
             blocked = await guard(arguments)
-            if blocked is not None:
+            if isinstance(blocked, Approved):
+                approved = True
+            elif blocked is not None:
                 payload, error_type = blocked
                 return done(False, payload, error_type, arguments)
 
         try:
+            run_ctx = replace(ctx, approved=True) if approved and not ctx.approved else ctx
             async with asyncio.timeout(spec.timeout_s):
-                result = await registered.tool.run(arguments, ctx)
+                result = await registered.tool.run(arguments, run_ctx)
         except TimeoutError:
             return failure(
                 "timeout",
@@ -278,18 +304,62 @@ class ToolRegistry:
             )
 
 
+class _NonFinite:
+    """Stands in for a number JSON cannot hold (``NaN``, ``Infinity``, ``1e999``) until it is reported."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _finite_float(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _non_finite_paths(value: Any, path: str = "$") -> list[str]:
+    """``$.items[1].price (NaN)`` for every non-finite number inside ``value``, in document order."""
+    if isinstance(value, _NonFinite):
+        return [f"{path} ({value.text})"]
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _non_finite_paths(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _non_finite_paths(item, f"{path}[{index}]")
+    return found
+
+
 def _parse_arguments(text: str) -> dict[str, Any] | str:
-    """The arguments object, or a phrase saying why it is unusable ("are not valid JSON (...)")."""
+    """The arguments object, or a phrase saying why it is unusable ("are not valid JSON (...)").
+
+    Python's parser accepts ``NaN``/``Infinity``/``-Infinity`` (not JSON) and turns ``1e999`` into
+    infinity; such values would pass JSON-Schema ``number`` checks and compare false with everything,
+    so they are refused here, naming where they are.
+    """
     if not text.strip():
         return {}  # some models send "" for a tool without parameters
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_NonFinite, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         return f"are not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
     except RecursionError:
         return "are nested too deeply"
+    except ValueError as exc:  # e.g. an integer literal past Python's digit limit (not a JSONDecodeError)
+        return f"are not usable JSON ({exc})"
     if not isinstance(value, dict):
         return f"must be a JSON object, got {_json_kind(value)}"
+    try:
+        bad = _non_finite_paths(value)
+    except RecursionError:
+        return "are nested too deeply"
+    if bad:
+        shown = ", ".join(bad[:_MAX_ERRORS_SHOWN])
+        if len(bad) > _MAX_ERRORS_SHOWN:
+            shown += f" and {len(bad) - _MAX_ERRORS_SHOWN} more"
+        return f"hold numbers that are not finite at {shown}; JSON numbers must be finite (use a real number)"
     return value
 
 
@@ -302,6 +372,8 @@ def _json_kind(value: Any) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, _NonFinite):
+        return f"{value.text} (not a finite number)"
     return "an array"
 
 
