@@ -19,6 +19,7 @@ from . import __version__
 from .approvals.gate import ApprovalGate
 from .approvals.listener import ApprovalListener
 from .approvals.store import ApprovalStore
+from .approvals.sweeper import ApprovalSweeper
 from .call.meter import LIVE_TURNS
 from .call.registry import CallRecord, EventSink
 from .console.commands import CommandHandler, CommandListener
@@ -65,6 +66,7 @@ class RedisServices:
         self.approvals: ApprovalStore | None = None
         self.listener: ApprovalListener | None = None
         self.gate: ApprovalGate | None = None
+        self.sweeper: ApprovalSweeper | None = None
         self.operators: OperatorStore | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -87,6 +89,9 @@ class RedisServices:
         self.listener = ApprovalListener(self.redis, self.keys, store=self.approvals)
         self.listener.start()
         self.gate = ApprovalGate(self.approvals, self.listener, instance_id=self.instance_id)
+        # Expires overdue approvals and abandons those of ended calls while we run (one instance at a time).
+        self.sweeper = ApprovalSweeper(self.approvals, instance_id=self.instance_id)
+        self.sweeper.start()
         self.operators = OperatorStore(self.redis, self.keys, bootstrap_token=self.settings.operator_token)
         if self.on_command is not None:
             self.commands = CommandListener(self.redis, self.keys, self.instance_id, self.on_command)
@@ -100,7 +105,8 @@ class RedisServices:
         )
 
     async def _housekeeping(self) -> None:
-        """Reconcile calls an earlier run of this instance left open, then heartbeat (retried while down)."""
+        """Reconcile calls an earlier run of this instance left open, then heartbeat and take over the calls
+        of lost peers (``IVR_INSTANCE_LOST_AFTER``), retried while Redis is down."""
         assert self.calls is not None and self.approvals is not None
         reconciled = False
         while True:
@@ -116,11 +122,18 @@ class RedisServices:
                             len(expired),
                         )
                 await self.calls.heartbeat(self.instance_stats())
+                await self.calls.take_over_lost(self.settings.instance_lost_after_s)
             except (aioredis.RedisError, OSError) as exc:
                 log.warning("Redis housekeeping failed (%s); retrying", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT_INTERVAL_S)
+                await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_interval_s)
             self._beat_now.clear()
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """Seconds between heartbeats (and looks for lost peers): a third of ``IVR_INSTANCE_LOST_AFTER``,
+        at most :data:`HEARTBEAT_INTERVAL_S`, so a live instance is never taken for lost."""
+        return min(HEARTBEAT_INTERVAL_S, self.settings.instance_lost_after_s / 3)
 
     def beat_now(self) -> None:
         """Send the next heartbeat at once (draining started: the fleet page should say so now)."""
@@ -188,6 +201,8 @@ class RedisServices:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         if self.listener is not None:
             await self.listener.stop()
         if self.commands is not None:

@@ -122,8 +122,8 @@ async def test_approved_runs_exactly_once(gate: ApprovalGate, operator: Approval
     others = {r.approval.id for r in racers if r.kind == "pending" and r.approval}
     assert len(others) == 1 and pending.approval.id not in others
     stored = await gate.store.get(pending.approval.id)
-    assert stored is not None and stored.executed_at is not None
-    assert await gate.mark_executed(pending.approval.id) is False
+    assert stored is not None and stored.claimed_at is not None
+    assert await gate.claim(pending.approval.id) is False
 
 
 async def test_settle_waits_for_the_operator_on_another_connection(
@@ -138,9 +138,10 @@ async def test_settle_waits_for_the_operator_on_another_connection(
     decision = await asyncio.wait_for(settled, 2)
     assert decision.kind == "run"
     assert decision.arguments({"amount": 999999}) == {"amount": 250, "order": "B7"}
-    # The same approval cannot be settled into a second run.
+    # The same approval cannot be settled into a second run, and is never called a refusal either.
     again = await gate.settle(pending.approval)
-    assert again.kind == "denied" and "already carried out" in again.message
+    assert again.kind == "done" and "carried out once" in again.message
+    assert again.as_output()["status"] == "approved"
     # And a later identical tool call is a new request, not a free run.
     later = await check(gate, {"amount": 250, "order": "B7"})
     assert later.kind == "pending" and later.approval is not None

@@ -206,7 +206,7 @@ async def test_unknown_ids_and_bad_input(store: ApprovalStore) -> None:
     with pytest.raises(ApprovalNotFound):
         await store.expire("ap_0000000000000000")
     assert await store.get("ap_0000000000000000") is None
-    assert await store.mark_executed("ap_0000000000000000") is False
+    assert await store.claim("ap_0000000000000000") is False
     approval = await make(store)
     with pytest.raises(ValueError, match="operator"):
         await store.decide(approval.id, approve=True, operator="  ")
@@ -219,17 +219,23 @@ async def test_unknown_ids_and_bad_input(store: ApprovalStore) -> None:
     assert (await store.get(approval.id)).status == "pending"  # type: ignore[union-attr]
 
 
-async def test_mark_executed_only_once_and_only_when_approved(store: ApprovalStore) -> None:
+async def test_claim_only_once_and_only_when_approved(store: ApprovalStore) -> None:
     approval = await make(store)
-    assert await store.mark_executed(approval.id) is False  # pending
+    assert await store.claim(approval.id) is False  # pending
     await store.decide(approval.id, approve=True, operator="alice")
-    results = await asyncio.gather(*(store.mark_executed(approval.id) for _ in range(10)))
+    results = await asyncio.gather(*(store.claim(approval.id) for _ in range(10)))
     assert results.count(True) == 1
     stored = await store.get(approval.id)
-    assert stored is not None and stored.executed_at is not None
+    assert stored is not None and stored.claimed_at is not None
+    assert stored.executed_at is None  # taken to run; "executed" waits for the outcome
+    assert await store.record_execution(approval.id, ok=True) is True
+    assert await store.record_execution(approval.id, ok=False, error_type="x") is False  # once
+    stored = await store.get(approval.id)
+    assert stored is not None and stored.executed_at is not None and stored.outcome == "ok"
     denied = await make(store, arguments={"amount": 1})
     await store.decide(denied.id, approve=False, operator="alice")
-    assert await store.mark_executed(denied.id) is False
+    assert await store.claim(denied.id) is False
+    assert await store.record_execution(denied.id, ok=True) is False  # never claimed: nothing ran
 
 
 async def test_pending_is_ordered_by_deadline_and_skips_vanished_records(

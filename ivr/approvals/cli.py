@@ -19,12 +19,14 @@ from typing import Any, TextIO
 from redis.asyncio import Redis
 
 from ivr.approvals.store import (
-    TIMEOUT_OPERATOR,
+    RESERVED_OPERATORS,
     Approval,
+    ApprovalAbandoned,
     ApprovalAlreadyDecided,
     ApprovalExpired,
     ApprovalNotFound,
     ApprovalStore,
+    abandoned_message,
     describe_decision,
 )
 from ivr.settings import Settings
@@ -113,11 +115,14 @@ async def _dispatch(args: argparse.Namespace, store: ApprovalStore, out: TextIO,
             print(format_record(record, now), file=out)
         return 0
     operator = (args.operator or "").strip()
-    if not operator or operator == TIMEOUT_OPERATOR:
+    if not operator or operator in RESERVED_OPERATORS:
         print(f"error: --operator {args.operator!r} cannot be used; give your name", file=err)
         return 2
     try:
         record = await store.decide(args.id, approve=name == "approve", operator=operator, note=args.note)
+    except ApprovalAbandoned as exc:
+        print(f"error: {abandoned_message(exc.approval)}", file=err)
+        return 1
     except ApprovalAlreadyDecided as exc:
         print(
             f"error: approval {args.id} was already {describe_decision(exc.approval)}; "
@@ -203,8 +208,11 @@ def format_record(record: Approval, now: float) -> str:
     ]
     if record.note:
         lines.append(f"note:       {record.note}")
+    if record.claimed_at is not None and record.executed_at is None:
+        lines.append(f"running:    since {_stamp(record.claimed_at)} (no outcome stored yet)")
     if record.executed_at is not None:
-        lines.append(f"executed:   {_stamp(record.executed_at)}")
+        how = "ok" if record.outcome == "ok" else f"failed ({record.error_type or 'error'})"
+        lines.append(f"executed:   {_stamp(record.executed_at)}, {how}")
     return "\n".join(lines)
 
 

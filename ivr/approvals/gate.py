@@ -9,8 +9,11 @@ The model cannot retry its way through:
 * the same tool + arguments (same digest) while a request is pending → the same request, still pending;
 * the same digest after a denial or a timeout → denied again, for the rest of the call;
 * changed arguments → a new request that an operator must decide on its own;
-* an approved request runs once; marking it executed is atomic, so two racing tool calls cannot both run it.
-  Asking again for the same action after that creates a new request.
+* an approved request runs once: taking it to run (``claim``) is atomic, so two racing tool calls cannot both
+  run it. Asking again for the same action after that creates a new request;
+* ``executed`` is audited when the action has actually run, with its outcome (:meth:`ApprovalGate.executed`);
+* when the call ends, its undecided requests are abandoned (:meth:`ApprovalGate.abandon_call`) and can no
+  longer be decided.
 
 How the runtime uses it::
 
@@ -20,12 +23,16 @@ How the runtime uses it::
         decision = await gate.settle(decision.approval)   # waits for the operator (or the deadline)
     if decision.kind == "run":
         run the tool with decision.arguments              # the stored arguments
+        await gate.executed(decision.approval, ok=..., error_type=...)   # when it was gated
+    elif decision.kind == "done":
+        it was approved and run by another tool call of this call, which reported the result
     else:
         send decision.message back to the model
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,15 +44,20 @@ from ivr.approvals.store import Approval, ApprovalStore
 
 __all__ = ["ApprovalGate", "GateDecision"]
 
-#: Attempts of the request/mark-executed loop; only a race with another call of the same action repeats it.
+log = logging.getLogger("ivr.approvals.gate")
+
+#: Attempts of the request/claim loop; only a race with another call of the same action repeats it.
 _ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    """What the runtime does with one tool call: run it, tell the model it is pending, or refuse it."""
+    """What the runtime does with one tool call: run it, tell the model it is pending, or refuse it.
 
-    kind: Literal["run", "pending", "denied"]
+    ``done`` (only from :meth:`ApprovalGate.settle`): approved, and already run by another tool call of the
+    same call, whose result the model was given; never reported to the model as a refusal."""
+
+    kind: Literal["run", "pending", "denied", "done"]
     approval: Approval | None
     #: For the model: what happened and what to tell the caller. Empty for an ungated "run".
     message: str
@@ -56,7 +68,9 @@ class GateDecision:
 
     def as_output(self) -> dict[str, Any]:
         """A structured tool result for the model when the action did not run (yet)."""
-        status = {"pending": "pending_approval", "denied": "denied", "run": "approved"}[self.kind]
+        status = {"pending": "pending_approval", "denied": "denied", "run": "approved", "done": "approved"}[
+            self.kind
+        ]
         output: dict[str, Any] = {"status": status, "message": self.message}
         if self.approval is not None:
             output["approval_id"] = self.approval.id
@@ -103,9 +117,9 @@ class ApprovalGate:
                     return GateDecision("pending", approval, pending_message(approval))
                 if approval.status in ("denied", "expired"):
                     return GateDecision("denied", approval, refusal_message(approval, repeated=True))
-                # Approved and not run yet: whoever marks it executed first runs it. A loser asks again,
-                # which now creates a fresh request.
-                if await self.mark_executed(approval.id):
+                # Approved and not run yet: whoever claims it first runs it. A loser asks again, which now
+                # creates a fresh request.
+                if await self.claim(approval.id):
                     return GateDecision("run", approval, "")
         except (RedisError, OSError) as exc:
             return GateDecision("denied", None, unavailable_message(tool, exc))
@@ -117,25 +131,52 @@ class ApprovalGate:
         """The request once decided, or expired at its deadline."""
         return await self.listener.wait(approval.id, approval.deadline, fallback=approval)
 
-    async def mark_executed(self, aid: str) -> bool:
-        """Atomically record that an approved request ran; False if it already had (or is not approved)."""
-        return await self.store.mark_executed(aid, instance_id=self.instance_id)
+    async def claim(self, aid: str) -> bool:
+        """Atomically take an approved request to run it; False if taken already (or not approved)."""
+        return await self.store.claim(aid, instance_id=self.instance_id)
+
+    async def executed(self, approval: Approval, *, ok: bool, error_type: str | None = None) -> bool:
+        """The claimed action ran: store and audit its outcome. Never raises for Redis trouble (logged)."""
+        try:
+            return await self.store.record_execution(
+                approval.id, ok=ok, error_type=error_type, instance_id=self.instance_id
+            )
+        except (RedisError, OSError) as exc:
+            log.error(
+                "approval %s: %s ran (%s) but its outcome could not be stored (Redis: %s); the record keeps "
+                "claimed_at without executed_at",
+                approval.id,
+                approval.tool,
+                "ok" if ok else f"failed: {error_type}",
+                type(exc).__name__,
+            )
+            return False
+
+    async def abandon_call(self, call_sid: str) -> list[str]:
+        """The call ended: its undecided requests become ``abandoned`` (audited). Raises on Redis trouble."""
+        return await self.store.abandon_call(call_sid, instance_id=self.instance_id)
 
     async def settle(self, approval: Approval) -> GateDecision:
-        """Wait for the decision on a pending request and turn it into "run" (once) or "denied"."""
+        """Wait for the decision on a pending request and turn it into "run" (once), "done" or "denied"."""
         final = await self.wait(approval)
         if final.status == "approved":
             try:
-                if await self.mark_executed(final.id):
+                if await self.claim(final.id):
                     return GateDecision("run", final, "")
+                latest = await self.store.get(final.id)
             except (RedisError, OSError) as exc:
                 return GateDecision("denied", final, unavailable_message(final.tool, exc))
-            return GateDecision(
-                "denied",
-                final,
-                f"This action (approval {final.id}) was already carried out once after approval; "
-                "it was not run a second time.",
-            )
+            if latest is not None and latest.status == "approved":
+                return GateDecision(
+                    "done",
+                    latest,
+                    f"This action (approval {final.id}) was approved and has been carried out once, by "
+                    "another request for it in this call, whose result you were given; it was not run a "
+                    "second time.",
+                )
+            final = latest or final
+            if final.status == "approved":  # pragma: no cover - the record vanished (retention) meanwhile
+                return GateDecision("denied", final, f"Approval {final.id} could not be settled.")
         return GateDecision("denied", final, refusal_message(final, repeated=False))
 
 
@@ -152,7 +193,9 @@ def pending_message(approval: Approval) -> str:
 
 def refusal_message(approval: Approval, *, repeated: bool) -> str:
     """Tells the model why the action was not carried out, and that retrying will not help."""
-    if approval.status == "expired":
+    if approval.status == "abandoned":
+        head = "Not done: this request was closed because its call ended, so it was not carried out."
+    elif approval.status == "expired":
         seconds = max(1, round(approval.deadline - approval.created_at))
         head = (
             f"Not done: no operator approved this action within {seconds} seconds, so it was not carried "

@@ -30,17 +30,19 @@ from ivr.store.keys import KeySchema
 
 __all__ = [
     "Approval",
+    "ApprovalAbandoned",
     "ApprovalAlreadyDecided",
     "ApprovalError",
     "ApprovalExpired",
     "ApprovalNotFound",
     "ApprovalStore",
     "Status",
+    "Sweep",
     "arguments_digest",
 ]
 
-Status = Literal["pending", "approved", "denied", "expired"]
-_STATUSES: frozenset[str] = frozenset({"pending", "approved", "denied", "expired"})
+Status = Literal["pending", "approved", "denied", "expired", "abandoned"]
+_STATUSES: frozenset[str] = frozenset({"pending", "approved", "denied", "expired", "abandoned"})
 
 #: Approximate cap of the global event stream (same as the call store's).
 EVENTS_MAXLEN = 100_000
@@ -48,6 +50,13 @@ EVENTS_MAXLEN = 100_000
 EXPIRED_NOTE = "no decision before the deadline"
 #: decided_by of requests that ran out of time.
 TIMEOUT_OPERATOR = "timeout"
+#: decided_by of undecided requests closed because their call ended.
+CALL_ENDED_OPERATOR = "call-ended"
+#: Notes stored on abandoned requests: undecided, or approved but not yet run, when the call ended.
+ABANDONED_NOTE = "the call ended before a decision"
+ABANDONED_APPROVED_NOTE = "the call ended before the approved action ran"
+#: Names reserved for the system; an operator cannot decide under them.
+RESERVED_OPERATORS = frozenset({TIMEOUT_OPERATOR, CALL_ENDED_OPERATOR})
 
 
 class ApprovalError(Exception):
@@ -71,6 +80,24 @@ class ApprovalAlreadyDecided(ApprovalError):
         super().__init__(f"approval {approval.id} was already {describe_decision(approval)}")
 
 
+class ApprovalAbandoned(ApprovalAlreadyDecided):
+    """The request's call ended before it was decided (or before the approved action ran): nothing can be
+    carried out any more, so it cannot be decided. Carries the stored (``abandoned``) record."""
+
+    def __init__(self, approval: Approval) -> None:
+        super().__init__(approval)
+        self.args = (abandoned_message(approval),)
+
+
+def abandoned_message(approval: Approval) -> str:
+    """Why an abandoned request cannot be decided, for operators (API, console, CLI)."""
+    before = "the approved action ran" if approval.note == ABANDONED_APPROVED_NOTE else "a decision"
+    return (
+        f"approval {approval.id} can no longer be decided: the call ended before {before} (call "
+        f"{approval.call_sid}), so nothing will be carried out; the request was closed as abandoned"
+    )
+
+
 class ApprovalExpired(ApprovalError):
     """The decision came after the deadline; the request is now expired (denied). Carries the record."""
 
@@ -92,6 +119,8 @@ def describe_decision(approval: Approval) -> str:
     who = f" by {approval.decided_by}" if approval.decided_by else ""
     if approval.status == "expired":
         return f"expired (no decision before the deadline){when}"
+    if approval.status == "abandoned":
+        return f"abandoned ({approval.note or ABANDONED_NOTE}){when}"
     return f"{approval.status}{who}{when}"
 
 
@@ -101,6 +130,14 @@ def arguments_digest(tool: str, arguments: Mapping[str, Any]) -> str:
         {"tool": tool, "arguments": arguments}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What one :meth:`ApprovalStore.sweep` closed."""
+
+    expired: list[Approval]
+    abandoned: list[Approval]
 
 
 @dataclass(frozen=True)
@@ -122,8 +159,13 @@ class Approval:
     decided_by: str | None
     decided_at: float | None
     note: str | None
-    #: When the approved action was run (set once, atomically, by the gate).
+    #: When an instance took the approved action to run it (set once, atomically: it runs at most once).
+    claimed_at: float | None = None
+    #: When the approved action finished running, and how: ``outcome`` is ``ok`` or ``failed`` (then
+    #: ``error_type`` says why, e.g. ``unreachable``). Unset while it runs, or if its instance died meanwhile.
     executed_at: float | None = None
+    outcome: str | None = None
+    error_type: str | None = None
 
     @property
     def decided(self) -> bool:
@@ -168,7 +210,10 @@ class Approval:
                 decided_by=fields.get("decided_by") or None,
                 decided_at=opt_float("decided_at"),
                 note=fields.get("note") or None,
+                claimed_at=opt_float("claimed_at"),
                 executed_at=opt_float("executed_at"),
+                outcome=fields.get("outcome") or None,
+                error_type=fields.get("error_type") or None,
             )
         except KeyError as exc:
             raise ValueError(f"approval record is missing the field {exc.args[0]!r}") from None
@@ -190,6 +235,35 @@ local function audit_minid(now, retention)
 end
 """
 
+# Closing a request (decided, expired or abandoned) is one step wherever it happens: the record, the pending
+# index, the audit entry, the dashboard event and the pub/sub notification for the waiting call.
+# c = {key, aid, status, by (decided_by, or nil to keep the stored one), audit_by, note, now, retention,
+#      pending, audit, events, channel, maxlen}
+_LUA_CLOSE = """
+local function close(c)
+  local h = redis.call('HMGET', c.key, 'call_sid', 'instance_id', 'tool', 'arguments', 'flow_id')
+  redis.call('HSET', c.key, 'status', c.status)
+  if c.by then redis.call('HSET', c.key, 'decided_by', c.by, 'decided_at', stamp(c.now)) end
+  if c.note ~= '' then redis.call('HSET', c.key, 'note', c.note) end
+  redis.call('EXPIRE', c.key, math.ceil(c.retention))
+  redis.call('ZREM', c.pending, c.aid)
+  redis.call('XADD', c.audit, 'MINID', '~', audit_minid(c.now, c.retention), '*',
+    'action', c.status, 'approval_id', c.aid, 'call_sid', h[1], 'flow_id', h[5], 'tool', h[3],
+    'arguments', h[4], 'by', c.audit_by, 'note', c.note, 'ts', stamp(c.now))
+  redis.call('XADD', c.events, 'MAXLEN', '~', c.maxlen, '*', 'type', 'approval.decided', 'call_sid', h[1],
+    'ts', stamp(c.now),
+    'data', cjson.encode({id = c.aid, tool = h[3], status = c.status, decided_by = c.audit_by,
+                          instance_id = h[2]}))
+  redis.call('PUBLISH', c.channel,
+    cjson.encode({id = c.aid, call_sid = h[1], instance_id = h[2], status = c.status}))
+end
+local function call_ended(call_head, sid)
+  if not sid or sid == '' then return false end
+  local ended = redis.call('HGET', call_head .. sid, 'ended_at')  -- 'null' (JSON) while the call runs
+  return type(ended) == 'string' and tonumber(ended) ~= nil
+end
+"""
+
 # KEYS: 1 call's approval index (set), 2 the new approval hash, 3 pending (zset), 4 audit (stream),
 #       5 events (stream)
 # ARGV: 1 approval key head (key = head .. id), 2 digest, 3 mode ('pending' | 'gate'), 4 now ('' = server),
@@ -201,11 +275,11 @@ _REQUEST_LUA = (
 local digest, mode = ARGV[2], ARGV[3]
 local found_pending, found_approved, found_closed
 for _, aid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local h = redis.call('HMGET', ARGV[1] .. aid, 'digest', 'status', 'executed_at')
+  local h = redis.call('HMGET', ARGV[1] .. aid, 'digest', 'status', 'claimed_at', 'executed_at')
   if h[1] == digest then
     if h[2] == 'pending' then found_pending = aid
-    elseif h[2] == 'approved' and not h[3] then found_approved = aid
-    elseif h[2] == 'denied' or h[2] == 'expired' then found_closed = aid end
+    elseif h[2] == 'approved' and not h[3] and not h[4] then found_approved = aid
+    elseif h[2] == 'denied' or h[2] == 'expired' or h[2] == 'abandoned' then found_closed = aid end
   end
 end
 local existing = found_pending
@@ -237,50 +311,129 @@ return {'created', unpack(redis.call('HGETALL', KEYS[2]))}
 
 # KEYS: 1 approval hash, 2 pending (zset), 3 audit (stream), 4 events (stream)
 # ARGV: 1 new status, 2 operator, 3 note, 4 now ('' = server), 5 retention_s, 6 channel, 7 events maxlen,
-#       8 expired note, 9 timeout operator
+#       8 expired note, 9 timeout operator, 10 call key head (key = head .. call sid), 11 abandoned note,
+#       12 call-ended operator
+# A request whose call has ended (its record has ended_at) is abandoned instead: nothing could run it.
 _DECIDE_LUA = (
     _LUA_CLOCK
+    + _LUA_CLOSE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'notfound'} end
-local h = redis.call('HMGET', KEYS[1], 'status', 'deadline', 'id', 'call_sid', 'instance_id', 'tool',
-  'arguments', 'flow_id')
+local h = redis.call('HMGET', KEYS[1], 'status', 'deadline', 'id', 'call_sid')
 if h[1] ~= 'pending' then
   return {'decided', unpack(redis.call('HGETALL', KEYS[1]))}
 end
 local now = clock(ARGV[4])
-local retention = tonumber(ARGV[5])
 local status, by, note, outcome = ARGV[1], ARGV[2], ARGV[3], 'ok'
-if status ~= 'expired' and now > tonumber(h[2]) then
+if call_ended(ARGV[10], h[4]) then
+  outcome, status, by, note = 'abandoned', 'abandoned', ARGV[12], ARGV[11]
+elseif status ~= 'expired' and now > tonumber(h[2]) then
   outcome, status, by, note = 'expired', 'expired', ARGV[9], ARGV[8]
 end
-redis.call('HSET', KEYS[1], 'status', status, 'decided_by', by, 'decided_at', stamp(now))
-if note ~= '' then redis.call('HSET', KEYS[1], 'note', note) end
-redis.call('EXPIRE', KEYS[1], math.ceil(retention))
-redis.call('ZREM', KEYS[2], h[3])
-redis.call('XADD', KEYS[3], 'MINID', '~', audit_minid(now, retention), '*',
-  'action', status, 'approval_id', h[3], 'call_sid', h[4], 'flow_id', h[8], 'tool', h[6],
-  'arguments', h[7], 'by', by, 'note', note, 'ts', stamp(now))
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', 'approval.decided', 'call_sid', h[4],
-  'ts', stamp(now),
-  'data', cjson.encode({id = h[3], tool = h[6], status = status, decided_by = by, instance_id = h[5]}))
-redis.call('PUBLISH', ARGV[6],
-  cjson.encode({id = h[3], call_sid = h[4], instance_id = h[5], status = status}))
+close({key = KEYS[1], aid = h[3], status = status, by = by, audit_by = by, note = note, now = now,
+  retention = tonumber(ARGV[5]), pending = KEYS[2], audit = KEYS[3], events = KEYS[4], channel = ARGV[6],
+  maxlen = ARGV[7]})
 return {outcome, unpack(redis.call('HGETALL', KEYS[1]))}
 """
 )
 
-# KEYS: 1 approval hash, 2 audit (stream); ARGV: 1 now ('' = server), 2 retention_s, 3 instance id
+# KEYS: 1 call's approval index (set), 2 pending (zset), 3 audit (stream), 4 events (stream)
+# ARGV: 1 approval key head, 2 now ('' = server), 3 retention_s, 4 channel, 5 events maxlen, 6 instance id,
+#       7 note (undecided), 8 note (approved, not run), 9 call-ended operator
+# Returns the ids abandoned. A request whose action was taken to run (claimed_at) is left alone.
+_ABANDON_LUA = (
+    _LUA_CLOCK
+    + _LUA_CLOSE
+    + """
+local now = clock(ARGV[2])
+local done = {}
+for _, aid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[1] .. aid
+  local h = redis.call('HMGET', key, 'status', 'claimed_at', 'executed_at')
+  local note, by = nil, nil
+  if h[1] == 'pending' then note, by = ARGV[7], ARGV[9]
+  elseif h[1] == 'approved' and not h[2] and not h[3] then note = ARGV[8] end
+  if note then
+    close({key = key, aid = aid, status = 'abandoned', by = by, audit_by = 'instance:' .. ARGV[6],
+      note = note, now = now, retention = tonumber(ARGV[3]), pending = KEYS[2], audit = KEYS[3],
+      events = KEYS[4], channel = ARGV[4], maxlen = ARGV[5]})
+    table.insert(done, aid)
+  end
+end
+return done
+"""
+)
+
+# KEYS: 1 pending (zset), 2 audit (stream), 3 events (stream)
+# ARGV: 1 approval key head, 2 call key head, 3 now ('' = server), 4 retention_s, 5 channel,
+#       6 events maxlen, 7 expired note, 8 timeout operator, 9 abandoned note, 10 call-ended operator,
+#       11 how many pending entries to look at (soonest deadline first)
+# Returns {expired ids, abandoned ids}: overdue requests expire; those whose call ended are abandoned.
+_SWEEP_LUA = (
+    _LUA_CLOCK
+    + _LUA_CLOSE
+    + """
+local now = clock(ARGV[3])
+local expired, abandoned = {}, {}
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[11]) - 1)
+for _, aid in ipairs(ids) do
+  local key = ARGV[1] .. aid
+  local h = redis.call('HMGET', key, 'status', 'deadline', 'call_sid')
+  if h[1] ~= 'pending' then
+    redis.call('ZREM', KEYS[1], aid)  -- the record is gone or was closed: drop the stale index entry
+  else
+    local status, by, note
+    if call_ended(ARGV[2], h[3]) then
+      status, by, note = 'abandoned', ARGV[10], ARGV[9]
+      table.insert(abandoned, aid)
+    elseif now > tonumber(h[2]) then
+      status, by, note = 'expired', ARGV[8], ARGV[7]
+      table.insert(expired, aid)
+    end
+    if status then
+      close({key = key, aid = aid, status = status, by = by, audit_by = by, note = note, now = now,
+        retention = tonumber(ARGV[4]), pending = KEYS[1], audit = KEYS[2], events = KEYS[3],
+        channel = ARGV[5], maxlen = ARGV[6]})
+    end
+  end
+end
+return {expired, abandoned}
+"""
+)
+
+# KEYS: 1 approval hash; ARGV: 1 now ('' = server), 2 instance id
+# Takes an approved request to run it: only once, and never after it was abandoned. No audit entry yet.
+_CLAIM_LUA = (
+    _LUA_CLOCK
+    + """
+local h = redis.call('HMGET', KEYS[1], 'status', 'claimed_at', 'executed_at')
+if h[1] ~= 'approved' or h[2] or h[3] then return 0 end
+redis.call('HSET', KEYS[1], 'claimed_at', stamp(clock(ARGV[1])), 'claimed_by', 'instance:' .. ARGV[2])
+return 1
+"""
+)
+
+# KEYS: 1 approval hash, 2 audit (stream), 3 events (stream)
+# ARGV: 1 now ('' = server), 2 retention_s, 3 instance id, 4 outcome ('ok' | 'failed'), 5 error type,
+#       6 events maxlen
+# The claimed action has run: its outcome, and the audit's `executed` entry. Once.
 _EXECUTED_LUA = (
     _LUA_CLOCK
     + """
-local h = redis.call('HMGET', KEYS[1], 'status', 'executed_at', 'id', 'call_sid', 'tool', 'arguments',
-  'flow_id')
-if h[1] ~= 'approved' or h[2] then return 0 end
+local h = redis.call('HMGET', KEYS[1], 'claimed_at', 'executed_at', 'id', 'call_sid', 'tool', 'arguments',
+  'flow_id', 'instance_id')
+if not h[1] or h[2] then return 0 end
 local now = clock(ARGV[1])
-redis.call('HSET', KEYS[1], 'executed_at', stamp(now))
+redis.call('HSET', KEYS[1], 'executed_at', stamp(now), 'outcome', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error_type', ARGV[5]) end
 redis.call('XADD', KEYS[2], 'MINID', '~', audit_minid(now, tonumber(ARGV[2])), '*',
   'action', 'executed', 'approval_id', h[3], 'call_sid', h[4], 'flow_id', h[7], 'tool', h[5],
-  'arguments', h[6], 'by', 'instance:' .. ARGV[3], 'ts', stamp(now))
+  'arguments', h[6], 'outcome', ARGV[4], 'error_type', ARGV[5], 'by', 'instance:' .. ARGV[3],
+  'ts', stamp(now))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'approval.executed', 'call_sid', h[4],
+  'ts', stamp(now),
+  'data', cjson.encode({id = h[3], tool = h[5], outcome = ARGV[4], error_type = ARGV[5],
+                        instance_id = h[8]}))
 return 1
 """
 )
@@ -311,8 +464,15 @@ class ApprovalStore:
         if not probe.endswith("ID"):  # pragma: no cover - guards a change of the key schema
             raise RuntimeError(f"approval keys no longer end with the id: {probe!r}")
         self._approval_head = probe[: -len("ID")]
+        call_probe = keys.call("ID")
+        if not call_probe.endswith("ID"):  # pragma: no cover - guards a change of the key schema
+            raise RuntimeError(f"call keys no longer end with the sid: {call_probe!r}")
+        self._call_head = call_probe[: -len("ID")]
         self._request = redis.register_script(_REQUEST_LUA)
         self._decide = redis.register_script(_DECIDE_LUA)
+        self._abandon = redis.register_script(_ABANDON_LUA)
+        self._sweep = redis.register_script(_SWEEP_LUA)
+        self._claim = redis.register_script(_CLAIM_LUA)
         self._executed = redis.register_script(_EXECUTED_LUA)
 
     # -- writes --------------------------------------------------------------------------------------------
@@ -433,12 +593,13 @@ class ApprovalStore:
         now: float | None = None,
     ) -> Approval:
         """Approve or deny a pending request, once. Raises :class:`ApprovalNotFound`,
-        :class:`ApprovalAlreadyDecided` or :class:`ApprovalExpired` (the deadline passed: now expired)."""
+        :class:`ApprovalAlreadyDecided`, :class:`ApprovalAbandoned` (its call ended: now abandoned) or
+        :class:`ApprovalExpired` (the deadline passed: now expired)."""
         operator = (operator or "").strip()
         if not operator:
             raise ValueError("operator must name who decides (e.g. a user name)")
-        if operator == TIMEOUT_OPERATOR:
-            raise ValueError(f"operator {TIMEOUT_OPERATOR!r} is reserved for requests that ran out of time")
+        if operator in RESERVED_OPERATORS:
+            raise ValueError(f"operator {operator!r} is reserved for requests closed by the system")
         return await self._finish(aid, "approved" if approve else "denied", operator, note or "", now)
 
     async def expire(self, aid: str, *, now: float | None = None) -> Approval:
@@ -463,41 +624,109 @@ class ApprovalStore:
                 str(EVENTS_MAXLEN),
                 EXPIRED_NOTE,
                 TIMEOUT_OPERATOR,
+                self._call_head,
+                ABANDONED_NOTE,
+                CALL_ENDED_OPERATOR,
             ],
         )
         outcome = reply[0]
         if outcome == "notfound":
             raise ApprovalNotFound(aid)
         approval = Approval.from_hash(_pairs(reply[1:]))
+        if outcome == "abandoned" or (outcome == "decided" and approval.status == "abandoned"):
+            raise ApprovalAbandoned(approval)
         if outcome == "decided":
             raise ApprovalAlreadyDecided(approval)
         if outcome == "expired":
             raise ApprovalExpired(approval)
         return approval
 
-    async def mark_executed(self, aid: str, *, instance_id: str = "", now: float | None = None) -> bool:
-        """Record that an approved request's action ran; True only for the first caller."""
+    async def claim(self, aid: str, *, instance_id: str = "", now: float | None = None) -> bool:
+        """Take an approved request to run its action: True only for the first caller, and only while it is
+        approved (not abandoned). Record how the run went with :meth:`record_execution`."""
+        done = await self._claim(keys=[self.keys.approval(aid)], args=[_now_arg(now), instance_id or "?"])
+        return bool(done)
+
+    async def record_execution(
+        self,
+        aid: str,
+        *,
+        ok: bool,
+        error_type: str | None = None,
+        instance_id: str = "",
+        now: float | None = None,
+    ) -> bool:
+        """The claimed action has run: store its outcome and audit ``executed`` (once; False otherwise)."""
         done = await self._executed(
-            keys=[self.keys.approval(aid), self.keys.approvals_audit()],
-            args=[_now_arg(now), repr(self.retention_s), instance_id or "?"],
+            keys=[self.keys.approval(aid), self.keys.approvals_audit(), self.keys.events()],
+            args=[
+                _now_arg(now),
+                repr(self.retention_s),
+                instance_id or "?",
+                "ok" if ok else "failed",
+                "" if ok else (error_type or "error"),
+                str(EVENTS_MAXLEN),
+            ],
         )
         return bool(done)
 
+    async def abandon_call(
+        self, call_sid: str, *, instance_id: str = "", now: float | None = None
+    ) -> list[str]:
+        """The call ended: close its undecided requests (and approved ones not yet taken to run) as
+        ``abandoned``, audited. Returns their ids. Safe to repeat."""
+        done = await self._abandon(
+            keys=[
+                self.keys.call_approvals(call_sid),
+                self.keys.approvals_pending(),
+                self.keys.approvals_audit(),
+                self.keys.events(),
+            ],
+            args=[
+                self._approval_head,
+                _now_arg(now),
+                repr(self.retention_s),
+                self.keys.approval_channel(),
+                str(EVENTS_MAXLEN),
+                instance_id or "?",
+                ABANDONED_NOTE,
+                ABANDONED_APPROVED_NOTE,
+                CALL_ENDED_OPERATOR,
+            ],
+        )
+        return [str(aid) for aid in done]
+
+    async def sweep(self, *, now: float | None = None, limit: int = 1000) -> Sweep:
+        """Close what can no longer be decided: overdue requests expire (e.g. their instance died), requests
+        whose call ended are abandoned. Looks at the ``limit`` soonest deadlines; one atomic step."""
+        if limit < 1:
+            raise ValueError(f"limit={limit!r} must be at least 1")
+        expired_ids, abandoned_ids = await self._sweep(
+            keys=[self.keys.approvals_pending(), self.keys.approvals_audit(), self.keys.events()],
+            args=[
+                self._approval_head,
+                self._call_head,
+                _now_arg(now),
+                repr(self.retention_s),
+                self.keys.approval_channel(),
+                str(EVENTS_MAXLEN),
+                EXPIRED_NOTE,
+                TIMEOUT_OPERATOR,
+                ABANDONED_NOTE,
+                CALL_ENDED_OPERATOR,
+                str(int(limit)),
+            ],
+        )
+        records = await self.get_many([*expired_ids, *abandoned_ids])
+        split = len(expired_ids)
+        return Sweep(
+            expired=[r for r in records[:split] if r is not None],
+            abandoned=[r for r in records[split:] if r is not None],
+        )
+
     async def expire_overdue(self, *, now: float | None = None) -> list[Approval]:
-        """Expire every pending request whose deadline has passed (e.g. its instance died); returns them."""
-        if now is None:
-            seconds, micros = await self.redis.time()
-            now = seconds + micros / 1e6
-        overdue = await self.redis.zrangebyscore(self.keys.approvals_pending(), "-inf", f"({now!r}")
-        expired: list[Approval] = []
-        for aid in overdue:
-            try:
-                expired.append(await self.expire(aid, now=now))
-            except ApprovalNotFound:
-                await self.redis.zrem(self.keys.approvals_pending(), aid)
-            except ApprovalAlreadyDecided:
-                continue
-        return expired
+        """Expire every pending request whose deadline has passed (see :meth:`sweep`); returns them."""
+        return (await self.sweep(now=now)).expired
 
     # -- reads ---------------------------------------------------------------------------------------------
     async def get(self, aid: str) -> Approval | None:

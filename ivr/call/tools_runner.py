@@ -6,22 +6,49 @@ registry (which validates the arguments). A tool whose approval policy applies g
 the model is told it is pending, the caller hears the hold phrase, and when an operator decides (or the
 request expires) the tool runs once, or the model is told no (:mod:`ivr.approvals`). Every outcome is
 recorded in the call record, the event feed, the metrics and the log.
+
+One waiter per approval request: a model that repeats a pending request gets "pending" again, and hears
+the decision once. An approved action that has started runs to its end even if the caller hangs up, and its
+outcome is audited (``executed``); when the call ends, its undecided requests are abandoned.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import RedisError
 
+from ..approvals.store import Approval
+from ..logs import redact
 from ..realtime import events as ev
-from ..tools.registry import ToolOutcome
+from ..tools.registry import APPROVED, Approved, ToolOutcome
 from .notices import approval_notice, say_line
 
 if TYPE_CHECKING:
+    from ..approvals.gate import ApprovalGate
     from .session import CallSession
+
+#: How long a call's end waits for its approval requests to be abandoned in Redis (it goes on meanwhile).
+ABANDON_WAIT_S = 1.0
+#: Work that must outlive the call's own tasks (approved actions under way, abandoning at the end).
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+def _keep(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+    _BACKGROUND.add(task)
+    task.add_done_callback(_done)
+    return task
+
+
+def _done(task: asyncio.Task[Any]) -> None:
+    _BACKGROUND.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        logging.getLogger("ivr.call").error("approval task failed: %s", redact(repr(exc)), exc_info=exc)
 
 
 class ToolRunner:
@@ -31,6 +58,9 @@ class ToolRunner:
         self.call = call
         self._hold_requested = False
         self._tool_calls = 0
+        #: Approval ids this call waits for (one waiter each), and whether it asked for any approval.
+        self._awaiting: set[str] = set()
+        self._asked_approval = False
 
     async def run(self, calls: tuple[ev.FunctionCall, ...]) -> None:
         """The function calls that ended a response: run each, send the outputs, ask for the next response."""
@@ -71,8 +101,9 @@ class ToolRunner:
     async def execute(self, name: str, arguments_json: str, call_id: str) -> ToolOutcome:
         """Run one tool call through the stage check and the approval gate; record it; follow transitions."""
         call = self.call
+        claimed: list[Approval] = []  # an approved request this tool call took to run
 
-        async def guard(arguments: dict[str, Any]) -> tuple[Any, str] | None:
+        async def guard(arguments: dict[str, Any]) -> tuple[Any, str] | Approved | None:
             if not call.state.allowed(name):
                 return {"error": {"type": "not_allowed", "message": call.state.not_allowed_message(name)}}, (
                     "not_allowed"
@@ -89,6 +120,7 @@ class ToolRunner:
                         "right now. Tell the caller it cannot be done at the moment.",
                     }
                 }, "unavailable"
+            self._asked_approval = True
             decision = await call.gate.check(
                 call_sid=call.call_sid,
                 flow_id=call.flow.id,
@@ -98,14 +130,30 @@ class ToolRunner:
                 arguments=arguments,
             )
             if decision.kind == "run":
+                if decision.approval is not None:  # an operator approved exactly this: run it as approved
+                    claimed.append(decision.approval)
+                    return APPROVED
                 return None
-            if decision.kind == "pending" and decision.approval is not None:
+            # A repeat of a request this call already waits for gets "pending" again, and no second waiter.
+            if (
+                decision.kind == "pending"
+                and decision.approval is not None
+                and decision.approval.id not in self._awaiting
+            ):
+                self._awaiting.add(decision.approval.id)
                 self._hold_requested = True
                 call.feed.emit("approval.requested", approval_id=decision.approval.id, tool=name)
                 call.spawn(self._await_approval(decision.approval), "approval")
             return decision.as_output(), decision.kind
 
-        outcome = await call.tools.dispatch(name, arguments_json, call_id, call.tool_context, guard)
+        try:
+            outcome = await call.tools.dispatch(name, arguments_json, call_id, call.tool_context, guard)
+        except Exception:
+            if claimed and call.gate is not None:
+                await call.gate.executed(claimed[0], ok=False, error_type="internal_error")
+            raise
+        if claimed and call.gate is not None:
+            await call.gate.executed(claimed[0], ok=outcome.ok, error_type=outcome.error_type)
         self._record(outcome)
         change = call.state.on_tool_result(name, outcome.ok)
         if change is not None:
@@ -119,14 +167,24 @@ class ToolRunner:
             "Do not promise the outcome.",
         )
 
-    async def _await_approval(self, approval: Any) -> None:
+    async def _await_approval(self, approval: Approval) -> None:
         """A gated tool call is pending: when the operator decides, run it (once) or tell the model no."""
         call = self.call
         assert call.gate is not None
-        decision = await call.gate.settle(approval)
+        try:
+            decision = await call.gate.settle(approval)
+        finally:
+            self._awaiting.discard(approval.id)
         final = decision.approval or approval
         waited = (final.decided_at or time.time()) - final.created_at
         call.meter.approval(approval.tool, final.status if decision.approval else decision.kind, waited)
+        # Claimed means taken to run: it runs (and is audited) even if the call ended meanwhile. Shielded,
+        # because the call's tasks are cancelled when the caller hangs up.
+        run = (
+            _keep(asyncio.ensure_future(self._run_approved(call.gate, final)))
+            if decision.kind == "run"
+            else None
+        )
         if call.ended.is_set():
             return
         call.feed.emit(
@@ -135,11 +193,11 @@ class ToolRunner:
             tool=approval.tool,
             status=decision.approval.status if decision.approval else decision.kind,
         )
-        if decision.kind == "run":
-            arguments = orjson.dumps(decision.arguments({})).decode()
-            outcome = await call.tools.dispatch(
-                approval.tool, arguments, f"{approval.call_id}_approved", call.tool_context
-            )
+        if decision.kind == "done":  # another tool call of this call ran it and gave the model the result
+            call.log.info("approval %s: already carried out by a repeated tool call", approval.id)
+            return
+        if run is not None:
+            outcome = await asyncio.shield(run)
             self._record(outcome)
             change = call.state.on_tool_result(approval.tool, outcome.ok)
             if change is not None:
@@ -151,6 +209,45 @@ class ToolRunner:
         link.history.append(("system", text))
         await link.send(link.client.system_text(text))
         await link.request_response()
+
+    async def _run_approved(self, gate: ApprovalGate, approval: Approval) -> ToolOutcome:
+        """Run an approved, claimed action with its stored arguments; audit ``executed`` with its outcome."""
+        call = self.call
+        arguments = orjson.dumps(dict(approval.arguments)).decode()
+        try:
+            outcome = await call.tools.dispatch(
+                approval.tool, arguments, f"{approval.call_id}_approved", call.tool_context, approved=True
+            )
+        except Exception:
+            await gate.executed(approval, ok=False, error_type="internal_error")
+            raise
+        await gate.executed(approval, ok=outcome.ok, error_type=outcome.error_type)
+        return outcome
+
+    async def abandon_pending(self) -> None:
+        """The call ended: its undecided approval requests become ``abandoned`` (audited), so nobody can
+        approve an action that nothing would carry out. Waits at most :data:`ABANDON_WAIT_S`."""
+        gate = self.call.gate
+        if gate is None or not self._asked_approval:
+            return
+        task = _keep(asyncio.ensure_future(self._abandon(gate)))
+        await asyncio.wait({task}, timeout=ABANDON_WAIT_S)
+
+    async def _abandon(self, gate: ApprovalGate) -> None:
+        call = self.call
+        try:
+            abandoned = await gate.abandon_call(call.call_sid)
+        except (RedisError, OSError) as exc:
+            call.log.warning(
+                "could not close this call's approval requests (Redis: %s); a decision on them is refused "
+                "once the call's end is stored, and the approvals sweeper closes them",
+                type(exc).__name__,
+            )
+            return
+        if abandoned:
+            call.log.info(
+                "call ended: %d approval request(s) abandoned: %s", len(abandoned), ", ".join(abandoned)
+            )
 
     def _record(self, outcome: ToolOutcome) -> None:
         call = self.call

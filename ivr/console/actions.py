@@ -18,7 +18,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from redis.exceptions import RedisError
 
-from ivr.approvals.store import ApprovalAlreadyDecided, ApprovalExpired, ApprovalNotFound, describe_decision
+from ivr.approvals.store import (
+    ApprovalAbandoned,
+    ApprovalAlreadyDecided,
+    ApprovalExpired,
+    ApprovalNotFound,
+    describe_decision,
+)
 from ivr.console.commands import CommandError, send_command
 from ivr.console.context import (
     ConsoleContext,
@@ -71,6 +77,12 @@ def add_action_routes(router: APIRouter, ctx: ConsoleContext) -> None:
             log.info("operator %s %s approval %s", operator.name, approval.status, aid)
         except (ApprovalNotFound, KeySchemaError):
             return outcome(request, operator, 404, f"There is no approval request {aid}.", error=True)
+        except ApprovalAbandoned as exc:
+            approval, status = exc.approval, 409
+            error = (
+                "Not done: the call ended before a decision, so nothing can be carried out; "
+                "the request was closed as abandoned."
+            )
         except ApprovalAlreadyDecided as exc:
             approval, status = exc.approval, 409
             error = f"Not changed: it was already {describe_decision(exc.approval)}."

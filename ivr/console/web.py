@@ -53,6 +53,7 @@ OUTCOMES = (
     "error",
     "model-unavailable",
     "instance-restart",
+    "instance-lost",
     "server-shutdown",
 )
 PER_PAGE = 50

@@ -1,10 +1,12 @@
-"""This app instance in Redis: its id, its heartbeat, and the calls a previous run of it left in progress.
+"""This app instance in Redis: its id, its heartbeat, and the calls a previous run of it (or a lost peer) left
+in progress.
 
 Why a module of its own: an instance's liveness is its heartbeat (the fleet page and other instances read
-it), and a restarted instance must close the books on the calls its previous run owned. Both are about the
-instance rather than one call; :class:`~ivr.store.store.CallStore` exposes them as ``heartbeat`` and
-``reconcile``. Direct writes: these raise when Redis is unreachable (the app's housekeeping loop in
-:mod:`ivr.state` retries).
+it); a restarted instance must close the books on the calls its previous run owned, and a survivor those of
+an instance whose heartbeat stopped (killed, its machine gone). All of it is about instances rather than one
+call; :class:`~ivr.store.store.CallStore` exposes it as ``heartbeat``, ``reconcile`` and ``take_over_lost``.
+Direct writes: these raise when Redis is unreachable (the app's housekeeping loop in :mod:`ivr.state`
+retries).
 """
 
 from __future__ import annotations
@@ -17,18 +19,34 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from ivr.store.codec import HSET_TYPED_SCRIPT, hset_typed_args
 from ivr.store.indexes import beat, end_call_indexes, expire_call
 from ivr.store.keys import KeySchema
-from ivr.store.streams import CALL_EVENTS_MAXLEN, EVENTS_MAXLEN, event_fields, to_float, ts_text
+from ivr.store.streams import APPEND_EVENT_SCRIPT, append_event_args, event_fields, to_float, ts_text
 
-__all__ = ["RESTART_OUTCOME", "default_instance_id", "heartbeat", "reconcile"]
+__all__ = [
+    "LOST_OUTCOME",
+    "RESTART_OUTCOME",
+    "default_instance_id",
+    "heartbeat",
+    "reconcile",
+    "take_over_lost",
+]
 
 log = logging.getLogger(__name__)
 
-#: Outcome written for calls found orphaned by :func:`reconcile`.
+#: Outcome written for calls found orphaned by :func:`reconcile` (a restarted instance, its own calls).
 RESTART_OUTCOME = "instance-restart"
+#: Outcome written for the calls of an instance whose heartbeat stopped (:func:`take_over_lost`).
+LOST_OUTCOME = "instance-lost"
+#: A watched end of one call is retried this many times when the record changes under it.
+_WATCH_ATTEMPTS = 5
+#: KEYS[1] = a lease, ARGV[1] = its holder: let go of it only if still held by ARGV[1].
+_RELEASE_LEASE = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 _HOST_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -74,39 +92,152 @@ async def reconcile(
     *,
     retention_s: int,
     clock: Callable[[], float],
+    outcome: str = RESTART_OUTCOME,
+    by: str | None = None,
 ) -> list[str]:
-    """Mark ended the calls ``instance_id`` owned that are not ``live``; returns their sids (see
-    ``CallStore.reconcile``)."""
+    """Mark ended the calls ``instance_id`` owned that are not ``live``; returns the sids this call ended.
+
+    Used by a restarted instance on its own calls (``outcome = instance-restart``) and by a survivor taking
+    over a lost instance's calls (``outcome = instance-lost``, ``by`` = the survivor). Each call is ended at
+    most once whoever races: the end is a transaction watching the call hash, skipped when the record no
+    longer says ``in-progress`` (a lost reply that redis-py re-sends cannot end it twice either: a watched
+    transaction is not retried, it is re-checked).
+    """
     owned = await redis.smembers(keys.instance_calls(instance_id))
-    orphans = sorted(sid for sid in owned if sid not in live)
-    for sid in orphans:
-        now = clock()
-        started_raw, flow_id, tail = await redis.hmget(
-            keys.call(sid), ["started_at", "flow_id", "caller_tail"]
-        )
-        started = to_float(started_raw)
-        fields: dict[str, Any] = {"outcome": RESTART_OUTCOME, "ended_at": now}
-        if started is not None:
-            fields["duration_s"] = round(max(now - started, 0.0), 3)
-        event = {**fields, "instance_id": instance_id}
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.eval(HSET_TYPED_SCRIPT, 1, keys.call(sid), *hset_typed_args(fields, retention_s))
-            end_call_indexes(
-                pipe,
-                keys,
+    ended: list[str] = []
+    for sid in sorted(sid for sid in owned if sid not in live):
+        if await _end_orphan(
+            redis, keys, sid, instance_id, outcome=outcome, by=by, retention_s=retention_s, clock=clock
+        ):
+            ended.append(sid)
+            log.warning(
+                "call %s was left in progress by %s; marked ended (%s)",
                 sid,
-                now,
-                instance_id=instance_id,
-                retention_s=retention_s,
-                flow_id=flow_id,
-                outcome=RESTART_OUTCOME,
-                caller_tail=tail,
+                "a previous run of this instance" if by is None else f"lost instance {instance_id}",
+                outcome,
             )
-            # Auto ids: this process did not write the earlier entries, so it cannot continue their ids.
-            entry = event_fields(sid, "call.ended", event, now)
-            pipe.xadd(keys.call_events(sid), entry, maxlen=CALL_EVENTS_MAXLEN, approximate=True)
-            pipe.xadd(keys.events(), entry, maxlen=EVENTS_MAXLEN, approximate=True)
-            expire_call(pipe, keys, sid, retention_s)
-            await pipe.execute()
-        log.warning("call %s was left in progress by a previous run of this instance; marked ended", sid)
-    return orphans
+    return ended
+
+
+async def _end_orphan(
+    redis: aioredis.Redis,
+    keys: KeySchema,
+    sid: str,
+    owner: str,
+    *,
+    outcome: str,
+    by: str | None,
+    retention_s: int,
+    clock: Callable[[], float],
+) -> bool:
+    """End one orphaned call unless someone else already did; True if this call ended it."""
+    call_key = keys.call(sid)
+    for _ in range(_WATCH_ATTEMPTS):
+        async with redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(call_key)
+                current, started_raw, flow_id, tail = await pipe.hmget(
+                    call_key, ["outcome", "started_at", "flow_id", "caller_tail"]
+                )
+                if current not in (None, "in-progress"):
+                    # Already ended (its owner finished it, or another survivor won): just tidy the index.
+                    pipe.multi()
+                    pipe.srem(keys.instance_calls(owner), sid)
+                    await pipe.execute()
+                    return False
+                last = await pipe.xrevrange(keys.call_events(sid), count=1)
+                now = clock()
+                fields: dict[str, Any] = {"outcome": outcome, "ended_at": now}
+                started = to_float(started_raw)
+                if started is not None:
+                    fields["duration_s"] = round(max(now - started, 0.0), 3)
+                event = {**fields, "instance_id": owner, **({"ended_by": by} if by else {})}
+                entry_id = _after(last[0][0] if last else None, now)
+                pipe.multi()
+                pipe.eval(HSET_TYPED_SCRIPT, 1, call_key, *hset_typed_args(fields, retention_s))
+                end_call_indexes(
+                    pipe,
+                    keys,
+                    sid,
+                    now,
+                    instance_id=owner,
+                    retention_s=retention_s,
+                    flow_id=flow_id,
+                    outcome=outcome,
+                    caller_tail=tail,
+                )
+                entry = event_fields(sid, "call.ended", event, now)
+                pipe.eval(
+                    APPEND_EVENT_SCRIPT,
+                    *append_event_args(keys.call_events(sid), keys.events(), entry_id, entry, retention_s),
+                )
+                expire_call(pipe, keys, sid, retention_s)
+                await pipe.execute()
+                return True
+            except WatchError:
+                continue  # the record changed under us: look again
+    log.warning("call %s: could not mark it ended after %d tries (it keeps changing)", sid, _WATCH_ATTEMPTS)
+    return False
+
+
+def _after(last_id: str | None, now: float) -> str:
+    """An explicit stream id after ``last_id`` (the dead owner's ids come from its clock) and near ``now``."""
+    ms = int(now * 1000)
+    if last_id:
+        last_ms, _, last_seq = last_id.partition("-")
+        if int(last_ms) >= ms:
+            return f"{last_ms}-{int(last_seq or 0) + 1}"
+    return f"{max(ms, 1)}-0"
+
+
+async def take_over_lost(
+    redis: aioredis.Redis,
+    keys: KeySchema,
+    me: str,
+    *,
+    lost_after_s: float,
+    retention_s: int,
+    clock: Callable[[], float],
+) -> dict[str, list[str]]:
+    """Close the books of instances whose heartbeat stopped more than ``lost_after_s`` ago.
+
+    For each lost instance (not ``me``), the survivor that wins a short lease ends its in-progress calls with
+    outcome ``instance-lost`` (:func:`reconcile`; the approval sweeper then abandons their pending approvals)
+    and drops the instance's call set. Survivors racing each other end every call exactly once: the lease
+    keeps them apart, and each call's end re-checks the record. Returns ``{instance: [sids ended]}``.
+    """
+    now = clock()
+    stale = await redis.zrangebyscore(keys.instances(), "-inf", f"({now - lost_after_s}")
+    result: dict[str, list[str]] = {}
+    for iid in stale:
+        if iid == me or not await redis.exists(keys.instance_calls(iid)):
+            continue
+        lease = keys.instance_takeover(iid)
+        if not await redis.set(lease, me, nx=True, ex=max(int(lost_after_s * 2), 10)):
+            continue  # another survivor is on it
+        try:
+            # Re-check under the lease: the instance may have come back since the first look.
+            score = await redis.zscore(keys.instances(), iid)
+            if score is not None and score >= clock() - lost_after_s:
+                continue
+            ended = await reconcile(
+                redis,
+                keys,
+                iid,
+                set(),
+                retention_s=retention_s,
+                clock=clock,
+                outcome=LOST_OUTCOME,
+                by=me,
+            )
+            if ended:
+                result[iid] = ended
+                log.warning(
+                    "instance %s stopped its heartbeat; %d of its call(s) marked ended (%s)",
+                    iid,
+                    len(ended),
+                    LOST_OUTCOME,
+                )
+        finally:
+            await redis.eval(_RELEASE_LEASE, 1, lease, me)  # only if still ours
+    return result

@@ -17,6 +17,7 @@ KEY_TYPES: dict[str, str] = {
     "transcript": "stream",
     "call_events": "stream",
     "context": "hash",
+    "stream_claim": "string",
     "call_approvals": "set",
     "events": "stream",
     "active_calls": "zset",
@@ -29,10 +30,12 @@ KEY_TYPES: dict[str, str] = {
     "instance": "hash",
     "instance_calls": "set",
     "instance_channel": "channel",
+    "instance_takeover": "string",
     "approval": "hash",
     "approvals_pending": "zset",
     "approvals_audit": "stream",
     "approval_channel": "channel",
+    "approvals_sweeper": "string",
     "calendar_slot": "string",
     "calendar_bookings": "zset",
     "booking": "hash",
@@ -129,6 +132,10 @@ class KeySchema:
         """Hash: the webhook's call context, read by whichever instance receives the media socket."""
         return f"{self.prefix}call:{_id('call sid', sid)}:context"
 
+    def stream_claim(self, sid: str) -> str:
+        """String with a TTL: the instance that took the call's one media stream (a sid streams once)."""
+        return f"{self.prefix}call:{_id('call sid', sid)}:stream"
+
     def call_approvals(self, sid: str) -> str:
         """Set: ids of the approval requests made during this call."""
         return f"{self.prefix}call:{_id('call sid', sid)}:approvals"
@@ -175,6 +182,10 @@ class KeySchema:
         """Set: sids of the calls an instance owns (for reconciliation after a restart)."""
         return f"{self.prefix}instance:{_id('instance id', iid)}:calls"
 
+    def instance_takeover(self, iid: str) -> str:
+        """String with a short TTL: the survivor closing a lost instance's calls (a lease, one at a time)."""
+        return f"{self.prefix}instance:{_id('instance id', iid)}:takeover"
+
     def instance_channel(self, iid: str) -> str:
         """Pub/sub channel: messages addressed to one instance."""
         return f"{self.prefix}instance:{_id('instance id', iid)}:channel"
@@ -195,6 +206,10 @@ class KeySchema:
     def approval_channel(self) -> str:
         """Pub/sub channel: a small JSON message per decision."""
         return f"{self.prefix}approvals:channel"
+
+    def approvals_sweeper(self) -> str:
+        """String with a TTL: the lease of the instance that sweeps overdue approvals (its instance id)."""
+        return f"{self.prefix}approvals:sweeper"
 
     # -- booking -------------------------------------------------------------------------------------------
     def calendar_slot(self, cal: str, start_iso: str) -> str:

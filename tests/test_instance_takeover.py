@@ -1,0 +1,120 @@
+"""A lost instance's calls are taken over by survivors: ended once (``instance-lost``), whoever races."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+
+from ivr.store.keys import KeySchema
+from ivr.store.store import LOST_OUTCOME, CallStore
+from ivr.store.writer import ResilientWriter
+from tests.support.redis import redis_keys, redis_prefix, redis_url
+
+__all__ = ["redis_keys", "redis_prefix", "redis_url"]
+
+RETENTION = 86400
+LOST_AFTER = 15.0
+
+
+def _clock(value: list[float]) -> Callable[[], float]:
+    return lambda: value[0]
+
+
+async def _instance(
+    redis_client: aioredis.Redis, keys: KeySchema, iid: str, now: list[float], sids: list[str]
+) -> CallStore:
+    """An instance that started ``sids`` and sent one heartbeat at ``now``."""
+    writer = ResilientWriter(redis_client)
+    writer.start()
+    store = CallStore(
+        redis_client, keys, instance_id=iid, retention_s=RETENTION, writer=writer, clock=_clock(now)
+    )
+    for sid in sids:
+        store.call_started(
+            {"call_sid": sid, "started_at": now[0], "outcome": "in-progress", "flow_id": "desk"}
+        )
+        store.event(sid, "stage.changed", {"from": "a", "to": "b"})
+    assert await writer.flush(5)
+    await store.heartbeat({})
+    return store
+
+
+async def _global_ends(redis_client: aioredis.Redis, keys: KeySchema, sid: str) -> int:
+    entries = await redis_client.xrange(keys.events())
+    return sum(1 for _, fields in entries if fields["call_sid"] == sid and fields["type"] == "call.ended")
+
+
+async def test_survivors_racing_end_each_lost_call_exactly_once(
+    redis_client: aioredis.Redis, redis_keys: KeySchema
+) -> None:
+    t0 = 1_767_225_600.0
+    lost_now, alive_now = [t0], [t0]
+    lost_sids = [f"CAlost{i:02d}" for i in range(12)]
+    lost = await _instance(redis_client, redis_keys, "node-dead", lost_now, lost_sids)
+    alive = await _instance(redis_client, redis_keys, "node-alive", alive_now, ["CAalive"])
+    # The dead one ended one call itself before dying: it must not be ended again.
+    lost.call_ended("CAlost00", {"outcome": "completed", "ended_at": t0 + 1})
+    assert await lost.writer.flush(5)
+    await lost.writer.stop(1)
+
+    # 20 s later the survivors (node-alive still beats) look for lost peers at the same moment.
+    later = [t0 + 20]
+    alive_now[0] = later[0]
+    await alive.heartbeat({})
+    survivors = [
+        CallStore(
+            redis_client,
+            redis_keys,
+            instance_id=f"node-s{i}",
+            retention_s=RETENTION,
+            writer=ResilientWriter(redis_client),
+            clock=_clock(later),
+        )
+        for i in range(4)
+    ]
+    results = await asyncio.gather(*(s.take_over_lost(LOST_AFTER) for s in survivors))
+
+    taken = [sid for result in results for sids in result.values() for sid in sids]
+    assert sorted(taken) == lost_sids[1:], "every in-progress call of the lost instance, once"
+    assert all(set(result) <= {"node-dead"} for result in results), "a live instance is never taken over"
+    for sid in lost_sids[1:]:
+        call = await survivors[0].get_call(sid)
+        assert call is not None and call["outcome"] == LOST_OUTCOME
+        assert call["duration_s"] == 20.0
+        events = await survivors[0].get_events(sid)
+        assert [e["type"] for e in events] == ["call.started", "stage.changed", "call.ended"]
+        assert events[-1]["data"]["instance_id"] == "node-dead"
+        assert events[-1]["data"]["ended_by"] in {f"node-s{i}" for i in range(4)}
+        assert await _global_ends(redis_client, redis_keys, sid) == 1
+    done = await survivors[0].get_call("CAlost00")
+    assert done is not None and done["outcome"] == "completed"
+    assert await _global_ends(redis_client, redis_keys, "CAlost00") == 1
+    assert await redis_client.smembers(redis_keys.instance_calls("node-dead")) == set()
+    assert set(await survivors[0].active_calls()) == {"CAalive"}
+    alive_call = await survivors[0].get_call("CAalive")
+    assert alive_call is not None and alive_call["outcome"] == "in-progress"
+    # A later pass finds nothing left to do.
+    assert await survivors[1].take_over_lost(LOST_AFTER) == {}
+    await alive.writer.stop(1)
+
+
+async def test_an_instance_that_beats_again_is_not_taken_over(
+    redis_client: aioredis.Redis, redis_keys: KeySchema
+) -> None:
+    t0 = 1_767_225_600.0
+    slow_now = [t0]
+    slow = await _instance(redis_client, redis_keys, "node-slow", slow_now, ["CAslow"])
+    survivor = CallStore(
+        redis_client,
+        redis_keys,
+        instance_id="node-s",
+        retention_s=RETENTION,
+        writer=ResilientWriter(redis_client),
+        clock=_clock([t0 + LOST_AFTER - 1]),
+    )
+    assert await survivor.take_over_lost(LOST_AFTER) == {}, "silent for less than the limit: still alive"
+    call = await survivor.get_call("CAslow")
+    assert call is not None and call["outcome"] == "in-progress"
+    await slow.writer.stop(1)
