@@ -6,10 +6,13 @@ but a call must keep running when Redis is down. So every write about a live cal
 writes whose caller has a fallback (the webhook's call context, the start-up reconciliation) talk to Redis
 directly and may raise.
 
-Per-call streams get explicit, increasing entry ids taken from this process's clock at the time of the
-write, so (a) entries keep the time they happened even when they are flushed after an outage, and (b) a batch
-re-sent after a connection broke half-way cannot add an entry twice: Redis refuses the repeated id and the
-writer counts it as already written. Only this instance writes to the streams of the calls it owns.
+Every stream entry this store writes is added exactly once, in order, even when the writer re-sends a batch
+(a reply lost after Redis applied it, a failover refusing part of a batch): per-call streams get explicit
+entry ids from one counter per store that follows this process's clock and never goes back (so entries keep
+the time they happened even when flushed after an outage, and a repeated id is refused by Redis and counted
+as already written). The global event stream, shared by every instance, is appended to only by the script
+that adds the event's per-call entry, and only when that entry is new (``APPEND_EVENT_SCRIPT`` in
+:mod:`ivr.store.streams`). Only this instance writes to the streams of the calls it owns.
 
 Beside it: :mod:`ivr.store.streams` (stream caps and entry shapes), :mod:`ivr.store.indexes` (the indexes
 written with a record), :mod:`ivr.store.instances` (heartbeat and reconciliation, behind ``heartbeat`` and
@@ -35,12 +38,14 @@ from ivr.store.indexes import (
     end_call_indexes,
     expire_call,
 )
-from ivr.store.instances import RESTART_OUTCOME, default_instance_id
+from ivr.store.instances import LOST_OUTCOME, RESTART_OUTCOME, default_instance_id
 from ivr.store.keys import KeySchema
 from ivr.store.streams import (
+    APPEND_EVENT_SCRIPT,
     CALL_EVENTS_MAXLEN,
     EVENTS_MAXLEN,
     TRANSCRIPT_MAXLEN,
+    append_event_args,
     decode_event,
     event_fields,
     to_float,
@@ -53,6 +58,7 @@ __all__ = [
     "CALL_EVENTS_MAXLEN",
     "EVENTS_MAXLEN",
     "HEARTBEAT_TTL_S",
+    "LOST_OUTCOME",
     "RESTART_OUTCOME",
     "TRANSCRIPT_MAXLEN",
     "CallStore",
@@ -89,9 +95,9 @@ class CallStore:
         self.writer = writer
         self._clock = clock
         self.started_at = clock()
-        # Last explicit id given to each per-call stream (bounded: the oldest calls are forgotten first).
-        self._last_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()
-        self._max_tracked_streams = 20_000
+        # The last explicit stream id given out (ms, seq): every id is above it, whichever stream it is for.
+        self._last_id = (0, 0)
+        self._max_tracked_calls = 20_000
         # Flow and caller digits of each call started here (bounded), for the history indexes at its end.
         self._started: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
 
@@ -199,7 +205,7 @@ class CallStore:
             for name, value in (extra or {}).items():
                 if name not in entry and value is not None:
                     entry[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
-            entry_id = self._next_id(key)
+            entry_id = self._next_id()
         except Exception as exc:
             log.exception("transcript(%r): the line is not stored: %s", sid, _reason(exc))
             return
@@ -317,22 +323,31 @@ class CallStore:
             self.redis, self.keys, self.instance_id, live, retention_s=self.retention_s, clock=self._clock
         )
 
+    async def take_over_lost(self, lost_after_s: float) -> dict[str, list[str]]:
+        """End the in-progress calls of instances silent for more than ``lost_after_s`` seconds (outcome
+        ``instance-lost``; exactly once among racing survivors). Returns ``{instance: [sids]}``. Direct
+        writes: raises if Redis is unreachable."""
+        return await instances.take_over_lost(
+            self.redis,
+            self.keys,
+            self.instance_id,
+            lost_after_s=lost_after_s,
+            retention_s=self.retention_s,
+            clock=self._clock,
+        )
+
     # -- internals ----------------------------------------------------------------------------------------
     def _event_ops(
         self, sid: str, type_: str, data: Mapping[str, Any], now: float
     ) -> Callable[[Pipeline], None]:
         """Build (now, so that errors surface to the caller's try) the commands appending one event."""
-        call_key = self.keys.call_events(sid)
         entry = event_fields(sid, type_, data, now)
-        entry_id = self._next_id(call_key)
-        global_entry = {**entry, "event_id": entry_id}
-        global_key = self.keys.events()
-        retention = self.retention_s
+        args = append_event_args(
+            self.keys.call_events(sid), self.keys.events(), self._next_id(), entry, self.retention_s
+        )
 
         def apply(pipe: Pipeline) -> None:
-            pipe.xadd(call_key, entry, id=entry_id, maxlen=CALL_EVENTS_MAXLEN, approximate=True)
-            pipe.expire(call_key, retention)
-            pipe.xadd(global_key, global_entry, maxlen=EVENTS_MAXLEN, approximate=True)
+            pipe.eval(APPEND_EVENT_SCRIPT, *args)
 
         return apply
 
@@ -341,23 +356,18 @@ class CallStore:
         repeat it (bounded: the oldest calls are forgotten first)."""
         self._started[sid] = (flow_id if isinstance(flow_id, str) else None, caller_tail)
         self._started.move_to_end(sid)
-        while len(self._started) > self._max_tracked_streams:
+        while len(self._started) > self._max_tracked_calls:
             self._started.popitem(last=False)
 
-    def _next_id(self, stream_key: str) -> str:
-        """An explicit stream id from this process's clock, strictly above the last one for the stream."""
+    def _next_id(self) -> str:
+        """An explicit stream id: this process's clock in ms, strictly above every id given out before (the
+        sequence part counts up within a millisecond and while the clock stands still or steps back)."""
         ms = int(self._clock() * 1000)
-        last = self._last_ids.get(stream_key)
-        if last is not None and ms <= last[0]:
-            ms, seq = last[0], last[1] + 1
-        else:
-            seq = 0
-        if ms == 0 and seq == 0:
+        last_ms, last_seq = self._last_id
+        ms, seq = (last_ms, last_seq + 1) if ms <= last_ms else (ms, 0)
+        if (ms, seq) == (0, 0):
             seq = 1  # 0-0 is not a valid stream id
-        self._last_ids[stream_key] = (ms, seq)
-        self._last_ids.move_to_end(stream_key)
-        while len(self._last_ids) > self._max_tracked_streams:
-            self._last_ids.popitem(last=False)
+        self._last_id = (ms, seq)
         return f"{ms}-{seq}"
 
 

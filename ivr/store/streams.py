@@ -3,7 +3,8 @@
 Why a module of its own: the call store writes these entries, the reconciliation of a restarted instance
 writes ``call.ended`` entries of the same shape, and readers decode them — one definition serves all three
 (docs/redis.md: an event entry has ``type``, ``call_sid``, ``ts`` and ``data``; a transcript entry ``role``,
-``text``, ``ts`` and, for agent lines, ``item_id`` and how much was heard). Pure: no Redis here.
+``text``, ``ts`` and, for agent lines, ``item_id`` and how much was heard). Also the script that appends an
+event to its call's stream and the global stream exactly once. Pure: no Redis connection here.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 from ivr.store.codec import dumps, loads_or_raw
 
 __all__ = [
+    "APPEND_EVENT_SCRIPT",
     "CALL_EVENTS_MAXLEN",
     "EVENTS_MAXLEN",
     "TRANSCRIPT_MAXLEN",
+    "append_event_args",
     "decode_event",
     "event_fields",
     "to_float",
@@ -28,6 +31,39 @@ __all__ = [
 EVENTS_MAXLEN = 100_000
 CALL_EVENTS_MAXLEN = 10_000
 TRANSCRIPT_MAXLEN = 10_000
+
+
+#: Appends one event to its call's stream under an explicit id and, only if that entry is new, to the global
+#: stream, in one atomic step. Why: the global stream is shared by every instance, so its ids must be chosen
+#: by the server (an id from one instance's clock is refused once another instance wrote a later one); the
+#: call stream's explicit id is what makes a re-sent append recognisable. A batch re-sent after a lost reply
+#: gets XADD's "equal or smaller than the target stream top" refusal for the call stream and adds nothing
+#: to the global one, so every event lands in both streams exactly once. Any other error (READONLY during a
+#: failover, WRONGTYPE) is returned unchanged for the writer to classify.
+#: KEYS[1] = call stream, KEYS[2] = global stream; ARGV[1] = explicit id, ARGV[2] = call stream cap,
+#: ARGV[3] = global stream cap, ARGV[4] = TTL of the call stream (seconds), then field/value pairs.
+#: Returns the call-stream id.
+APPEND_EVENT_SCRIPT = """
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[1], unpack(fields))
+if type(added) == 'table' and added.err then return added end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+fields[#fields + 1] = 'event_id'
+fields[#fields + 1] = ARGV[1]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+return added
+"""
+
+
+def append_event_args(
+    call_key: str, global_key: str, entry_id: str, entry: Mapping[str, str], ttl_s: int
+) -> list[str | int]:
+    """``numkeys, KEYS…, ARGV…`` of :data:`APPEND_EVENT_SCRIPT` for one entry (:func:`event_fields`)."""
+    args: list[str | int] = [2, call_key, global_key, entry_id, CALL_EVENTS_MAXLEN, EVENTS_MAXLEN, int(ttl_s)]
+    for name, value in entry.items():
+        args += [name, value]
+    return args
 
 
 def ts_text(value: float) -> str:

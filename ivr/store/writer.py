@@ -8,6 +8,15 @@ bounded: beyond ``max_pending`` operations the oldest queued ones are dropped, c
 with their kinds. Nothing is lost silently: every operation ends up written, dropped, failed (a command Redis
 rejected, e.g. WRONGTYPE) or abandoned at shutdown, and each outcome has a counter and a log line.
 
+Exactly once, in order: a batch may be sent more than once — the connection broke after Redis applied it
+(the reply was lost), or Redis refused part of it during a failover (READONLY from a demoted primary,
+MASTERDOWN, LOADING, BUSY, TRYAGAIN… arrive as per-command results inside the pipeline). Such refusals
+are not failures: the operations from the first refused one on go back to the front of the queue and are
+retried, in order, with the same backoff as an outage; idle pooled connections are dropped so the next
+attempt reconnects (the address may point at the new primary by now). Operations must therefore be
+idempotent when re-sent: hash and set writes are; stream appends carry explicit ids, and XADD's refusal of
+an id that is already there counts as a duplicate, i.e. already written (see :mod:`ivr.store.store`).
+
 The bookkeeping (:class:`WriteQueue`) is synchronous and clock-free; :class:`ResilientWriter` is the async
 shell around it.
 """
@@ -25,11 +34,25 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["ResilientWriter", "WriteOp", "WriteQueue", "is_duplicate_stream_id"]
+__all__ = [
+    "RETRYABLE_REFUSALS",
+    "ResilientWriter",
+    "WriteOp",
+    "WriteQueue",
+    "is_duplicate_stream_id",
+    "is_retryable_refusal",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +66,23 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     OSError,
 )
 
+#: Error codes of per-command refusals that mean "not writable right now" rather than "this command is
+#: wrong": the operation is retried, not counted as failed. READONLY: a replica (a demoted primary during a
+#: failover); MASTERDOWN: a replica whose link to its primary is down; LOADING: loading its dataset; BUSY: a
+#: script is running; TRYAGAIN / CLUSTERDOWN: a cluster resharding or without quorum; NOREPLICAS: fewer
+#: replicas than min-replicas-to-write; OOM: maxmemory reached (writes resume once memory is freed — until
+#: then the queue bound applies, as in an outage).
+RETRYABLE_REFUSALS = frozenset(
+    {"READONLY", "MASTERDOWN", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "OOM"}
+)
+_REFUSAL_CLASSES: tuple[type[BaseException], ...] = (
+    ReadOnlyError,
+    BusyLoadingError,
+    ClusterDownError,  # MasterDownError too
+    TryAgainError,
+    OutOfMemoryError,
+)
+
 _BACKOFF_START = 0.1
 _BACKOFF_MAX = 2.0
 
@@ -51,6 +91,24 @@ def is_duplicate_stream_id(error: BaseException) -> bool:
     """True for XADD's refusal of an explicit id that is not above the stream's top: the entry is already
     there (a batch re-sent after a connection broke half-way), so the write counts as done."""
     return isinstance(error, ResponseError) and "equal or smaller than the target stream top" in str(error)
+
+
+def is_retryable_refusal(error: BaseException) -> bool:
+    """True for a command result meaning Redis cannot take writes right now (:data:`RETRYABLE_REFUSALS`)."""
+    if isinstance(error, _REFUSAL_CLASSES):
+        return True
+    if not isinstance(error, ResponseError):
+        return False
+    code = getattr(error, "status_code", None) or str(error).split(" ", 1)[0]
+    return code in RETRYABLE_REFUSALS
+
+
+def _describe(error: BaseException) -> str:
+    code = getattr(error, "status_code", None)
+    text = str(error)
+    if code and not text.startswith(code):
+        text = f"{code} {text}"  # the client strips the code from errors it maps to a class
+    return f"{type(error).__name__}: {text}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,14 +183,25 @@ class WriteQueue:
         self._inflight = []
         self._enforce_bound()
 
-    def done(self, *, written: int, failed: int = 0, duplicates: int = 0) -> None:
-        """The in-flight batch was sent; each of its operations is written, a duplicate, or failed."""
-        if written + failed + duplicates != len(self._inflight):
-            outcomes = written + failed + duplicates
+    def done(
+        self, *, written: int, failed: int = 0, duplicates: int = 0, retry: int = 0, error: str | None = None
+    ) -> None:
+        """The in-flight batch was sent; each of its operations is written, a duplicate, or failed — except
+        the last ``retry`` ones, which Redis refused for now (``error`` says how): they go back to the front
+        of the queue, in order, to be sent again."""
+        outcomes = written + failed + duplicates + retry
+        if outcomes != len(self._inflight) or min(written, failed, duplicates, retry) < 0:
             raise ValueError(f"outcomes for {outcomes} operations, but {len(self._inflight)} in flight")
         self.written += written + duplicates
         self.duplicates += duplicates
         self.failed += failed
+        if retry:
+            back = self._inflight[len(self._inflight) - retry :]
+            self._inflight = []
+            self.retries += 1
+            self.last_error = error
+            self._queue.extendleft(reversed(back))
+            self._enforce_bound()
         self._inflight = []
 
     def abandon(self) -> Counter[str]:
@@ -349,9 +418,9 @@ class ResilientWriter:
                 await self._pause(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
-            backoff = _BACKOFF_START
+            refused: str | None = None
             try:
-                self._on_success(batch, results, spans)
+                refused = self._on_success(batch, results, spans)
             except Exception:  # pragma: no cover - a bookkeeping bug must not kill the drain task
                 log.exception("could not account for %d Redis write(s) that were sent", len(batch))
                 if self._core.in_flight:
@@ -359,6 +428,12 @@ class ResilientWriter:
             if self._core.idle:
                 self._idle.set()
             self._signal_progress()
+            if refused is None:
+                backoff = _BACKOFF_START
+                continue
+            await self._reconnect()
+            await self._pause(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
 
     def _signal_progress(self) -> None:
         self._progress.set()
@@ -385,23 +460,54 @@ class ResilientWriter:
     def _on_failure(self, exc: BaseException, batch: list[WriteOp]) -> None:
         error = f"{type(exc).__name__}: {exc}"
         self._core.give_back(error)
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            log.warning(
-                "Redis unreachable (%s); %d write(s) pending, retrying in the background", error, self.pending
-            )
+        self._mark_down(error, "Redis unreachable")
         if self._core.unreported_drops:
             self._report_drops(force=False)
 
-    def _on_success(self, batch: list[WriteOp], results: list[Any], spans: list[int | None]) -> None:
+    def _mark_down(self, error: str, what: str) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("%s (%s); %d write(s) pending, retrying in the background", what, error, self.pending)
+
+    async def _reconnect(self) -> None:
+        """Close the idle pooled connections so the next attempt connects afresh: after a failover the address
+        may lead to the new primary, while a kept connection still talks to the demoted one."""
+        pool = getattr(self._redis, "connection_pool", None)
+        if pool is None:
+            return
+        try:
+            await pool.disconnect(inuse_connections=False)
+        except Exception as exc:  # closing a broken socket may fail; the next attempt reconnects anyway
+            log.debug("closing idle Redis connections failed: %s", exc)
+
+    def _on_success(self, batch: list[WriteOp], results: list[Any], spans: list[int | None]) -> str | None:
+        """Account for a batch Redis answered. Returns None when every operation is settled, else what Redis
+        answered to the first operation it refused for now (that one and all after it are queued again)."""
         written = failed = duplicates = 0
         index = 0
-        for op, span in zip(batch, spans, strict=True):
+        refused: str | None = None
+        for position, (op, span) in enumerate(zip(batch, spans, strict=True)):
             if span is None:
                 failed += 1
                 continue
             errors = [r for r in results[index : index + span] if isinstance(r, Exception)]
             index += span
+            refusals = [e for e in errors if is_retryable_refusal(e)]
+            if refusals:
+                # Retry from here, in order. What follows may have been applied (Redis went on with the rest
+                # of the pipeline): re-sending it is harmless, operations being idempotent.
+                refused = _describe(refusals[0])
+                self._core.done(
+                    written=written,
+                    failed=failed,
+                    duplicates=duplicates,
+                    retry=len(batch) - position,
+                    error=refused,
+                )
+                self._mark_down(refused, f"Redis refused write {op.kind!r} for now")
+                if self._core.unreported_drops:
+                    self._report_drops(force=False)
+                return refused
             real = [e for e in errors if not is_duplicate_stream_id(e)]
             if real:
                 failed += 1
@@ -420,6 +526,7 @@ class ResilientWriter:
                 self.pending,
             )
             self._down_since = None
+        return None
 
     async def _pause(self, seconds: float) -> None:
         """Back off before the next attempt, waking early if the writer is stopped."""
