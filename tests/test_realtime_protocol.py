@@ -554,7 +554,7 @@ def test_input_side_events(dialect: Dialect) -> None:
     assert got == [
         SpeechStarted(item, 1200),
         SpeechStopped(item, 2900),
-        InputCommitted(item),
+        InputCommitted(item, "item_0"),  # placed after the item it names (item order)
         UserTranscript(item, "I'd like to check my order."),
         ItemTruncated("item_asst", 640),
     ]

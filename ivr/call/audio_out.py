@@ -6,13 +6,19 @@ every ~100 ms so that Twilio's echo tells how much was played (:class:`~ivr.call
 When the caller starts speaking over the agent, :meth:`AudioOut.on_speech_started` clears Twilio's buffer,
 cancels the response in flight, truncates each item at the milliseconds confirmed played, and drops the late
 audio of the cancelled response. The agent's transcript lines are written once the caller heard them, or
-marked where they were cut (:mod:`ivr.call.heard`).
+marked where they were cut (:mod:`ivr.call.heard`); the cut also shapes the conversation replayed after a
+reconnect (:mod:`ivr.call.conversation`).
+
+When the model is slow — no reply audio :data:`HOLD_AFTER_S` seconds after the caller's turn ended — the
+caller hears the flow's ``hold_phrase`` once, in the local voice (:mod:`ivr.speech.tts`), instead of
+silence; :meth:`AudioOut.say_local` is also how an apology reaches the caller when Twilio's REST API cannot.
 
 Per-frame path: :meth:`AudioOut.on_audio_delta` — keep it lean (no Redis, no metrics, no extra layers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..audio.convert import OutboundConverter
 from ..realtime import events as ev
+from ..speech.tts import Synthesizer, shared_synthesizer
 from ..telephony import media_stream as tw
 from .heard import Cut, HeardLines, Line
 from .playback import MarkKind, MarkResult, PlaybackTracker
@@ -30,6 +37,11 @@ if TYPE_CHECKING:
 #: A mark after every ~100 ms of model audio (and at the end of each item): what the caller heard is known
 #: to that precision, and marks stay a small share of the messages we send.
 MARK_EVERY_MS = 100.0
+#: Sentences already synthesised in the local voice, by (synthesizer, text); bounded, oldest dropped first.
+_SPOKEN: dict[tuple[int, str], bytes] = {}
+_SPOKEN_MAX = 64
+#: The caller's turn ended this long ago and no reply audio yet: play the flow's hold phrase (once per turn).
+HOLD_AFTER_S = 2.5
 
 
 def _b64_safe(payload: str) -> bool:
@@ -54,6 +66,9 @@ class AudioOut:
         self._unmarked_item: str | None = None
         #: Responses cancelled by a barge-in: their late audio deltas are dropped.
         self._discard: set[str] = set()
+        #: The pending hold phrase of this turn (cancelled by the first reply audio or by speech).
+        self._hold: asyncio.Task[None] | None = None
+        self._local_lines = 0
 
     async def send(self, text: str) -> None:
         """One message to Twilio; a socket that went away is the endpoint's business (it ends the call)."""
@@ -91,6 +106,8 @@ class AudioOut:
         await self.send(self.writer.media(payload))
         if self._meter.timer.waiting:  # the first audio of a greeting or reply: once per turn
             self._meter.audio_sent()
+            if self._hold is not None:
+                self._cancel_hold()
         self._unmarked_ms += duration_ms
         if self._unmarked_ms >= MARK_EVERY_MS:
             await self.mark_played_so_far()
@@ -123,6 +140,7 @@ class AudioOut:
         link = self.call.link
         started = time.perf_counter()
         self._meter.speech_started()
+        self._cancel_hold()
         interrupting = self.tracker.playing or link.response_in_flight
         if not interrupting:
             return
@@ -148,6 +166,8 @@ class AudioOut:
             items=[c.as_dict() for c in cuts],
             stop_ms=round(stop_s * 1000, 3),
         )
+        for c in cuts:
+            link.history.cut(c.item_id, c.heard_ms, c.sent_ms)
         for line in self.heard.cut(cuts, self._progress):
             self.write_line(line)
         self.call.log.info(
@@ -155,7 +175,74 @@ class AudioOut:
         )
 
     def on_speech_stopped(self) -> None:
+        """The caller's turn ended: time the reply, and hold the line if the model is slow to answer."""
         self._meter.speech_stopped()
+        if self.call.flow.hold_phrase and self._hold is None and not self.call.ended.is_set():
+            self._hold = self.call.spawn(self._hold_line(HOLD_AFTER_S), "hold")
+
+    # ------------------------------------------------------------------ the local voice
+
+    def _cancel_hold(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.cancel()
+
+    def _synthesizer(self) -> Synthesizer:
+        offline = getattr(self.call.flow, "offline", None)
+        return shared_synthesizer(
+            voice=getattr(offline, "voice", None) or "heart",
+            speed=float(getattr(offline, "speed", None) or 1.0),
+        )
+
+    async def _hold_line(self, delay_s: float) -> None:
+        """After ``delay_s`` without reply audio, say the hold phrase (synthesised meanwhile; the voice
+        loads once per process, in a worker thread)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay_s
+        phrase = self.call.flow.hold_phrase
+        mulaw = await self._local_audio(phrase)
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        self._hold = None  # from here on it plays whole (the reply's audio queues behind it)
+        if self.call.ended.is_set() or not self._meter.timer.waiting:
+            return
+        self._record.count("hold_phrases")
+        self.call.feed.emit("hold_phrase", text=phrase, after_s=delay_s)
+        self.call.log.info("no reply audio %.1f s after the caller's turn: playing the hold phrase", delay_s)
+        await self._play_local(phrase, mulaw)
+
+    async def say_local(self, text: str, *, wait: bool = False) -> None:
+        """Say ``text`` in the local voice on the stream; ``wait``: return once it has had time to play."""
+        mulaw = await self._local_audio(text)
+        ms = await self._play_local(text, mulaw)
+        if wait:
+            await asyncio.sleep(ms / 1000.0 + 0.3)  # the audio is queued at Twilio: let it play out
+
+    async def _local_audio(self, text: str) -> bytes:
+        """``text`` in the local voice as μ-law, synthesised in a worker thread once per process (the hold
+        phrase and the apology are the same few sentences on every call: no TTS work per turn)."""
+        synthesizer = self._synthesizer()
+        key = (id(synthesizer), text)
+        mulaw = _SPOKEN.get(key)
+        if mulaw is None:
+            mulaw = await asyncio.to_thread(synthesizer.synthesize_mulaw, text)
+            if len(_SPOKEN) >= _SPOKEN_MAX:
+                _SPOKEN.pop(next(iter(_SPOKEN)))
+            _SPOKEN[key] = mulaw
+        return mulaw
+
+    async def _play_local(self, text: str, mulaw: bytes) -> float:
+        """Send μ-law audio made by the call itself, with a mark (barge-in clears it like model audio)."""
+        if not mulaw:
+            return 0.0
+        await self.mark_played_so_far()
+        self._local_lines += 1
+        item_id = f"local_{self._local_lines}"
+        ms = len(mulaw) / 8.0
+        mark = self.tracker.on_audio_sent(item_id, ms, local=True)
+        await self.send(self.writer.media(base64.b64encode(mulaw).decode()))
+        await self.send(self.writer.mark(mark))
+        self.call.transcript("agent", text, item_id=item_id, local=True)
+        return ms
 
     # ------------------------------------------------------------------ what the caller heard
 

@@ -2,10 +2,17 @@
 
 One :class:`ModelLink` per call, owned by :class:`~ivr.call.session.CallSession`. It opens the model socket
 (OpenAI Realtime, or an in-process engine from :mod:`ivr.engines`) and configures it; after an unexpected
-close, or a roll-over before the provider's session cap, it opens a new one and replays the conversation so
-far (:attr:`ModelLink.history`). A model that cannot be reached is retried with backoff, then the call either
-switches to the local engine (a flow's ``model.fallback: local``) or ends with an apology. Caller audio that
-arrives while no socket is open is buffered (bounded) and flushed to the next one.
+close, or a roll-over before the provider's session cap, it opens a new one and replays the conversation as
+the caller heard it (:class:`~ivr.call.conversation.Conversation`, :attr:`ModelLink.history`), and asks the
+model to go on with an answer the drop cut. Caller audio that arrives while no socket is open is buffered
+(bounded) and flushed to the next one.
+
+Failures are counted per call over a window, whether or not a handshake succeeded
+(:class:`~ivr.realtime.connection.LinkFailures`): an endpoint that accepts and hangs up is redialled a few
+times with backoff, not thousands of times a second. An ``error`` event that no redial can cure (a refused
+key, no quota: :attr:`~ivr.realtime.events.ErrorEvent.final`) and any exception inside this task end the same
+way as a model that cannot be reached: the call switches to the local engine (a flow's
+``model.fallback: local``) or the caller hears an apology and the call ends — never silence.
 
 It also keeps the state of the model's response (in flight, being cancelled, wanted next): everything that
 asks the model to speak goes through :meth:`ModelLink.request_response`, so two responses never overlap.
@@ -29,7 +36,7 @@ from ..flows.state import FlowState
 from ..logs import redact
 from ..realtime import events as ev
 from ..realtime.connection import (
-    Backoff,
+    LinkFailures,
     RealtimeConnectError,
     open_realtime,
     realtime_headers,
@@ -38,8 +45,8 @@ from ..realtime.connection import (
 from ..realtime.dialect import ClientEvents, SessionConfig, TurnDetection
 from ..realtime.transport import RealtimeSocket
 from ..telephony import media_stream as tw
-from ..telephony.rest import TwilioRestError
 from ..telephony.twiml import say_and_hang_up
+from .conversation import Conversation
 from .notices import say_line
 
 if TYPE_CHECKING:
@@ -50,8 +57,12 @@ _MAX_BUFFERED_FRAMES = 150  # 3 s at 20 ms
 _APOLOGY = "Sorry, we are having technical difficulties. Please call again later. Goodbye."
 #: Said when a call switches to the local engine (a flow's ``model.fallback: local``).
 FALLBACK_NOTICE = "Sorry about the wait. I'm switching you to our automated assistant."
-#: With a fallback, a call that never reached its model switches after this many failed attempts.
+#: With a fallback, a call whose model never answered switches after this many failures.
 FALLBACK_AFTER_ATTEMPTS = 2
+#: Connect timeout of one attempt (shortened during an outage so the caller's wait stays bounded).
+_OPEN_TIMEOUT_S = 10.0
+#: Events that show the model serves this socket (a handshake alone does not).
+_ALIVE = (ev.SessionUpdated, ev.ResponseCreated, ev.AudioDelta)
 
 
 def session_config(flow: Flow, state: FlowState) -> SessionConfig:
@@ -95,6 +106,16 @@ def _replay_event(client: ClientEvents, entry: tuple[str, ...]) -> bytes:
     return client.function_output(entry[1], entry[2])
 
 
+def resume_instructions(said: str) -> str:
+    """Asks the model to go on with an answer a dropped connection cut after ``said``."""
+    tail = said[-240:]
+    return (
+        "The phone line to you dropped while you were answering. The caller heard you say, up to: "
+        f'"{tail}". Continue your answer from exactly that point, without repeating what they heard '
+        "and without mentioning the interruption."
+    )
+
+
 class ModelLink:
     """The model socket of one call, kept alive for the whole call (see the module docstring)."""
 
@@ -107,8 +128,9 @@ class ModelLink:
         #: Caller μ-law → the model's PCM16 (None when the model takes the phone's μ-law as it is).
         self.inbound = InboundConverter() if call.audio_mode == "pcm" else None
         self._buffer: deque[str] = deque(maxlen=_MAX_BUFFERED_FRAMES)
-        #: Conversation so far, replayed into a new model session after a reconnect or roll-over.
-        self.history: list[tuple[str, ...]] = []
+        #: Conversation so far as the caller heard it, replayed into a new model session.
+        self.history = Conversation()
+        self.failures = LinkFailures(call.settings.model_connect_attempts)
 
         self.response_in_flight = False
         self.current_response: str | None = None
@@ -118,8 +140,17 @@ class ModelLink:
         self.fell_back = False
         self._rollover_due = False
         self._rolling = False
-        self._ever_connected = False
+        #: Sockets opened so far (the next one replays the conversation).
+        self._opened = 0
+        #: The current socket showed that the model serves it; some socket ever did.
+        self._alive = False
+        self._ever_worked = False
+        self._greeted = False
         self._fallback_announced = False
+        #: Why the model cannot serve this call (a final ``error`` event), until handled.
+        self._final: str | None = None
+        #: At a drop while the model was answering: what it had said (None: it was not answering).
+        self._resume: str | None = None
 
     # ------------------------------------------------------------------ sending
 
@@ -144,6 +175,7 @@ class ModelLink:
         self.response_in_flight = True
         self.current_response = response_id
         self.cancel_sent = False
+        self._greeted = True  # the first response is the greeting: it is under way
 
     def response_done(self) -> None:
         """The response ended: a roll-over that waited for it may go ahead."""
@@ -171,49 +203,54 @@ class ModelLink:
     # ------------------------------------------------------------------ the connection
 
     async def run(self) -> None:
-        """Connect, read events, reconnect on unexpected close; give up politely after bounded retries."""
+        """The model task: connect, read, reconnect; whatever fails in it ends in a fallback or an apology."""
         call = self.call
-        replay = planned = False  # planned: the last socket was retired on purpose (a roll-over)
-        backoff = Backoff(max_attempts=call.settings.model_connect_attempts)
-        failures = 0
         while not call.ended.is_set():
             try:
-                ws = await self._open(replay=replay)
+                await self._run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                call.record.count("internal_errors")
+                reason = f"internal error {type(exc).__name__}: {exc}"
+                call.log.error("the model task failed: %s", redact(reason), exc_info=exc)
+                await self._discard_socket()
+                if not await self._cannot_go_on(reason):
+                    return
+
+    async def _run(self) -> None:
+        call = self.call
+        planned = False  # the last socket was retired on purpose (a roll-over)
+        while not call.ended.is_set():
+            if self._final is not None:
+                reason, self._final = self._final, None
+                if not await self._cannot_go_on(reason):
+                    return
+                continue
+            replay = self._opened > 0
+            timeout = self.failures.time_left(asyncio.get_running_loop().time(), _OPEN_TIMEOUT_S)
+            try:
+                ws = await self._open(replay=replay, timeout=timeout)
             except RealtimeConnectError as exc:
                 call.record.count("model_connect_failures")
-                failures += 1
-                attempts = call.settings.model_connect_attempts
-                if self._can_fall_back and not self._ever_connected:
-                    attempts = min(attempts, FALLBACK_AFTER_ATTEMPTS)  # the caller is waiting in silence
-                delay = backoff.next_delay() if failures < attempts else None
                 call.log.warning("model connection failed: %s", exc)
-                if delay is None:
-                    if self._can_fall_back:
-                        await self._fall_back(str(exc))
-                        replay = self._ever_connected
-                        continue
-                    await self._give_up(str(exc))
+                if not await self._failed(str(exc)):
                     return
-                await asyncio.sleep(delay)
                 continue
-            backoff.reset()
-            failures = 0
+            self._opened += 1
             self.ws = ws
-            if self.fell_back and not self._fallback_announced:
-                self._fallback_announced = True
-                self.connected.set()
-                await self._flush_buffer()
-                await self.request_response(say_line(FALLBACK_NOTICE))
-                if replay:
-                    await call.audio.new_session()
-            elif replay:
+            self._alive = False
+            if call.engine != "realtime":
+                self._proved_alive()  # an in-process engine is there once open
+            resume, self._resume = self._resume, None
+            if replay:
                 await call.audio.new_session()
-                self.response_in_flight = False
-                self.current_response = None
+                self.response_in_flight, self.current_response = False, None
                 if planned:  # counted in model_rollovers when it was retired
                     call.feed.emit("model.rolled_over")
                     call.log.info("model session rolled over; replayed %d history items", len(self.history))
-                else:
+                elif not self.fell_back or self._fallback_announced:
                     call.record.count("model_reconnects")
                     call.meter.reconnected()
                     call.feed.emit("model.reconnected")
@@ -222,18 +259,16 @@ class ModelLink:
                     )
             else:
                 call.log.info("model connected (%s)", call.dialect)
-                self._ever_connected = True
-                greeting = call.flow.render(call.flow.greeting, call.context) if call.flow.greeting else ""
-                if greeting:
-                    await self.send(
-                        self.client.response_create(
-                            instructions=f'Greet the caller now by saying exactly: "{greeting}"'
-                        )
-                    )
-                    self.response_in_flight = True
             self.connected.set()
             await self._flush_buffer()
-            if self.need_response and not self.response_in_flight:
+            if self.fell_back and not self._fallback_announced:
+                self._fallback_announced = self._greeted = True  # the local engine opens the conversation
+                await self.request_response(say_line(FALLBACK_NOTICE))
+            elif not self._greeted:
+                await self._greet()
+            elif resume is not None and not self.response_in_flight:
+                await self.request_response(resume_instructions(resume) if resume else None)
+            elif self.need_response and not self.response_in_flight:
                 await self.request_response()
             self._schedule_rollover()
             how = await self._read(ws)
@@ -242,48 +277,126 @@ class ModelLink:
             if call.ended.is_set():
                 return
             planned, self._rolling = self._rolling, False
-            if not planned:
-                call.log.warning("model socket closed unexpectedly (%s); reconnecting", how)
-            replay = True
+            if self._final is not None:
+                await self._discard_socket(ws)
+                continue
+            if planned:
+                continue
+            said = self.history.drop()
+            if self.response_in_flight and not self.cancel_sent:
+                self._resume = said or ""
+            call.record.count("model_drops")
+            call.log.warning("model socket closed unexpectedly (%s)", how)
+            if not await self._failed(f"the model socket closed unexpectedly ({how})"):
+                return
 
-    async def _open(self, *, replay: bool) -> RealtimeSocket | InProcessModel:
+    async def _greet(self) -> None:
+        call = self.call
+        greeting = call.flow.render(call.flow.greeting, call.context) if call.flow.greeting else ""
+        if greeting:
+            await self.send(
+                self.client.response_create(
+                    instructions=f'Greet the caller now by saying exactly: "{greeting}"'
+                )
+            )
+            self.response_in_flight = True
+        else:
+            self._greeted = True
+
+    async def _failed(self, reason: str) -> bool:
+        """A connect error or a drop: wait and go on (True), or fall back / give up (False: the task ends)."""
+        now = asyncio.get_running_loop().time()
+        delay = self.failures.failed(now)
+        if (
+            delay is not None
+            and self._can_fall_back
+            and not self._ever_worked
+            and self.failures.count(now) >= FALLBACK_AFTER_ATTEMPTS
+        ):
+            delay = None  # the caller has heard nothing yet: switch rather than keep them waiting
+        if delay is None:
+            n = self.failures.count(now)
+            return await self._cannot_go_on(f"{reason}; {n} failure(s) in {self.failures.window_s:g} s")
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
+
+    async def _cannot_go_on(self, reason: str) -> bool:
+        """The model cannot serve the call: switch to the local engine (True: go on) or apologise and end."""
+        if self._can_fall_back:
+            await self._fall_back(reason)
+            self.failures = LinkFailures(self.call.settings.model_connect_attempts)
+            return True
+        await self._give_up(reason)
+        return False
+
+    async def _open(
+        self, *, replay: bool, timeout: float = _OPEN_TIMEOUT_S
+    ) -> RealtimeSocket | InProcessModel:
         call = self.call
         ws: RealtimeSocket | InProcessModel
         if call.engine == "realtime":
             url = realtime_ws_url(call.settings.realtime_url, call.model)
             headers = realtime_headers(call.settings.openai_api_key, call.dialect, url)
-            ws = await open_realtime(url, headers)
+            ws = await open_realtime(url, headers, open_timeout=timeout)
         else:
             ws = await open_engine(call.engine, call, fallback=self.fell_back)
         client = ClientEvents(call.dialect)
         try:
             await ws.send(client.session_update(call.session_config), text=True)
             if replay:
-                for entry in self.history:
+                for entry in self.history.replay():
                     await ws.send(_replay_event(client, entry), text=True)
         except ConnectionClosed as exc:
-            raise RealtimeConnectError(f"model socket closed during set-up: {exc}") from None
+            # Closed by the server already: what it said first (an ``error`` event, say) is still to be
+            # read, and the reader then counts the drop.
+            call.log.debug("model socket closed during set-up: %s", exc)
+        except BaseException:
+            await self._discard_socket(ws)  # e.g. a session the model cannot take: do not leave it open
+            raise
         self.client = client
         self.parser = ev.ServerEventParser(call.dialect)
         return ws
 
     async def _read(self, ws: RealtimeSocket | InProcessModel) -> str:
         on_event = self.call.on_model_event
+        history = self.history
         try:
             async for raw in ws:
-                await on_event(self.parser.parse(raw))
+                event = self.parser.parse(raw)
+                if not self._alive and isinstance(event, _ALIVE):
+                    self._proved_alive()
+                history.on_event(event)
+                await on_event(event)
+                if type(event) is ev.ErrorEvent and event.final:
+                    self._final = (
+                        f"the model refused the session ({event.code or event.type}: {event.message})"
+                    )
+                    return "final error"
         except ConnectionClosed as exc:
             return f"code {exc.rcvd.code if exc.rcvd else 'none'}"
         return "closed by server"
 
+    def _proved_alive(self) -> None:
+        self._alive = self._ever_worked = True
+        self.failures.healthy()
+
+    async def _discard_socket(self, ws: RealtimeSocket | InProcessModel | None = None) -> None:
+        """Close ``ws`` (default: the current socket) within 0.5 s, else abort it."""
+        if ws is None:
+            ws, self.ws = self.ws, None
+            self.connected.clear()
+        if ws is None:
+            return
+        try:
+            await asyncio.wait_for(ws.close(), 0.5)
+        except (TimeoutError, Exception):
+            with contextlib.suppress(Exception):
+                ws.transport.abort()  # type: ignore[union-attr]
+
     async def close(self) -> None:
         """Close the socket (≤0.5 s, else abort it); the call is ending."""
-        ws, self.ws = self.ws, None
-        if ws is not None:
-            try:
-                await asyncio.wait_for(ws.close(), 0.5)
-            except (TimeoutError, Exception):
-                ws.transport.abort()  # type: ignore[union-attr]
+        await self._discard_socket()
 
     # ------------------------------------------------------------------ roll-over
 
@@ -319,17 +432,20 @@ class ModelLink:
         return self.call.flow.model.fallback == "local" and self.call.engine != "local"
 
     async def _fall_back(self, reason: str) -> None:
-        """The model cannot be reached: carry on with the offline engine (``model.fallback: local``)."""
+        """The model cannot serve the call: carry on with the offline engine (``model.fallback: local``)."""
         call = self.call
         previous = call.engine
         call.log.warning(
-            "model %s unreachable (%s); switching this call to the local engine", call.model, reason
+            "model %s cannot serve the call (%s); switching it to the local engine",
+            call.model,
+            redact(reason),
         )
         call.engine, self.fell_back = "local", True
         call.dialect, call.audio_mode = "ga", "pcmu"
         self.inbound = call.audio.outbound = None
         self._buffer.clear()  # buffered audio is in the old engine's format
         self.response_in_flight, self.current_response = False, None
+        self._resume = None
         call.record.engine, call.record.audio_mode = "local", "pcmu"
         call.record.count("engine_fallbacks")
         call.meter.fell_back("local")
@@ -338,11 +454,14 @@ class ModelLink:
         )
 
     async def _give_up(self, reason: str) -> None:
+        """Apologise and end the call: through Twilio (``<Say>``), else in the local voice on the stream."""
         call = self.call
-        call.log.error("model unreachable after retries; ending the call politely (%s)", reason)
+        call.log.error("the model cannot serve the call; ending it politely (%s)", redact(reason))
         call.feed.emit("error", message="model unreachable")
         try:
             await call.controller.redirect(call.call_sid, say_and_hang_up(_APOLOGY))
-        except TwilioRestError as exc:
-            call.log.warning("could not play the apology through Twilio: %s", exc)
+        except Exception as exc:  # TwilioRestError, or anything else: the caller must still hear it
+            call.log.warning("could not play the apology through Twilio (%s); saying it on the stream", exc)
+            with contextlib.suppress(Exception):
+                await call.audio.say_local(_APOLOGY, wait=True)
         await call.end("model-unavailable")

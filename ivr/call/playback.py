@@ -72,14 +72,18 @@ class PlaybackTracker:
         self._counter += 1
         return f"{prefix}{self._counter}"
 
-    def on_audio_sent(self, item_id: str, duration_ms: float) -> str:
-        """Record a chunk sent to Twilio; returns the mark name to send right after it."""
+    def on_audio_sent(self, item_id: str, duration_ms: float, *, local: bool = False) -> str:
+        """Record a chunk sent to Twilio; returns the mark name to send right after it.
+
+        ``local``: audio the call made itself (a hold phrase in the local voice), not a model item: tracked
+        like the others (a barge-in clears it) but never truncated at the model, as if retired.
+        """
         item = self._items.get(item_id)
-        if item is not None and item.retired:  # a new session reusing an old id: a new item
+        if item is not None and item.retired and not local:  # a new session reusing an old id: a new item
             self._drop(item_id)
             item = None
         if item is None:
-            item = self._items[item_id] = _Item()
+            item = self._items[item_id] = _Item(retired=local)
             self._order.append(item_id)
             if len(self._order) > 64:  # keep memory bounded on very long calls
                 self._drop(self._order[0])

@@ -27,7 +27,7 @@ from ..approvals.gate import ApprovalGate
 from ..engines.factory import EngineKind, engine_kind
 from ..flows import Flow
 from ..flows.state import FlowState
-from ..logs import call_logger, mask_number, redact
+from ..logs import call_logger, mask_number, redact, use_redactor
 from ..metrics import Metrics
 from ..realtime import events as ev
 from ..realtime.dialect import dialect_for_model
@@ -86,6 +86,10 @@ class CallSession:
         self.call_sid = start.call_sid
         self.stream_sid = start.stream_sid
         self.log = call_logger("ivr.call", self.call_sid, self.stream_sid)
+        # The flow's redact: rules, on every event (CallFeed.emit) and every log line of this call's tasks.
+        self.redactor = flow.redactor()
+        feed.redactor = record.redactor = self.redactor
+        use_redactor(self.redactor)
 
         self.model = flow.model.name or settings.realtime_model
         self.engine: EngineKind = engine_kind(settings, self.model)
@@ -192,6 +196,7 @@ class CallSession:
             if task is not current:
                 task.cancel()
         self.audio.release_lines()
+        await self.runner.abandon_pending()  # undecided approvals of this call can no longer be decided
         self.record.outcome = outcome if self.record.outcome == "in-progress" else self.record.outcome
         self.meter.call_ended(self.record.outcome)
         self.record.ended_at = time.time()
@@ -259,7 +264,8 @@ class CallSession:
     async def _on_dtmf(self, digit: str) -> None:
         self._dtmf_count += 1
         self.feed.emit("dtmf", digit=digit)
-        self.log.info("caller pressed %s", digit)
+        # Keys may be a PIN or a card number: the log says a key was pressed, never which.
+        self.log.info("caller pressed a keypad key (key %d of this call; digit not logged)", self._dtmf_count)
         action = self.state.on_key(digit)
         text = f"The caller pressed {digit} on the keypad."
         if action is not None and action.stage_change is not None:
@@ -291,12 +297,10 @@ class CallSession:
             await self._on_response_done(event)
         elif isinstance(event, ev.AgentTranscriptDone):
             if event.transcript:
-                self.audio.agent_said(event)
-                self.link.history.append(("assistant", event.transcript))
+                self.audio.agent_said(event)  # (the link's conversation follows model events itself)
         elif isinstance(event, ev.UserTranscript):
             if event.transcript:
                 self.transcript("caller", event.transcript)
-                self.link.history.append(("user", event.transcript))
         elif isinstance(event, ev.ErrorEvent):
             self.record.count("model_errors")
             if event.code == "response_cancel_not_active":
@@ -325,14 +329,15 @@ class CallSession:
 
     def transcript(self, role: str, text: str, **extra: Any) -> None:
         """A transcript line of the caller or the agent: into the record and the event feed."""
-        entry = {"role": role, "text": text, "ts": round(time.time(), 3), **extra}
+        event = self.feed.emit("transcript", role=role, text=text, **extra)  # redacted by the feed
+        entry = {"role": role, "text": event["text"], "ts": event["ts"], **extra}
         self.record.transcript.append(entry)
-        self.feed.emit("transcript", role=role, text=text, **extra)
 
     async def apply_stage_change(self, change: Any) -> None:
         """Move to another stage: new instructions and tools for the live session (audio keeps flowing)."""
         self.record.stage = change.stage
         self.session_config = session_config(self.flow, self.state)
         self.feed.emit("stage.changed", previous=change.previous, stage=change.stage, trigger=change.trigger)
-        self.log.info("stage %s → %s (%s)", change.previous, change.stage, change.trigger)
+        trigger = "key:*" if change.trigger.startswith("key:") else change.trigger  # keypad digits stay out
+        self.log.info("stage %s → %s (%s)", change.previous, change.stage, trigger)
         await self.link.send(self.link.client.session_update(self.session_config))

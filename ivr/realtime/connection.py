@@ -4,7 +4,8 @@ Only :func:`open_realtime` does I/O; it opens :class:`~ivr.realtime.transport.Re
 over the ``websockets`` sans-I/O client) with the options the OpenAI SDK uses (no message size limit, no
 compression) plus no proxy, and it turns every way a connect can fail into one :class:`RealtimeConnectError`
 whose message says what failed and what to check. The API key is never part of any message. :class:`Backoff`
-is the sans-I/O reconnect schedule: it returns delays, the caller sleeps.
+is the sans-I/O reconnect schedule: it returns delays, the caller sleeps; :class:`LinkFailures` counts a
+call's failures over a window (a handshake that then closes is a failure too) and says when to give up.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import random
 import re
 import socket
 import ssl
+from collections import deque
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
@@ -244,3 +246,108 @@ class Backoff:
     def reset(self) -> None:
         """Start over (call after a connection that succeeded)."""
         self.attempts = 0
+
+
+class LinkFailures:
+    """Failures of one call's model link over a sliding window — connect errors and drops alike — and the
+    wait before the next attempt. Sans-I/O: the caller passes ``now`` (a monotonic clock) and sleeps.
+
+    A handshake proves nothing: an endpoint that accepts and then hangs up (quota exhausted, a key refused
+    behind a proxy) must count as a failure every time, or one call dials it thousands of times a second.
+    So every failure is remembered for ``window_s`` seconds whether or not a socket had opened, and
+    :meth:`failed` returns ``None`` (give up: fall back or apologise) once ``max_failures`` of them fall in
+    the window, or once the link has been down for ``max_outage_s`` (the caller hears nothing meanwhile).
+    The first failure after a working spell is retried at once; the next ones wait ``initial``, ×``factor``
+    each, capped at ``max_delay``, scaled down by up to ``jitter`` (drawn from ``rng``) so that the calls
+    of one shared outage do not all redial together. :meth:`healthy` ends an outage (the model answered);
+    it does not forget failures, so a link that flaps is still given up on.
+    """
+
+    __slots__ = (
+        "_down_since",
+        "_failures",
+        "_rng",
+        "factor",
+        "initial",
+        "jitter",
+        "max_delay",
+        "max_failures",
+        "max_outage_s",
+        "window_s",
+    )
+
+    def __init__(
+        self,
+        max_failures: int = 6,
+        *,
+        window_s: float = 60.0,
+        max_outage_s: float = 8.0,
+        initial: float = 0.25,
+        factor: float = 2.0,
+        max_delay: float = 4.0,
+        jitter: float = 0.5,
+        rng: random.Random | None = None,
+    ) -> None:
+        if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
+            raise ValueError(f"LinkFailures max_failures={max_failures!r} must be a whole number >= 1")
+        if not window_s > 0 or not max_outage_s > 0:
+            raise ValueError(
+                f"LinkFailures window_s={window_s!r} and max_outage_s={max_outage_s!r} must be > 0"
+            )
+        if not initial > 0 or not factor >= 1 or not max_delay >= initial:
+            raise ValueError(
+                f"LinkFailures delays: initial={initial!r} must be > 0, factor={factor!r} >= 1, "
+                f"max_delay={max_delay!r} >= initial"
+            )
+        if not 0.0 <= jitter <= 1.0:
+            raise ValueError(f"LinkFailures jitter={jitter!r} must be between 0 and 1")
+        self.max_failures = max_failures
+        self.window_s = float(window_s)
+        self.max_outage_s = float(max_outage_s)
+        self.initial = float(initial)
+        self.factor = float(factor)
+        self.max_delay = float(max_delay)
+        self.jitter = float(jitter)
+        self._rng = rng if rng is not None else random.Random()
+        self._failures: deque[float] = deque()
+        self._down_since: float | None = None
+
+    def _forget_old(self, now: float) -> None:
+        while self._failures and now - self._failures[0] >= self.window_s:
+            self._failures.popleft()
+
+    def count(self, now: float) -> int:
+        """Failures within the window ending at ``now``."""
+        self._forget_old(now)
+        return len(self._failures)
+
+    @property
+    def down(self) -> bool:
+        """True from a failure until :meth:`healthy`."""
+        return self._down_since is not None
+
+    def failed(self, now: float) -> float | None:
+        """Record a failure at ``now``: seconds to wait before the next attempt, or ``None`` to give up."""
+        self._forget_old(now)
+        self._failures.append(now)
+        if self._down_since is None:
+            self._down_since = now
+        n = len(self._failures)
+        if n >= self.max_failures or now - self._down_since >= self.max_outage_s:
+            return None
+        if n == 1:
+            return 0.0
+        nominal = min(self.max_delay, self.initial * self.factor ** min(n - 2, 64))
+        delay = nominal * (1.0 - self.jitter * self._rng.random()) if self.jitter else nominal
+        # Never wait past the outage limit: give the last attempt the time that is left.
+        return min(delay, max(0.0, self._down_since + self.max_outage_s - now))
+
+    def time_left(self, now: float, default: float) -> float:
+        """How long the next attempt may take (its connect timeout): ``default``, or less during an outage."""
+        if self._down_since is None:
+            return default
+        return max(0.5, min(default, self._down_since + self.max_outage_s - now))
+
+    def healthy(self) -> None:
+        """The model answered on the current socket: the outage (if any) is over."""
+        self._down_since = None

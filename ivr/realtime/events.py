@@ -56,7 +56,21 @@ class SpeechStopped:
 
 @dataclass(frozen=True, slots=True)
 class InputCommitted:
+    """The caller's turn became a user audio item, placed after ``previous_item_id`` (item order)."""
+
     item_id: str
+    previous_item_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemAdded:
+    """An item joined the conversation after ``previous_item_id`` (``conversation.item.added`` in GA,
+    ``conversation.item.created`` in beta and GA)."""
+
+    item_id: str
+    previous_item_id: str | None
+    item_type: str
+    role: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +162,24 @@ class ItemTruncated:
     audio_end_ms: int
 
 
+#: ``error`` codes (or types) after which the model cannot serve this call however often it is redialled:
+#: the account or key is refused, or the model does not exist for it. The call falls back or apologises.
+FINAL_ERROR_CODES: frozenset[str] = frozenset(
+    {
+        "insufficient_quota",
+        "invalid_api_key",
+        "account_deactivated",
+        "billing_not_active",
+        "billing_hard_limit_reached",
+        "organization_deactivated",
+        "model_not_found",
+        "unsupported_country_region_territory",
+        "authentication_error",
+        "permission_error",
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorEvent:
     """A server ``error``. ``event_id`` is the id of *our* client event that caused it, when known."""
@@ -157,6 +189,11 @@ class ErrorEvent:
     message: str
     param: str | None
     event_id: str | None
+
+    @property
+    def final(self) -> bool:
+        """True when redialling cannot help (:data:`FINAL_ERROR_CODES`): a refused key, no quota…"""
+        return self.code in FINAL_ERROR_CODES or self.type in FINAL_ERROR_CODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +217,7 @@ ServerEvent = (
     | SpeechStarted
     | SpeechStopped
     | InputCommitted
+    | ItemAdded
     | UserTranscript
     | AudioDelta
     | AudioDone
@@ -219,6 +257,15 @@ def _str(d: dict[str, Any], key: str, where: str) -> str:
     if value is None:
         raise _Bad(f"{where}: missing '{key}'")
     raise _Bad(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+
+
+def _id(d: dict[str, Any], key: str, where: str) -> str:
+    """An id (item, response, call): a non-empty string. An empty one would later be echoed back in a
+    client event (``conversation.item.truncate``…) that the API and our own builders refuse."""
+    value = _str(d, key, where)
+    if not value:
+        raise _Bad(f"{where}: '{key}' must not be empty")
+    return value
 
 
 def _int(d: dict[str, Any], key: str, where: str) -> int:
@@ -282,7 +329,7 @@ class ServerEventParser:
             rid = data.get("response_id")
             iid = data.get("item_id")
             delta = data.get("delta")
-            if type(rid) is str and type(iid) is str and type(delta) is str:
+            if type(rid) is str and type(iid) is str and type(delta) is str and rid and iid:
                 return AudioDelta(rid, iid, delta)
         handler = _HANDLERS.get(etype)
         if handler is None:
@@ -303,38 +350,47 @@ class ServerEventParser:
         return SessionUpdated(_dict(d, "session", t))
 
     def _speech_started(self, d: dict[str, Any], t: str) -> ServerEvent:
-        return SpeechStarted(_str(d, "item_id", t), _int(d, "audio_start_ms", t))
+        return SpeechStarted(_id(d, "item_id", t), _int(d, "audio_start_ms", t))
 
     def _speech_stopped(self, d: dict[str, Any], t: str) -> ServerEvent:
-        return SpeechStopped(_str(d, "item_id", t), _int(d, "audio_end_ms", t))
+        return SpeechStopped(_id(d, "item_id", t), _int(d, "audio_end_ms", t))
 
     def _committed(self, d: dict[str, Any], t: str) -> ServerEvent:
-        return InputCommitted(_str(d, "item_id", t))
+        return InputCommitted(_id(d, "item_id", t), _opt_str(d, "previous_item_id"))
+
+    def _item_added(self, d: dict[str, Any], t: str) -> ServerEvent:
+        item = _dict(d, "item", t)
+        return ItemAdded(
+            _id(item, "id", f"{t}.item"),
+            _opt_str(d, "previous_item_id"),
+            _str(item, "type", f"{t}.item"),
+            _opt_str(item, "role"),
+        )
 
     def _user_transcript(self, d: dict[str, Any], t: str) -> ServerEvent:
-        return UserTranscript(_str(d, "item_id", t), _str(d, "transcript", t))
+        return UserTranscript(_id(d, "item_id", t), _str(d, "transcript", t))
 
     def _audio_delta(self, d: dict[str, Any], t: str) -> ServerEvent:
         # Reached only when the fast path in parse() found a field missing or mistyped.
-        return AudioDelta(_str(d, "response_id", t), _str(d, "item_id", t), _str(d, "delta", t))
+        return AudioDelta(_id(d, "response_id", t), _id(d, "item_id", t), _str(d, "delta", t))
 
     def _audio_done(self, d: dict[str, Any], t: str) -> ServerEvent:
-        return AudioDone(_str(d, "response_id", t), _str(d, "item_id", t))
+        return AudioDone(_id(d, "response_id", t), _id(d, "item_id", t))
 
     def _transcript_delta(self, d: dict[str, Any], t: str) -> ServerEvent:
-        return AgentTranscriptDelta(_str(d, "response_id", t), _str(d, "item_id", t), _str(d, "delta", t))
+        return AgentTranscriptDelta(_id(d, "response_id", t), _id(d, "item_id", t), _str(d, "delta", t))
 
     def _transcript_done(self, d: dict[str, Any], t: str) -> ServerEvent:
-        return AgentTranscriptDone(_str(d, "response_id", t), _str(d, "item_id", t), _str(d, "transcript", t))
+        return AgentTranscriptDone(_id(d, "response_id", t), _id(d, "item_id", t), _str(d, "transcript", t))
 
     def _response_created(self, d: dict[str, Any], t: str) -> ServerEvent:
         response = _dict(d, "response", t)
-        return ResponseCreated(_str(response, "id", f"{t}.response"))
+        return ResponseCreated(_id(response, "id", f"{t}.response"))
 
     def _response_done(self, d: dict[str, Any], t: str) -> ServerEvent:
         where = f"{t}.response"
         response = _dict(d, "response", t)
-        response_id = _str(response, "id", where)
+        response_id = _id(response, "id", where)
         self._function_names.pop(response_id, None)
         status = _str(response, "status", where)
         usage = response.get("usage")
@@ -349,9 +405,9 @@ class ServerEventParser:
         )
 
     def _output_item_added(self, d: dict[str, Any], t: str) -> ServerEvent:
-        response_id = _str(d, "response_id", t)
+        response_id = _id(d, "response_id", t)
         item = _dict(d, "item", t)
-        item_id = _str(item, "id", f"{t}.item")
+        item_id = _id(item, "id", f"{t}.item")
         item_type = _str(item, "type", f"{t}.item")
         name = _opt_str(item, "name")
         if item_type == "function_call" and name is not None:
@@ -359,9 +415,9 @@ class ServerEventParser:
         return OutputItemAdded(response_id, item_id, item_type, _opt_str(item, "role"), name)
 
     def _function_call_done(self, d: dict[str, Any], t: str) -> ServerEvent:
-        response_id = _str(d, "response_id", t)
-        item_id = _str(d, "item_id", t)
-        call_id = _str(d, "call_id", t)
+        response_id = _id(d, "response_id", t)
+        item_id = _id(d, "item_id", t)
+        call_id = _id(d, "call_id", t)
         arguments = _str(d, "arguments", t)
         names = self._function_names.get(response_id)
         remembered = names.pop(item_id, None) if names is not None else None
@@ -380,7 +436,7 @@ class ServerEventParser:
         return FunctionCallDone(call_id, name, arguments, item_id, response_id)
 
     def _item_truncated(self, d: dict[str, Any], t: str) -> ServerEvent:
-        return ItemTruncated(_str(d, "item_id", t), _int(d, "audio_end_ms", t))
+        return ItemTruncated(_id(d, "item_id", t), _int(d, "audio_end_ms", t))
 
     def _error(self, d: dict[str, Any], t: str) -> ServerEvent:
         error = _dict(d, "error", t)
@@ -424,10 +480,10 @@ def _function_calls(output: object, where: str) -> tuple[FunctionCall, ...]:
         at = f"{where}.output[{index}]"
         calls.append(
             FunctionCall(
-                _str(item, "call_id", at),
+                _id(item, "call_id", at),
                 _str(item, "name", at),
                 _str(item, "arguments", at),
-                _str(item, "id", at),
+                _id(item, "id", at),
             )
         )
     return tuple(calls)
@@ -454,6 +510,8 @@ _HANDLERS: dict[str, _Handler] = {
     "response.output_item.added": _P._output_item_added,
     "response.function_call_arguments.done": _P._function_call_done,
     "conversation.item.truncated": _P._item_truncated,
+    "conversation.item.added": _P._item_added,  # GA
+    "conversation.item.created": _P._item_added,  # beta (GA sends it too for items the client creates)
     "error": _P._error,
 }
 del _P

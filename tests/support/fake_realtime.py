@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import time
 import uuid
@@ -78,6 +79,7 @@ class Reply:
     tone_hz: float = 440.0  # the audio content: a sine at this frequency (-12 dBFS)
     chunk_ms: int = 100  # audio per delta
     delta_interval_s: float = 0.0  # pause between deltas (0 = as fast as possible, like OpenAI)
+    first_audio_delay_s: float = 0.0  # a slow model: pause before the first audio delta (fault runs)
     # (name, arguments dict or raw JSON string) → a function_call output item instead of audio
     function_call: tuple[str, dict[str, Any] | str] | None = None
 
@@ -508,6 +510,7 @@ class _ResponseRun:
     kind: Literal["audio", "function_call"]
     stopped: bool = False
     announced: bool = False  # response.output_item.added has been sent
+    audio_started: bool = False  # the first audio delta has been sent (Reply.first_audio_delay_s)
     transcript: str = ""
     task: asyncio.Task[None] | None = None
 
@@ -661,6 +664,28 @@ class FakeSession:
         )
         return item_id
 
+    async def commit_turn(self) -> str:
+        """Commit the caller's turn as a user audio item, its transcription to come later
+        (:meth:`transcribed`): the API does not promise transcripts in item order."""
+        item_id = self._pending_speech_item or new_id("item")
+        self._pending_speech_item = None
+        await self._commit(item_id)
+        return item_id
+
+    async def transcribed(self, item_id: str, text: str) -> None:
+        """The (late) transcription of a user audio item committed earlier."""
+        usage = {"type": "tokens", "input_tokens": 10, "output_tokens": max(1, len(text) // 4)}
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        await self._emit(
+            self._events.event(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item_id,
+                content_index=0,
+                transcript=text,
+                usage=usage,
+            )
+        )
+
     async def respond(self, reply: Reply | None = None) -> str:
         """Start a response unprompted, the way server VAD with ``create_response`` does."""
         if self._active is not None:
@@ -686,6 +711,11 @@ class FakeSession:
     async def run(self) -> None:
         try:
             await self._emit(self._events.event("session.created", session=self._effective))
+            if self._server.error_on_accept is not None:  # fault mode: a final error, then the close
+                code, message = self._server.error_on_accept
+                await self.send_error(code, message, type=code)
+                await self._ws.close(1000)
+                return
             async for frame in self._ws:
                 await self._on_frame(frame)
         except ConnectionClosed:
@@ -891,6 +921,10 @@ class FakeSession:
     async def _stream(self, run: _ResponseRun, plan: Iterator[Step]) -> None:
         try:
             for step in plan:
+                if step.audio_samples and not run.audio_started:
+                    run.audio_started = True
+                    if run.reply.first_audio_delay_s > 0:  # a slow model (simulated), not synchronisation
+                        await asyncio.sleep(run.reply.first_audio_delay_s)
                 if step.paced and run.reply.delta_interval_s > 0:
                     # simulated model pacing between deltas, not synchronisation
                     await asyncio.sleep(run.reply.delta_interval_s)
@@ -980,6 +1014,13 @@ class FakeSession:
         self._server.violations.append(f"[session {self.index} {self.dialect}] {label}: {reason}")
 
 
+async def _drain(ws: ServerConnection) -> None:
+    """Read and drop whatever the client still sends until the connection closes."""
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in ws:
+            pass
+
+
 def _label_and_id(frame: str) -> tuple[str, str | None]:
     try:
         data = json.loads(frame)
@@ -1001,6 +1042,14 @@ class FakeRealtimeServer:
         self.violations: list[str] = []
         self.sessions: list[FakeSession] = []
         self.reject_handshakes: int = 0
+        #: Fault modes. ``close_after_accept``: that many connections are accepted, then closed after the
+        #: client's first event (no event back; quota exhausted or a bad key behind a proxy).
+        #: ``error_on_accept``: every connection gets ``session.created``, then an ``error`` with this
+        #: (code, message), then a close.
+        self.close_after_accept: int = 0
+        self.error_on_accept: tuple[str, str] | None = None
+        #: WebSocket connections accepted (fault modes included).
+        self.accepted: int = 0
         self.default_replies: list[Reply] = [Reply()]
         self._server: Server | None = None
         self._handed_out = 0
@@ -1064,6 +1113,13 @@ class FakeRealtimeServer:
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None and self._signal is not None
         _, _, dialect = check_handshake(ws.request.path, ws.request.headers, self.api_key)
+        self.accepted += 1
+        if self.close_after_accept > 0:
+            self.close_after_accept -= 1
+            with contextlib.suppress(ConnectionClosed):
+                await ws.recv()  # the client's set-up went through; then the server hangs up
+            await asyncio.gather(ws.close(1000), _drain(ws))  # reading on, so the close handshake ends
+            return
         session = FakeSession(self, ws, len(self.sessions), dialect)
         self.sessions.append(session)
         self._signal.fire()
