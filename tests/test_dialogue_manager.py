@@ -603,3 +603,42 @@ def test_no_with_nothing_to_clear_drops_the_request_and_decisions_for_other_tool
     assert d.tool_result(call.call_id, PENDING) == [] and d.waiting == "approval"
     assert d.approval_decided("appointments", True, ENDING, "") == []  # not the pending tool
     assert d.approval_decided("end_call", True, ENDING, "") == [] and d.waiting == "ended"
+
+
+def _at_wrap_up(dental: Flow) -> Dialogue:
+    d = dialogue(dental, stage="wrap_up")
+    d.start()
+    d.tool_result("local_1", patient())  # the flow's on_start lookup
+    assert d.stage == "wrap_up" and d.waiting == "caller"
+    return d
+
+
+def test_a_low_confidence_turn_that_clearly_says_an_expected_intent_is_taken(dental: Flow) -> None:
+    # min_confidence is 0.4 in the dental flow: 0.39 on "no thanks that's all" (a real pocketsphinx score on
+    # the demo's caller) still ends the call, because the words strongly match the stage's "done" intent.
+    d = _at_wrap_up(dental)
+    bye = d.heard("no thank that's all", 0.39)
+    assert says(bye) == ["Thank you for calling Bright Smile Dental. Have a lovely day. Goodbye!"]
+    assert d.waiting == "ended"
+
+
+def test_a_low_confidence_turn_is_still_asked_again_when_weak_or_too_unsure(dental: Flow) -> None:
+    weak = _at_wrap_up(dental)
+    assert says(weak.heard("the weather is lovely", 0.39)) == [
+        "Sorry, I didn't catch that. Could you say it again?"
+    ]
+    unsure = _at_wrap_up(dental)  # below half the minimum: not taken however well the words fit
+    assert says(unsure.heard("no thank that's all", 0.19)) == [
+        "Sorry, I didn't catch that. Could you say it again?"
+    ]
+    assert unsure.waiting == "caller"
+
+
+def test_a_low_confidence_answer_to_an_open_question_is_asked_again(dental: Flow) -> None:
+    d = dialogue(dental)
+    d.start()
+    d.tool_result("local_1", patient())
+    d.heard("hi i'd like to book a cleaning please", 0.91)
+    d.tool_result("local_2", MOVED)
+    # "Which day would suit you?" is open: a shaky "tuesday" must not be taken as said.
+    assert says(d.heard("tuesday please", 0.3)) == ["Sorry, I didn't catch that. Could you say it again?"]

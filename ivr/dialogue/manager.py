@@ -68,6 +68,10 @@ class CallTool:
 Action = Say | CallTool
 Waiting = Literal["caller", "tool", "approval", "ended"]
 
+#: A turn below ``min_confidence`` but at least this fraction of it is taken when its words strongly match
+#: an intent the dialogue expects (see ``Dialogue._fits``).
+LOW_CONFIDENCE_FLOOR = 0.5
+
 _REPEAT_WHOLE = (
     ("pardon",),
     ("pardon", "me"),
@@ -361,7 +365,7 @@ class Dialogue:
 
     def _heard(self, out: list[Action], text: str, confidence: float) -> None:
         words = tokens(text)
-        if not words or confidence < self._offline.min_confidence:
+        if not words or (confidence < self._offline.min_confidence and not self._fits(text, confidence)):
             self._fail(out, "low")
             return
         if _is_repeat(words):
@@ -373,6 +377,20 @@ class Dialogue:
         self._said = []
         self._replay = None
         self._hear(out, text, replay=False)
+
+    def _fits(self, text: str, confidence: float) -> bool:
+        """A turn heard with less than ``min_confidence`` still counts when the words clearly say one of the
+        intents the caller is being asked for (a strong match, :data:`STRONG`) and the confidence is at
+        least :data:`LOW_CONFIDENCE_FLOOR` of the minimum: the recogniser's sentence score is poorly
+        calibrated on short replies ("no thanks, that's all"), while agreement with what the dialogue expects
+        is evidence of its own. Not while a question or a confirmation is open: a misheard slot value or
+        yes/no would be taken as said."""
+        if confidence < self._offline.min_confidence * LOW_CONFIDENCE_FLOOR:
+            return False
+        task = self._task
+        if task is not None and (task.confirming or task.asking is not None):
+            return False
+        return match_intent(text, self._intents(), threshold=STRONG) is not None
 
     def _hear(self, out: list[Action], text: str, *, replay: bool) -> None:
         task = self._task
