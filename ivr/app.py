@@ -70,6 +70,8 @@ log = logging.getLogger("ivr.app")
 START_TIMEOUT_S = 10.0
 DRAINING_MESSAGE = "Sorry, we can't take your call right now. Please call again in a minute. Goodbye."
 _TERMINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+#: Longest wait for Redis to confirm a stream claim (beyond it, this instance's own claim holds).
+STREAM_CLAIM_TIMEOUT_S = 0.5
 #: Ended calls whose record and events stay in this instance's memory (the rest are read from Redis).
 KEEP_ENDED_CALLS = 50
 #: A bootstrap admin token shorter than this draws a start-up warning.
@@ -172,14 +174,18 @@ class AppState:
             return True
         try:
             key = self.services.keys.stream_claim(call_sid)
-            claimed = await redis.set(
-                key, self.services.instance_id or "-", nx=True, ex=max(1, math.ceil(until - now))
-            )
+            # The caller is waiting for the greeting: a Redis that does not answer must not delay it.
+            async with asyncio.timeout(STREAM_CLAIM_TIMEOUT_S):
+                claimed = await redis.set(
+                    key, self.services.instance_id or "-", nx=True, ex=max(1, math.ceil(until - now))
+                )
         except KeySchemaError:
             return True  # not a sid Redis can key (only reachable unbound, in dev mode): this process decides
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning(
-                "call=%s stream claim not checked in Redis (%s); this instance's claim holds", call_sid, exc
+                "call=%s stream claim not checked in Redis (%s); this instance's claim holds",
+                call_sid,
+                exc or type(exc).__name__,
             )
             return True
         return bool(claimed)
@@ -336,14 +342,6 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
     # ------------------------------------------------------------------ Twilio webhooks
 
     async def signed_form(request: Request, path: str) -> ImmutableMultiDict[str, str]:
-        client = _client(request.client)
-        wait = state.retry_after(client)
-        if wait is not None:
-            state.count("rate_limited")
-            log.debug("refused %s: too many bad signatures from this client; retry in %d s", path, wait)
-            raise HTTPException(
-                429, f"too many requests with a bad signature; retry in {wait} s", {"Retry-After": str(wait)}
-            )
         body = await request.body()  # at most IVR_MAX_BODY_BYTES: BodyLimit answered 413 beyond
         try:
             pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
@@ -358,7 +356,19 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
             if not state.signatures.valid(
                 url, form, signature, request.headers.get("x-twilio-webhooks-signature-settings")
             ):
+                # A correctly signed request is never refused (Twilio's egress addresses are shared by every
+                # Twilio account, so someone else's bad requests must not block ours); a client that keeps
+                # failing gets 429 with Retry-After instead of 403, and the log says so once per block.
+                client = _client(request.client)
+                wait = state.retry_after(client)  # blocked by its earlier failures?
                 state.signature_failed(client)
+                if wait is not None:
+                    state.count("rate_limited")
+                    raise HTTPException(
+                        429,
+                        f"too many requests with a bad signature; retry in {wait} s",
+                        {"Retry-After": str(wait)},
+                    )
                 log.warning("refused %s: %s X-Twilio-Signature", path, "invalid" if signature else "missing")
                 raise HTTPException(403, "invalid or missing X-Twilio-Signature")
         return form
@@ -433,8 +443,13 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
 
     @app.websocket("/twilio/media")
     async def media(ws: WebSocket) -> None:
+        signed = not settings.verify_signatures or state.signatures.valid(
+            settings.media_stream_url, {}, ws.headers.get("x-twilio-signature")
+        )
         client = _client(ws.client)
-        wait = state.retry_after(client)
+        wait = state.retry_after(client) if not signed else None  # blocked by its earlier failures?
+        if not signed:
+            state.signature_failed(client)
         if wait is not None:
             state.count("rate_limited")
             state.refuse_stream("rate_limited")
@@ -450,10 +465,7 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
                 await ws.close(code=1008)
             return
         await ws.accept()
-        if settings.verify_signatures and not state.signatures.valid(
-            settings.media_stream_url, {}, ws.headers.get("x-twilio-signature")
-        ):
-            state.signature_failed(client)
+        if not signed:
             state.refuse_stream("bad_signature")
             log.warning("refused a media stream: invalid or missing x-twilio-signature")
             await ws.close(code=1008, reason="invalid signature")
@@ -626,6 +638,7 @@ async def _await_start(ws: WebSocket, state: AppState) -> tw.Start | None:
                     log.warning("ignored a malformed message before start: %s", msg.reason)
     except TimeoutError:
         log.warning("media stream sent no start within %.0f s; closing", START_TIMEOUT_S)
+        state.refuse_stream("no_start")
         await ws.close(code=1008, reason="no start message")
         return None
 

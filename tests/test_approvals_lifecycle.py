@@ -675,3 +675,35 @@ async def test_an_approved_cancel_by_another_caller_is_carried_out(
             await other.hang_up()
     finally:
         await client.aclose()
+
+
+async def test_api_decision_during_a_failover_answers_503_not_500(
+    private_redis: EmbeddedRedis, redis_prefix: str
+) -> None:
+    """A primary turned replica (a failover in progress) refuses writes with READONLY: that is a moment to
+    wait, like an outage (503 with Retry-After), not a server fault (500)."""
+    async with running_server(
+        make_settings(redis_url=private_redis.url, redis_prefix=redis_prefix)
+    ) as server:
+        await wait_ready(server)
+        client = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+        store = ApprovalStore(client, KeySchema(redis_prefix))
+        try:
+            approval = await store.request(
+                call_sid="CA" + "7" * 32,
+                instance_id="elsewhere",
+                flow_id="desk",
+                tool="refund",
+                call_id="fc_1",
+                arguments={"x": 1},
+                reason="r",
+                timeout_s=60,
+            )
+            await client.execute_command("REPLICAOF", "127.0.0.1", str(_closed_port()))
+            async with httpx.AsyncClient(base_url=server.base_url, headers=AUTH, timeout=20) as http:
+                decided = await http.post(f"/api/approvals/{approval.id}", json={"decision": "deny"})
+            assert decided.status_code == 503, decided.text
+            assert decided.headers.get("retry-after")
+        finally:
+            await client.execute_command("REPLICAOF", "NO", "ONE")
+            await client.aclose()

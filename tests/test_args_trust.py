@@ -128,3 +128,21 @@ def test_presence_tests_and_short_circuits_still_decide() -> None:
     assert policy.requires_approval({"action": "book"}) is True
     assert policy.requires_approval({"action": "book", "party_size": 4}) is False
     assert when("amount > 100").requires_approval({"amount": 50}) is False
+
+
+def test_arguments_nested_too_deeply_are_refused_not_walked() -> None:
+    """A model (or an injected prompt) nesting arguments hundreds deep must get a clear refusal: records,
+    events, redaction and JSON encoding all walk the arguments and would fail deep inside the call."""
+    from ivr.tools.registry import MAX_ARGUMENT_DEPTH, _parse_arguments
+
+    deep = '{"a": ' + "[" * 600 + "]" * 600 + "}"
+    assert _parse_arguments(deep) == f"are nested too deeply (more than {MAX_ARGUMENT_DEPTH} levels)"
+    ok = '{"a": ' + "[" * (MAX_ARGUMENT_DEPTH - 1) + "]" * (MAX_ARGUMENT_DEPTH - 1) + "}"
+    assert _parse_arguments(ok) == {"a": _nested(MAX_ARGUMENT_DEPTH - 1)}
+
+
+def _nested(levels: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value

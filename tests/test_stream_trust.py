@@ -355,3 +355,40 @@ def test_a_short_stream_secret_draws_a_start_up_warning() -> None:
     short = [w for w in startup_warnings(Settings(stream_secret="short")) if "IVR_STREAM_SECRET" in w]
     assert short and "at least 32" in short[0]
     assert not [w for w in startup_warnings(Settings(stream_secret="s" * 40)) if "IVR_STREAM_SECRET" in w]
+
+
+async def test_a_redis_that_does_not_answer_does_not_delay_the_stream_claim() -> None:
+    """A black-holed Redis (accepts, never replies) must not hold the greeting back by its 5 s socket
+    timeout: the claim gives up on Redis quickly and this instance's own claim holds."""
+    import redis.asyncio as aioredis
+
+    from ivr.app import STREAM_CLAIM_TIMEOUT_S, AppState
+    from ivr.flows import FlowSet
+    from ivr.store.keys import KeySchema
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # keep the connection open, answer nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    state = AppState(make_settings(), FlowSet([]))
+    state.services.redis = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}", socket_timeout=5.0)
+    state.services.keys = KeySchema("ivr:")
+    sid = "CA" + "1" * 32
+    try:
+        started = time.perf_counter()
+        assert await state.claim_stream(sid, time.time() + 60) is True
+        waited = time.perf_counter() - started
+        assert accepted, "the claim did try Redis"
+        assert waited < 5.0 * 0.5, f"the claim waited {waited:.1f} s for a silent Redis"
+        # ... and the local claim still refuses a second stream for the same sid.
+        assert await state.claim_stream(sid, time.time() + 60) is False
+    finally:
+        await state.services.redis.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert STREAM_CLAIM_TIMEOUT_S < 1.0

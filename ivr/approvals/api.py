@@ -33,6 +33,7 @@ from ivr.approvals.store import (
 from ivr.console.auth import Auth
 from ivr.console.operators import Operator
 from ivr.store.keys import KeySchemaError
+from ivr.store.writer import is_retryable_refusal
 
 __all__ = ["DecisionBody", "approvals_router"]
 
@@ -59,7 +60,8 @@ RETRY_AFTER_S = 5
 
 def redis_trouble(exc: BaseException, doing: str) -> HTTPException:
     """503 JSON when Redis cannot be reached (an outage: retry later); 500 JSON for a refused command."""
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+    # Unreachable, or refusing writes for a moment (a failover: READONLY, MASTERDOWN, TRYAGAIN…): retry later.
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError) or is_retryable_refusal(exc):
         log.warning("approvals API: Redis is unreachable while %s (%s)", doing, type(exc).__name__)
         return HTTPException(
             503,

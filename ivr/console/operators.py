@@ -59,6 +59,7 @@ _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RESERVED = {
     "admin": "it is the IVR_OPERATOR_TOKEN bootstrap admin's name",
     "timeout": "it is recorded as the decider of approvals that ran out of time",
+    "call-ended": "it is recorded as the decider of approvals whose call ended first",
 }
 # Sets last_login_at only while the operator exists: a login racing ``remove`` must not resurrect a record.
 _TOUCH_LUA = """

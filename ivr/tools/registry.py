@@ -332,6 +332,24 @@ def _non_finite_paths(value: Any, path: str = "$") -> list[str]:
     return found
 
 
+#: Deepest nesting of objects and arrays accepted in a tool's arguments.
+MAX_ARGUMENT_DEPTH = 32
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """True when ``value`` nests objects/arrays more than ``limit`` levels deep (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _parse_arguments(text: str) -> dict[str, Any] | str:
     """The arguments object, or a phrase saying why it is unusable ("are not valid JSON (...)").
 
@@ -351,6 +369,9 @@ def _parse_arguments(text: str) -> dict[str, Any] | str:
         return f"are not usable JSON ({exc})"
     if not isinstance(value, dict):
         return f"must be a JSON object, got {_json_kind(value)}"
+    if _depth_over(value, MAX_ARGUMENT_DEPTH):
+        # Records, events, redaction and JSON encoding all walk the arguments: keep them shallow.
+        return f"are nested too deeply (more than {MAX_ARGUMENT_DEPTH} levels)"
     try:
         bad = _non_finite_paths(value)
     except RecursionError:
