@@ -707,3 +707,50 @@ async def test_api_decision_during_a_failover_answers_503_not_500(
         finally:
             await client.execute_command("REPLICAOF", "NO", "ONE")
             await client.aclose()
+
+
+async def test_the_audit_and_closed_records_keep_only_the_masked_arguments(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A flow's ``redact:`` masks what approvals keep: the audit stream never holds the real values, and a
+    closed request (denied, or run) keeps only the masked ones; an open one keeps the real ones, because an
+    approved action runs with exactly what was approved."""
+    keys = KeySchema(redis_prefix)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = ApprovalStore(client, keys)
+    real = {"card": "4111 1111 1111 1111", "amount": 20}
+    shown = {"card": "[card_number]", "amount": 20}
+
+    async def ask(call: str) -> Any:
+        approval, created = await store.request_for_gate(
+            call_sid=call,
+            instance_id="node-a",
+            flow_id="pay",
+            tool="refund",
+            call_id="fc_1",
+            arguments=real,
+            reason="refunds are checked",
+            timeout_s=60,
+            shown=shown,
+        )
+        assert created
+        return approval
+
+    try:
+        denied = await ask("CA" + "1" * 32)
+        assert (await store.get(denied.id)).arguments == real  # open: the real values, for the decision
+        await store.decide(denied.id, approve=False, operator="alice")
+        assert (await store.get(denied.id)).arguments == shown
+
+        ran = await ask("CA" + "2" * 32)
+        await store.decide(ran.id, approve=True, operator="alice")
+        assert (await store.get(ran.id)).arguments == real  # approved, not run yet: it needs them
+        assert await store.claim(ran.id, instance_id="node-a")
+        await store.record_execution(ran.id, ok=True, error_type=None, instance_id="node-a")
+        assert (await store.get(ran.id)).arguments == shown
+
+        audit = [f for _, f in await client.xrange(keys.approvals_audit())]
+        assert [a["action"] for a in audit] == ["requested", "denied", "requested", "approved", "executed"]
+        assert all("4111" not in a["arguments"] for a in audit), audit
+    finally:
+        await client.aclose()

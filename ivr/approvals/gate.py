@@ -96,8 +96,11 @@ class ApprovalGate:
         call_id: str,
         policy: ApprovalPolicy,
         arguments: dict[str, Any],
+        shown: dict[str, Any] | None = None,
     ) -> GateDecision:
-        """Decide what to do with one tool call. Never raises for Redis trouble: it refuses instead."""
+        """Decide what to do with one tool call. Never raises for Redis trouble: it refuses instead.
+
+        ``shown``: the arguments as the flow's ``redact:`` masks them (what the audit keeps)."""
         if not policy.requires_approval(arguments):
             return GateDecision("run", None, "")
         reason = policy.reason or f"{tool} needs a person's approval"
@@ -112,6 +115,7 @@ class ApprovalGate:
                     arguments=arguments,
                     reason=reason,
                     timeout_s=policy.timeout_s,
+                    shown=shown,
                 )
                 if approval.status == "pending":
                     return GateDecision("pending", approval, pending_message(approval))

@@ -241,15 +241,19 @@ end
 #      pending, audit, events, channel, maxlen}
 _LUA_CLOSE = """
 local function close(c)
-  local h = redis.call('HMGET', c.key, 'call_sid', 'instance_id', 'tool', 'arguments', 'flow_id')
+  local h = redis.call('HMGET', c.key, 'call_sid', 'instance_id', 'tool', 'arguments', 'flow_id',
+    'arguments_shown')
+  local shown = h[6] or h[4]
   redis.call('HSET', c.key, 'status', c.status)
+  -- Closed without running: only the masked arguments are kept (an approved one keeps them until it ran).
+  if h[6] and c.status ~= 'approved' then redis.call('HSET', c.key, 'arguments', h[6]) end
   if c.by then redis.call('HSET', c.key, 'decided_by', c.by, 'decided_at', stamp(c.now)) end
   if c.note ~= '' then redis.call('HSET', c.key, 'note', c.note) end
   redis.call('EXPIRE', c.key, math.ceil(c.retention))
   redis.call('ZREM', c.pending, c.aid)
   redis.call('XADD', c.audit, 'MINID', '~', audit_minid(c.now, c.retention), '*',
     'action', c.status, 'approval_id', c.aid, 'call_sid', h[1], 'flow_id', h[5], 'tool', h[3],
-    'arguments', h[4], 'by', c.audit_by, 'note', c.note, 'ts', stamp(c.now))
+    'arguments', shown, 'by', c.audit_by, 'note', c.note, 'ts', stamp(c.now))
   redis.call('XADD', c.events, 'MAXLEN', '~', c.maxlen, '*', 'type', 'approval.decided', 'call_sid', h[1],
     'ts', stamp(c.now),
     'data', cjson.encode({id = c.aid, tool = h[3], status = c.status, decided_by = c.audit_by,
@@ -268,7 +272,8 @@ end
 #       5 events (stream)
 # ARGV: 1 approval key head (key = head .. id), 2 digest, 3 mode ('pending' | 'gate'), 4 now ('' = server),
 #       5 id, 6 call_sid, 7 instance_id, 8 flow_id, 9 tool, 10 call_id, 11 arguments JSON, 12 reason,
-#       13 timeout_s, 14 retention_s, 15 events maxlen
+#       13 timeout_s, 14 retention_s, 15 events maxlen, 16 the arguments as the flow's redact: masks them
+#       ('' = nothing to mask: the audit shows the arguments themselves)
 _REQUEST_LUA = (
     _LUA_CLOCK
     + """
@@ -294,13 +299,15 @@ local aid = ARGV[5]
 redis.call('HSET', KEYS[2], 'id', aid, 'call_sid', ARGV[6], 'instance_id', ARGV[7], 'flow_id', ARGV[8],
   'tool', ARGV[9], 'call_id', ARGV[10], 'arguments', ARGV[11], 'digest', digest, 'reason', ARGV[12],
   'status', 'pending', 'created_at', stamp(now), 'deadline', stamp(deadline))
+if ARGV[16] ~= '' then redis.call('HSET', KEYS[2], 'arguments_shown', ARGV[16]) end
 redis.call('EXPIRE', KEYS[2], math.ceil(timeout + retention))
 redis.call('ZADD', KEYS[3], stamp(deadline), aid)
 redis.call('SADD', KEYS[1], aid)
 redis.call('EXPIRE', KEYS[1], math.ceil(timeout + retention))
 redis.call('XADD', KEYS[4], 'MINID', '~', audit_minid(now, retention), '*',
   'action', 'requested', 'approval_id', aid, 'call_sid', ARGV[6], 'flow_id', ARGV[8], 'tool', ARGV[9],
-  'arguments', ARGV[11], 'reason', ARGV[12], 'by', 'instance:' .. ARGV[7], 'ts', stamp(now))
+  'arguments', ARGV[16] ~= '' and ARGV[16] or ARGV[11], 'reason', ARGV[12], 'by', 'instance:' .. ARGV[7],
+  'ts', stamp(now))
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[15], '*', 'type', 'approval.requested',
   'call_sid', ARGV[6], 'ts', stamp(now),
   'data', cjson.encode({id = aid, tool = ARGV[9], reason = ARGV[12], deadline = deadline,
@@ -421,14 +428,15 @@ _EXECUTED_LUA = (
     _LUA_CLOCK
     + """
 local h = redis.call('HMGET', KEYS[1], 'claimed_at', 'executed_at', 'id', 'call_sid', 'tool', 'arguments',
-  'flow_id', 'instance_id')
+  'flow_id', 'instance_id', 'arguments_shown')
 if not h[1] or h[2] then return 0 end
 local now = clock(ARGV[1])
 redis.call('HSET', KEYS[1], 'executed_at', stamp(now), 'outcome', ARGV[4])
+if h[9] then redis.call('HSET', KEYS[1], 'arguments', h[9]) end  -- it ran: keep only the masked arguments
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error_type', ARGV[5]) end
 redis.call('XADD', KEYS[2], 'MINID', '~', audit_minid(now, tonumber(ARGV[2])), '*',
   'action', 'executed', 'approval_id', h[3], 'call_sid', h[4], 'flow_id', h[7], 'tool', h[5],
-  'arguments', h[6], 'outcome', ARGV[4], 'error_type', ARGV[5], 'by', 'instance:' .. ARGV[3],
+  'arguments', h[9] or h[6], 'outcome', ARGV[4], 'error_type', ARGV[5], 'by', 'instance:' .. ARGV[3],
   'ts', stamp(now))
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'approval.executed', 'call_sid', h[4],
   'ts', stamp(now),
@@ -437,6 +445,13 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'approval.execu
 return 1
 """
 )
+
+
+def _json_or_empty(shown: Mapping[str, Any] | None, arguments: Mapping[str, Any]) -> str:
+    """The masked arguments as stored JSON, or '' when there is nothing masked (the same as the arguments)."""
+    if shown is None or dict(shown) == dict(arguments):
+        return ""
+    return json.dumps(dict(shown), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -516,10 +531,16 @@ class ApprovalStore:
         reason: str,
         timeout_s: float,
         now: float | None = None,
+        shown: Mapping[str, Any] | None = None,
     ) -> tuple[Approval, bool]:
         """Like :meth:`request`, but an earlier denied/expired or approved-not-yet-run request for the same
-        digest on this call is returned instead of a new one. Returns ``(approval, created)``."""
+        digest on this call is returned instead of a new one. Returns ``(approval, created)``.
+
+        ``shown``: the arguments masked by the flow's ``redact:`` rules. The audit stream only ever gets
+        these, and once the request is closed (denied, expired, abandoned, or run) the record keeps only
+        these; the real arguments stay while someone may still approve and run them."""
         return await self._request_or_existing(
+            shown=shown,
             mode="gate",
             call_sid=call_sid,
             instance_id=instance_id,
@@ -545,6 +566,7 @@ class ApprovalStore:
         reason: str,
         timeout_s: float,
         now: float | None,
+        shown: Mapping[str, Any] | None = None,
     ) -> tuple[Approval, bool]:
         if not isinstance(arguments, Mapping):
             raise TypeError(f"arguments must be a JSON object (a dict), got {type(arguments).__name__}")
@@ -579,6 +601,7 @@ class ApprovalStore:
                 repr(float(timeout_s)),
                 repr(self.retention_s),
                 str(EVENTS_MAXLEN),
+                _json_or_empty(shown, arguments),
             ],
         )
         return Approval.from_hash(_pairs(reply[1:])), reply[0] == "created"

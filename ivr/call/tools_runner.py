@@ -128,6 +128,7 @@ class ToolRunner:
                 call_id=call_id,
                 policy=policy,
                 arguments=arguments,
+                shown=call.redactor.value(arguments) if call.redactor.active else None,
             )
             if decision.kind == "run":
                 if decision.approval is not None:  # an operator approved exactly this: run it as approved
@@ -148,9 +149,12 @@ class ToolRunner:
 
         try:
             outcome = await call.tools.dispatch(name, arguments_json, call_id, call.tool_context, guard)
-        except Exception:
+        except BaseException as exc:
             if claimed and call.gate is not None:
-                await call.gate.executed(claimed[0], ok=False, error_type="internal_error")
+                # Cut off (the caller hung up mid-run: cancelled) or failed: audit it either way, outside
+                # this task, which may be being cancelled.
+                kind = "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal_error"
+                _keep(asyncio.ensure_future(call.gate.executed(claimed[0], ok=False, error_type=kind)))
             raise
         if claimed and call.gate is not None:
             await call.gate.executed(claimed[0], ok=outcome.ok, error_type=outcome.error_type)
