@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -109,6 +110,7 @@ class RedisServices:
         of lost peers (``IVR_INSTANCE_LOST_AFTER``), retried while Redis is down."""
         assert self.calls is not None and self.approvals is not None
         reconciled = False
+        beating_since: float | None = None  # monotonic time of the first heartbeat of an unbroken run
         while True:
             try:
                 if not reconciled:
@@ -122,8 +124,15 @@ class RedisServices:
                             len(expired),
                         )
                 await self.calls.heartbeat(self.instance_stats())
-                await self.calls.take_over_lost(self.settings.instance_lost_after_s)
+                now = time.monotonic()
+                beating_since = now if beating_since is None else beating_since
+                # Only an instance whose own heartbeats have gone through for a whole IVR_INSTANCE_LOST_AFTER
+                # may call a peer lost: after a Redis outage every heartbeat is stale, and the peers need
+                # that long to beat again before anyone may judge them.
+                if now - beating_since >= self.settings.instance_lost_after_s:
+                    await self.calls.take_over_lost(self.settings.instance_lost_after_s)
             except (aioredis.RedisError, OSError) as exc:
+                beating_since = None
                 log.warning("Redis housekeeping failed (%s); retrying", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_interval_s)

@@ -118,3 +118,87 @@ async def test_an_instance_that_beats_again_is_not_taken_over(
     call = await survivor.get_call("CAslow")
     assert call is not None and call["outcome"] == "in-progress"
     await slow.writer.stop(1)
+
+
+async def test_a_restarted_instance_with_the_same_id_keeps_its_new_calls(
+    redis_client: aioredis.Redis, redis_keys: KeySchema
+) -> None:
+    """node-a died at t0 with CAold; it restarts with the same id and takes CAnew at t0+30 before its first
+    heartbeat; a survivor judging node-a by its old heartbeat ends CAold only."""
+    t0 = 1_767_225_600.0
+    old_run = await _instance(redis_client, redis_keys, "node-a", [t0], ["CAold"])
+    await old_run.writer.stop(1)
+    new_now = [t0 + 30]
+    new_run = CallStore(
+        redis_client, redis_keys, instance_id="node-a", retention_s=RETENTION,
+        writer=ResilientWriter(redis_client), clock=_clock(new_now),
+    )  # fmt: skip
+    new_run.writer.start()
+    new_run.call_started({"call_sid": "CAnew", "started_at": t0 + 30, "outcome": "in-progress"})
+    assert await new_run.writer.flush(5)
+    survivor = CallStore(
+        redis_client, redis_keys, instance_id="node-s", retention_s=RETENTION,
+        writer=ResilientWriter(redis_client), clock=_clock([t0 + 31]),
+    )  # fmt: skip
+    assert await survivor.take_over_lost(LOST_AFTER) == {"node-a": ["CAold"]}
+    new = await survivor.get_call("CAnew")
+    assert new is not None and new["outcome"] == "in-progress"
+    assert await redis_client.smembers(redis_keys.instance_calls("node-a")) == {"CAnew"}
+    await new_run.writer.stop(1)
+
+
+async def test_a_restart_does_not_end_the_calls_its_own_run_took_while_redis_was_away(
+    redis_client: aioredis.Redis, redis_keys: KeySchema
+) -> None:
+    """The restart reconciliation runs once Redis answers: by then this run's own calls (started while it
+    was unreachable) are in the instance's set too, and they are live."""
+    t0 = 1_767_225_600.0
+    old_run = await _instance(redis_client, redis_keys, "node-a", [t0], ["CAold"])
+    await old_run.writer.stop(1)
+    now = [t0 + 60]
+    restarted = CallStore(
+        redis_client, redis_keys, instance_id="node-a", retention_s=RETENTION,
+        writer=ResilientWriter(redis_client), clock=_clock(now),
+    )  # fmt: skip
+    restarted.writer.start()
+    now[0] = t0 + 65
+    restarted.call_started({"call_sid": "CAmine", "started_at": t0 + 65, "outcome": "in-progress"})
+    assert await restarted.writer.flush(5)
+    assert await restarted.reconcile(set()) == ["CAold"]
+    mine = await restarted.get_call("CAmine")
+    assert mine is not None and mine["outcome"] == "in-progress"
+    await restarted.writer.stop(1)
+
+
+async def test_an_entry_queued_before_a_later_writers_entry_is_still_stored_once(
+    redis_client: aioredis.Redis, redis_keys: KeySchema
+) -> None:
+    """A stream's top can be another writer's later entry (a survivor's call.ended after a Redis outage).
+    An id below it is not proof the entry is there: it must be stored (once), not counted as a duplicate."""
+    t0 = 1_767_225_600.0
+    writer = ResilientWriter(redis_client)
+    store = CallStore(
+        redis_client,
+        redis_keys,
+        instance_id="node-a",
+        retention_s=RETENTION,
+        writer=writer,
+        clock=_clock([t0]),
+    )
+    sid = "CAlate"
+    store.event(sid, "stage.changed", {"from": "a", "to": "b"})  # queued at t0 while Redis is away
+    store.transcript(sid, "caller", "hello", ts=t0)
+    later = f"{int((t0 + 100) * 1000)}-0"
+    await redis_client.xadd(redis_keys.call_events(sid), {"type": "call.ended", "call_sid": sid}, id=later)
+    await redis_client.xadd(redis_keys.transcript(sid), {"role": "agent", "text": "bye"}, id=later)
+    writer.start()
+    assert await writer.flush(5)
+    assert writer.duplicates == 0 and writer.failed == 0
+    events = await redis_client.xrange(redis_keys.call_events(sid))
+    assert [f["type"] for _, f in events] == ["call.ended", "stage.changed"]
+    lines = await redis_client.xrange(redis_keys.transcript(sid))
+    assert [f["text"] for _, f in lines] == ["bye", "hello"]
+    global_entries = [f for _, f in await redis_client.xrange(redis_keys.events()) if f["call_sid"] == sid]
+    assert [f["type"] for f in global_entries] == ["stage.changed"]
+    assert global_entries[0]["event_id"] == events[1][0]
+    await writer.stop(1)

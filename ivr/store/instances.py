@@ -94,6 +94,7 @@ async def reconcile(
     clock: Callable[[], float],
     outcome: str = RESTART_OUTCOME,
     by: str | None = None,
+    started_before: float | None = None,
 ) -> list[str]:
     """Mark ended the calls ``instance_id`` owned that are not ``live``; returns the sids this call ended.
 
@@ -102,12 +103,24 @@ async def reconcile(
     most once whoever races: the end is a transaction watching the call hash, skipped when the record no
     longer says ``in-progress`` (a lost reply that redis-py re-sends cannot end it twice either: a watched
     transaction is not retried, it is re-checked).
+
+    ``started_before``: only calls that started at or before this time are ended — a restarted instance
+    passes its own start (calls its new run took while Redis was unreachable are live, not orphans), a
+    survivor the lost instance's last heartbeat (a restarted instance with the same id keeps its new calls).
     """
     owned = await redis.smembers(keys.instance_calls(instance_id))
     ended: list[str] = []
     for sid in sorted(sid for sid in owned if sid not in live):
         if await _end_orphan(
-            redis, keys, sid, instance_id, outcome=outcome, by=by, retention_s=retention_s, clock=clock
+            redis,
+            keys,
+            sid,
+            instance_id,
+            outcome=outcome,
+            by=by,
+            retention_s=retention_s,
+            clock=clock,
+            started_before=started_before,
         ):
             ended.append(sid)
             log.warning(
@@ -129,8 +142,10 @@ async def _end_orphan(
     by: str | None,
     retention_s: int,
     clock: Callable[[], float],
+    started_before: float | None = None,
 ) -> bool:
-    """End one orphaned call unless someone else already did; True if this call ended it."""
+    """End one orphaned call unless someone else already did (or it started after ``started_before``: it
+    is not an orphan); True if this call ended it."""
     call_key = keys.call(sid)
     for _ in range(_WATCH_ATTEMPTS):
         async with redis.pipeline(transaction=True) as pipe:
@@ -139,6 +154,10 @@ async def _end_orphan(
                 current, started_raw, flow_id, tail = await pipe.hmget(
                     call_key, ["outcome", "started_at", "flow_id", "caller_tail"]
                 )
+                started = to_float(started_raw)
+                if started_before is not None and started is not None and started > started_before:
+                    await pipe.unwatch()
+                    return False  # started by a newer run of its instance: live, leave it be
                 if current not in (None, "in-progress"):
                     # Already ended (its owner finished it, or another survivor won): just tidy the index.
                     pipe.multi()
@@ -148,7 +167,6 @@ async def _end_orphan(
                 last = await pipe.xrevrange(keys.call_events(sid), count=1)
                 now = clock()
                 fields: dict[str, Any] = {"outcome": outcome, "ended_at": now}
-                started = to_float(started_raw)
                 if started is not None:
                     fields["duration_s"] = round(max(now - started, 0.0), 3)
                 event = {**fields, "instance_id": owner, **({"ended_by": by} if by else {})}
@@ -218,7 +236,7 @@ async def take_over_lost(
         try:
             # Re-check under the lease: the instance may have come back since the first look.
             score = await redis.zscore(keys.instances(), iid)
-            if score is not None and score >= clock() - lost_after_s:
+            if score is None or score >= clock() - lost_after_s:
                 continue
             ended = await reconcile(
                 redis,
@@ -229,6 +247,7 @@ async def take_over_lost(
                 clock=clock,
                 outcome=LOST_OUTCOME,
                 by=me,
+                started_before=score,
             )
             if ended:
                 result[iid] = ended

@@ -42,6 +42,7 @@ from ivr.store.instances import LOST_OUTCOME, RESTART_OUTCOME, default_instance_
 from ivr.store.keys import KeySchema
 from ivr.store.streams import (
     APPEND_EVENT_SCRIPT,
+    APPEND_LINE_SCRIPT,
     CALL_EVENTS_MAXLEN,
     EVENTS_MAXLEN,
     TRANSCRIPT_MAXLEN,
@@ -210,9 +211,12 @@ class CallStore:
             log.exception("transcript(%r): the line is not stored: %s", sid, _reason(exc))
             return
 
+        args: list[str | int] = [1, key, entry_id, TRANSCRIPT_MAXLEN, int(self.retention_s)]
+        for name, value in entry.items():
+            args += [name, value]
+
         def apply(pipe: Pipeline) -> None:
-            pipe.xadd(key, entry, id=entry_id, maxlen=TRANSCRIPT_MAXLEN, approximate=True)
-            pipe.expire(key, self.retention_s)
+            pipe.eval(APPEND_LINE_SCRIPT, *args)
 
         self.writer.submit("transcript", apply)
 
@@ -317,10 +321,17 @@ class CallStore:
 
         Each gets ``outcome = "instance-restart"``, ``ended_at`` (and ``duration_s`` when the start is known),
         leaves the active index for the recent one (and the history indexes), and a ``call.ended`` event.
-        Returns their sids. Direct writes: raises if Redis is unreachable.
+        Only calls started before this store was made count (this run's calls are live even if Redis was
+        unreachable when they started). Returns their sids. Direct writes: raises if Redis is unreachable.
         """
         return await instances.reconcile(
-            self.redis, self.keys, self.instance_id, live, retention_s=self.retention_s, clock=self._clock
+            self.redis,
+            self.keys,
+            self.instance_id,
+            live,
+            retention_s=self.retention_s,
+            clock=self._clock,
+            started_before=self.started_at,  # calls this run took (Redis down meanwhile) are not orphans
         )
 
     async def take_over_lost(self, lost_after_s: float) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ from ivr.store.codec import dumps, loads_or_raw
 
 __all__ = [
     "APPEND_EVENT_SCRIPT",
+    "APPEND_LINE_SCRIPT",
     "CALL_EVENTS_MAXLEN",
     "EVENTS_MAXLEN",
     "TRANSCRIPT_MAXLEN",
@@ -33,6 +34,23 @@ CALL_EVENTS_MAXLEN = 10_000
 TRANSCRIPT_MAXLEN = 10_000
 
 
+#: Adds one entry under an explicit id, exactly once. XADD refuses an id that is not above the stream's
+#: top; that means "already written" only if the entry with that very id is there (a batch re-sent after
+#: a lost reply). Otherwise another writer's later entry got there first (a survivor's ``call.ended``, a
+#: batch split by a failover), and the entry is added now, at the top under a server id (its ``ts`` field
+#: keeps the time it happened). Returns the added id, or the refusal (an error reply) for a duplicate.
+_XADD_ONCE_LUA = """
+local function xadd_once(key, id, cap, fields)
+  local added = redis.pcall('XADD', key, 'MAXLEN', '~', cap, id, unpack(fields))
+  if type(added) == 'table' and added.err then
+    if not string.find(added.err, 'equal or smaller', 1, true) then return added end
+    if #redis.call('XRANGE', key, id, id) > 0 then return added end
+    added = redis.call('XADD', key, 'MAXLEN', '~', cap, '*', unpack(fields))
+  end
+  return added
+end
+"""
+
 #: Appends one event to its call's stream under an explicit id and, only if that entry is new, to the global
 #: stream, in one atomic step. Why: the global stream is shared by every instance, so its ids must be chosen
 #: by the server (an id from one instance's clock is refused once another instance wrote a later one); the
@@ -43,17 +61,34 @@ TRANSCRIPT_MAXLEN = 10_000
 #: KEYS[1] = call stream, KEYS[2] = global stream; ARGV[1] = explicit id, ARGV[2] = call stream cap,
 #: ARGV[3] = global stream cap, ARGV[4] = TTL of the call stream (seconds), then field/value pairs.
 #: Returns the call-stream id.
-APPEND_EVENT_SCRIPT = """
+APPEND_EVENT_SCRIPT = (
+    _XADD_ONCE_LUA
+    + """
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[1], unpack(fields))
+local added = xadd_once(KEYS[1], ARGV[1], ARGV[2], fields)
 if type(added) == 'table' and added.err then return added end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 fields[#fields + 1] = 'event_id'
-fields[#fields + 1] = ARGV[1]
+fields[#fields + 1] = added
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
 return added
 """
+)
+
+#: Appends one line to a call's transcript under an explicit id, exactly once (see ``_XADD_ONCE_LUA``).
+#: KEYS[1] = transcript stream; ARGV[1] = explicit id, ARGV[2] = cap, ARGV[3] = TTL (seconds), then pairs.
+APPEND_LINE_SCRIPT = (
+    _XADD_ONCE_LUA
+    + """
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local added = xadd_once(KEYS[1], ARGV[1], ARGV[2], fields)
+if type(added) == 'table' and added.err then return added end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return added
+"""
+)
 
 
 def append_event_args(
