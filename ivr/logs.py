@@ -130,3 +130,5 @@ def configure_logging(level: str = "INFO") -> None:
     root.addHandler(handler)
     # uvicorn's access log would print query strings and paths for every request; keep it quiet.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The websockets library dumps every frame at DEBUG: Twilio's carry caller audio and keypad digits.
+    logging.getLogger("websockets").setLevel(max(logging.getLevelName(level), logging.INFO))

@@ -205,9 +205,11 @@ async def test_keypad_digits_never_reach_the_logs(
         # The model heard every key (the digits are the caller's input to the conversation) ...
         await session.wait_for("conversation.item.create", lambda e: "pressed 9" in json.dumps(e))
         await live.hang_up()
+    # ... but no log line of the server says which keys were pressed; each press is still logged. (Only the
+    # server's own loggers: the test's stand-in model logs the frames it receives at DEBUG.)
+    ours = "\n".join(line for line in log_output.getvalue().splitlines() if " ivr." in line[:40])
+    assert not re.search(r"pressed\s+[0-9*#]", ours), re.findall(r".*pressed.*", ours)
     output = log_output.getvalue()
-    # ... but no log line says which keys were pressed; each press is still logged.
-    assert not re.search(r"pressed\s+[0-9*#]", output), re.findall(r".*pressed.*", output)
     assert output.count("caller pressed a keypad key") == 4, output
 
 
