@@ -68,9 +68,28 @@ def test_a_drop_keeps_the_answer_as_far_as_it_came_and_says_so() -> None:
     _answer(conv, "a0", "Hello.")
     conv.on_event(ev.OutputItemAdded("resp_2", "a1", "message", "assistant", None))
     conv.on_event(ev.AgentTranscriptDelta("resp_2", "a1", "We open at nine and "))
-    assert conv.drop() == "We open at nine and "
+    assert conv.drop("resp_2") == "We open at nine and "
     assert conv.replay()[-1] == ("assistant", "We open at nine and ")
-    assert conv.drop() is None  # nothing unfinished any more
+    assert conv.drop("resp_2") is None  # nothing unfinished any more
+
+
+def test_a_drop_reports_only_what_the_current_response_was_saying() -> None:
+    conv = Conversation()
+    _answer(conv, "a1", "Our hours are", done=False)  # resp_1 ended without its final transcript
+    conv.on_event(ev.InputCommitted("u1", previous_item_id="a1"))
+    conv.on_event(ev.UserTranscript("u1", "Hello?"))
+    assert conv.drop("resp_2") is None  # resp_2 had said nothing yet: no stale text from resp_1
+    assert conv.replay() == [("assistant", "Our hours are"), ("user", "Hello?")]
+
+
+def test_a_cancelled_answer_nobody_heard_is_not_replayed() -> None:
+    conv = Conversation()
+    _answer(conv, "a0", "Hello.")
+    _answer(conv, "a1", "We open at nine", done=False)
+    assert conv.answers_of("resp_1") == ["a0", "a1"]
+    conv.cut("a1", heard_ms=0, sent_ms=0)  # cancelled before any of its audio was marked
+    conv.on_event(ev.AgentTranscriptDone("resp_1", "a1", "We open at nine and close at five."))
+    assert conv.replay() == [("assistant", "Hello.")]
 
 
 def test_calls_are_replayed_only_with_their_outputs() -> None:
@@ -166,3 +185,37 @@ def test_final_error_codes() -> None:
     quota = ev.ErrorEvent("insufficient_quota", "insufficient_quota", "no quota", None, None)
     busy = ev.ErrorEvent("invalid_request_error", "conversation_already_has_active_response", "x", None, None)
     assert quota.final and not busy.final
+
+
+@pytest.mark.parametrize(
+    ("text", "heard", "total", "expected"),
+    [
+        ("営業時間は九時から五時までです。", 500, 1000, "営業時間は九時か"),  # no spaces: any character
+        ("我们的营业时间是九点到五点。", 500, 1000, "我们的营业时间"),
+        ("เราเปิดเก้าโมงถึงห้าโมงเย็น", 500, 1000, "เราเปิดเก้าโม"),  # Thai
+        ("เปิด", 500, 1000, "เปิ"),  # a vowel mark stays with its letter
+        ("こんにちは。営業時間は九時から五時までです", 300, 1000, "こんにちは。"),
+        ("Hello,world of ours", 450, 1000, "Hello,"),  # a word not wholly heard ends at punctuation
+        ("Hello world", 200, 1000, ""),  # the first word not wholly heard
+    ],
+)
+def test_heard_prefix_without_spaces_between_words(text: str, heard: int, total: int, expected: str) -> None:
+    assert heard_prefix(text, heard, total) == expected
+
+
+def test_unanswered_says_whether_an_answer_is_still_owed() -> None:
+    conv = Conversation()
+    assert conv.unanswered()  # before the greeting
+    _answer(conv, "a0", "Hello.")
+    assert not conv.unanswered()
+    conv.on_event(ev.InputCommitted("u1", previous_item_id="a0"))
+    conv.on_event(ev.UserTranscript("u1", "When do you open?"))
+    assert conv.unanswered()
+    conv.on_event(ev.OutputItemAdded("resp_2", "a1", "message", "assistant", None))  # no text yet
+    assert conv.unanswered()
+    conv.append(("call", "c1", "hours", "{}"))
+    assert not conv.unanswered()  # the tool runner asks for the answer when the tool is done
+    conv.append(("output", "c1", '{"open": "9-17"}'))
+    assert conv.unanswered()
+    _answer(conv, "a2", "We open at nine.")
+    assert not conv.unanswered()

@@ -24,7 +24,7 @@ from ivr.speech.tts import shared_synthesizer
 from tests.support.calls import app_for, place_call
 from tests.support.fake_realtime import FakeRealtimeServer, FakeSession, Reply
 from tests.support.fake_twilio_rest import FakeTwilioRest
-from tests.support.server import OPERATOR_TOKEN, TEST_FLOWS
+from tests.support.server import OPERATOR_TOKEN, TEST_FLOWS, make_settings, running_server
 
 GREETING = Reply(text="Hello, test desk.", audio_ms=600)
 #: A long answer, generated slowly enough to be cut in the middle (40 chunks of 100 ms, one every 50 ms).
@@ -283,3 +283,255 @@ async def test_a_slow_model_gets_the_hold_phrase_in_the_local_voice(
         assert after.startswith(hold)  # the phrase, whole, in the local voice, before the answer
         assert len(after) > len(hold)  # …and then the model's answer
         await live.hang_up()
+
+
+# ---------------------------------------------------------------------------------------------- review 2
+
+
+class _BlackHole:
+    """A TCP listener that accepts connections and never answers (a black-holed model endpoint)."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.append(writer)
+        await reader.read()  # the HTTP upgrade request is read and never answered, until the client leaves
+
+    async def __aenter__(self) -> _BlackHole:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/v1/realtime"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        for writer in self._writers:
+            writer.transport.abort()
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def test_a_black_holed_endpoint_ends_in_an_apology_within_about_eight_seconds(
+    fake_twilio_rest: FakeTwilioRest,
+) -> None:
+    loop = asyncio.get_running_loop()
+    async with _BlackHole() as hole:
+        settings = make_settings(realtime_url=hole.url, twilio_api_base=fake_twilio_rest.base_url)
+        async with running_server(settings) as server:
+            live = await place_call(server, duration_s=30.0)
+            started = loop.time()
+            # The model never answered on this call: short connect attempts, then the apology (not 18 s).
+            update = await fake_twilio_rest.wait_for_update(timeout=10.0)
+            waited = loop.time() - started
+            assert update.twiml is not None and "technical difficulties" in update.twiml
+            result = await live.result(timeout=5.0)
+            assert result.ended_by == "server"
+            record = await _record(server, live.call.call_sid)
+    assert waited <= 9.5, waited  # ~8 s: the outage limit, counted from the start of the call
+    assert hole.accepted >= 2
+    assert record["outcome"] == "model-unavailable"
+
+
+async def test_a_model_that_accepts_and_then_says_nothing_is_given_up_on(
+    tmp_path: Path, fake_realtime: FakeRealtimeServer
+) -> None:
+    flows = _flows_with_fallback(tmp_path / "flows")
+    fake_realtime.stall_after_accept = 1_000_000  # the socket opens, and then no event ever comes
+    loop = asyncio.get_running_loop()
+    async with app_for(fake_realtime, flows_dir=flows) as server:
+        live = await place_call(server, duration_s=60.0)
+        started = loop.time()
+        await fake_realtime.wait_accepted(1)  # the call is registered and its model task has begun
+        fallback = await _feed_event(
+            server, live.call.call_sid, lambda e: e["type"] == "model.fallback", 10.0
+        )
+        waited = loop.time() - started
+        assert "no event" in fallback["reason"], fallback
+        await live.hang_up()
+    assert waited <= 9.5, waited
+    assert fake_realtime.accepted == 2
+
+
+async def test_a_reconnect_brings_no_early_roll_over(fake_realtime: FakeRealtimeServer) -> None:
+    max_s = 2.0
+    # A greeting that takes about a second: the first socket drops after it, a second into its life.
+    fake_realtime.default_replies = [
+        Reply(text="Hello, test desk.", audio_ms=1000, chunk_ms=100, delta_interval_s=0.1)
+    ]
+    async with app_for(fake_realtime, model_session_max_s=max_s) as server:
+        live = await place_call(server, duration_s=30.0)
+        first = await fake_realtime.next_session()
+        await first.wait_response_done()
+        await first.kill()
+        second = await fake_realtime.next_session()
+        third = await fake_realtime.next_session(timeout=max_s + 2.0)  # the second one rolled over
+        fourth = await fake_realtime.next_session(timeout=max_s + 2.0)  # …and the third one
+        record = await _record(server, live.call.call_sid)
+        await live.hang_up()
+    for session in (second, third):
+        assert session.closed_at is not None
+        assert session.closed_at - session.opened_at >= max_s - 0.05, session.closed_at - session.opened_at
+    assert fourth.index == 3
+    assert record["counters"]["model_rollovers"] == 2
+    assert record["counters"]["model_reconnects"] == 1
+
+
+async def test_no_roll_over_closes_the_local_engine_after_a_fallback(
+    tmp_path: Path, fake_realtime: FakeRealtimeServer
+) -> None:
+    flows = _flows_with_fallback(tmp_path / "flows")
+    fake_realtime.close_after_accept = 1_000_000
+    async with app_for(fake_realtime, flows_dir=flows, model_session_max_s=1.0) as server:
+        live = await place_call(server, duration_s=60.0)
+        await fake_realtime.wait_accepted(1)  # the call is registered and its model task has begun
+        await _feed_event(server, live.call.call_sid, lambda e: e["type"] == "model.fallback", 5.0)
+        # The roll-over timers of the model sockets that failed would fire within a second.
+        with pytest.raises(TimeoutError):
+            await _feed_event(server, live.call.call_sid, lambda e: e["type"] == "model.rolled_over", 2.5)
+        record = await _record(server, live.call.call_sid)
+        await live.hang_up()
+    assert record["counters"].get("model_rollovers", 0) == 0
+    assert record["engine"] == "local"
+
+
+class _SlowBackend:
+    """An HTTP server whose one endpoint answers only when the test releases it."""
+
+    def __init__(self) -> None:
+        self.hit = asyncio.Event()
+        self.release = asyncio.Event()
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        self.hit.set()
+        await self.release.wait()
+        body = b'{"status": "shipped"}'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    async def __aenter__(self) -> _SlowBackend:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/orders"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self.release.set()
+        self._server.close()
+        await self._server.wait_closed()
+
+
+def _flows_with_http_tool(folder: Path, url: str) -> Path:
+    text = (TEST_FLOWS / "test-desk.yaml").read_text()
+    text += (
+        '  - {type: http, name: order_status, description: "Status of an order.", url: "' + url + '", '
+        "timeout_s: 10, retries: 0, parameters: {type: object, properties: {order: {type: string}}, "
+        "additionalProperties: false}}\n"
+    )
+    folder.mkdir()
+    (folder / "test-desk.yaml").write_text(text)
+    return folder
+
+
+async def test_a_tool_result_survives_a_reconnect_while_the_tool_runs(
+    tmp_path: Path, fake_realtime: FakeRealtimeServer
+) -> None:
+    fake_realtime.default_replies = [GREETING]
+    async with _SlowBackend() as backend:
+        flows = _flows_with_http_tool(tmp_path / "flows", backend.url)
+        async with app_for(fake_realtime, flows_dir=flows) as server:
+            live = await place_call(server)
+            first = await fake_realtime.next_session()
+            await first.wait_response_done()
+            await first.respond(Reply(function_call=("order_status", {"order": "A17"})))
+            done = await first.wait_response_done()
+            call_id = done["response"]["output"][0]["call_id"]
+            await asyncio.wait_for(backend.hit.wait(), 5.0)  # the tool is running
+            await first.kill()
+            second = await fake_realtime.next_session()
+            await second.wait_for("session.update")
+            backend.release.set()
+            await second.wait_for(
+                "conversation.item.create", lambda e: e["item"]["type"] == "function_call_output"
+            )
+            await second.wait_for("response.create")
+            await live.hang_up()
+    items = [e["item"] for e in second.received if e["type"] == "conversation.item.create"]
+    tool_items = [i for i in items if i["type"] in ("function_call", "function_call_output")]
+    assert [i["type"] for i in tool_items] == ["function_call", "function_call_output"], tool_items
+    assert {i["call_id"] for i in tool_items} == {call_id}
+    assert tool_items[0]["name"] == "order_status"
+    assert "shipped" in tool_items[1]["output"]
+
+
+async def test_a_drop_after_the_answer_was_said_asks_for_no_new_answer(
+    fake_realtime: FakeRealtimeServer,
+) -> None:
+    release = asyncio.Event()
+    # The whole greeting and its transcript are sent; response.done is not (yet) when the socket drops.
+    fake_realtime.default_replies = [Reply(text="Hello, test desk.", audio_ms=300, hold_done=release)]
+    async with app_for(fake_realtime) as server:
+        live = await place_call(server)
+        first = await fake_realtime.next_session()
+        fake_realtime.default_replies = [GREETING]
+        await _feed_event(
+            server,
+            live.call.call_sid,
+            lambda e: e["type"] == "transcript" and e["role"] == "agent",
+            5.0,
+        )  # the app has the whole transcript, and the caller heard it
+        assert first.response_in_flight
+        await first.kill()
+        second = await fake_realtime.next_session()
+        live.call.press("5")
+        pressed = await second.wait_for("conversation.item.create", lambda e: "pressed 5" in json.dumps(e))
+        create = await second.wait_for("response.create")
+        release.set()
+        await live.hang_up()
+    # Nothing was cut, so nothing is resumed: the first response asked for is the one the key press asks for.
+    assert second.received.index(create) > second.received.index(pressed)
+
+
+async def test_an_answer_cancelled_before_its_first_mark_is_not_replayed(
+    fake_realtime: FakeRealtimeServer,
+) -> None:
+    fake_realtime.default_replies = [GREETING]
+    async with app_for(fake_realtime) as server:
+        live = await place_call(server)
+        first = await fake_realtime.next_session()
+        await first.wait_response_done()
+        await live.call.wait_agent_quiet(200)  # the caller heard the whole greeting
+        greeting_media = len(live.media())
+        await first.speech_started()
+        await first.speech_stopped()
+        await first.user_said("What are your opening hours?")
+        # 40 ms of audio and its words, then a pause: no mark (one every 100 ms) has gone out yet.
+        await first.respond(Reply(text=LONG_TEXT, audio_ms=400, chunk_ms=40, delta_interval_s=1.0))
+        await live.wait_media(greeting_media + 1)
+        await first.speech_started()  # the caller speaks over it
+        done = await first.wait_response_done()
+        assert done["response"]["status"] == "cancelled"
+        await first.kill()
+        second = await fake_realtime.next_session()
+        live.call.press("5")
+        await second.wait_for("conversation.item.create", lambda e: "pressed 5" in json.dumps(e))
+        await live.hang_up()
+    texts = [text for _, text in _replayed(second)]
+    # The caller heard none of the cancelled answer: it is not in the new session's conversation.
+    assert texts == [
+        "Hello, test desk.",
+        "What are your opening hours?",
+        "The caller pressed 5 on the keypad.",
+    ]

@@ -149,9 +149,11 @@ class AudioOut:
         self._meter.interrupted(stop_s)
         truncations = self.tracker.interrupt()
         self._unmarked_ms, self._unmarked_item = 0.0, None  # that audio was cleared with the rest
+        cancelled = None
         if link.response_in_flight and link.current_response and not link.cancel_sent:
             link.cancel_sent = True
-            self._discard.add(link.current_response)
+            cancelled = link.current_response
+            self._discard.add(cancelled)
             await link.send(link.client.response_cancel())
         for t in truncations:
             if not t.retired:  # an item of a replaced model session: the new one does not know it
@@ -168,6 +170,13 @@ class AudioOut:
         )
         for c in cuts:
             link.history.cut(c.item_id, c.heard_ms, c.sent_ms)
+        if cancelled is not None:
+            # Answers of the cancelled response with no mark pending (none sent yet, or played in full so
+            # far) are cut too, at what was played: the caller heard no more of them.
+            truncated = {c.item_id for c in cuts}
+            for item_id in link.history.answers_of(cancelled):
+                if item_id not in truncated:
+                    link.history.cut(item_id, self.tracker.played_ms(item_id), self.tracker.sent_ms(item_id))
         for line in self.heard.cut(cuts, self._progress):
             self.write_line(line)
         self.call.log.info(

@@ -21,6 +21,7 @@ text)``, ``("system", text)``, ``("call", call_id, name, arguments)``, ``("outpu
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -51,6 +52,8 @@ class Entry:
     cut: tuple[int, int, str] | None = None
     #: The answer was being spoken when the model socket dropped.
     dropped: bool = False
+    #: The model response that produced an answer ("" for the other kinds).
+    response_id: str = ""
 
     def current_text(self) -> str:
         return self.text if self.done or not self.parts else "".join(self.parts)
@@ -60,20 +63,48 @@ class Entry:
         if self.cut is None:
             return self.current_text()
         heard_ms, sent_ms, text = self.cut
+        if heard_ms <= 0:
+            return ""  # cut before any of it played (a response cancelled before its first mark)
         return heard_prefix(text or self.current_text(), heard_ms, sent_ms)
 
 
 def heard_prefix(text: str, heard_ms: int, total_ms: int) -> str:
-    """The start of ``text`` in proportion ``heard_ms / total_ms``, ending on a whole word."""
+    """The start of ``text`` in proportion ``heard_ms / total_ms``, ending on a whole word: at a space, else
+    after a punctuation mark; in scripts written without spaces (Chinese, Japanese, Thai…) at any
+    character (never between a letter and its vowel or tone mark)."""
     if total_ms <= 0 or heard_ms >= total_ms:
         return text
     if heard_ms <= 0:
         return ""
     n = len(text) * heard_ms // total_ms
-    if n < len(text) and not text[n].isspace():
+    while 0 < n < len(text) and unicodedata.category(text[n]).startswith("M"):
+        n += 1  # a combining mark stays with the character it belongs to
+    if n < len(text) and not text[n].isspace() and not (_unspaced(text[n - 1]) or _unspaced(text[n])):
         space = text.rfind(" ", 0, n + 1)
-        n = space if space > 0 else 0
+        mark = max((i for i in range(n - 1, -1, -1) if text[i] in _BREAKS), default=-1)
+        n = max(space, mark + 1 if mark >= 0 else 0, 0)
     return text[:n].rstrip()
+
+
+#: Marks after which a text may be cut when no space is near (Latin and CJK forms).
+_BREAKS = frozenset(".,;:!?…。、，．！？；：")
+#: Scripts written without spaces between words: (first, last) code points.
+_UNSPACED = (
+    (0x0E00, 0x0EFF),  # Thai, Lao
+    (0x1000, 0x109F),  # Myanmar
+    (0x1780, 0x17FF),  # Khmer
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0xFF66, 0xFF9F),  # half-width Katakana
+    (0x20000, 0x3FFFF),  # CJK extensions B and later
+)
+
+
+def _unspaced(ch: str) -> bool:
+    code = ord(ch)
+    return code >= 0x0E00 and any(first <= code <= last for first, last in _UNSPACED)
 
 
 class Conversation:
@@ -128,10 +159,12 @@ class Conversation:
             return
         if isinstance(event, ev.AgentTranscriptDelta):
             entry = self._entries.get(event.item_id) or self._slot(event.item_id, "assistant", None)
+            entry.response_id = entry.response_id or event.response_id
             if not entry.done and sum(map(len, entry.parts)) < MAX_ENTRY_CHARS:
                 entry.parts.append(event.delta)
         elif isinstance(event, ev.AgentTranscriptDone):
             entry = self._entries.get(event.item_id) or self._slot(event.item_id, "assistant", None)
+            entry.response_id = entry.response_id or event.response_id
             entry.text, entry.done, entry.parts = _capped(event.transcript), True, []
             self._trim()
         elif isinstance(event, ev.UserTranscript):
@@ -143,7 +176,7 @@ class Conversation:
                 self._slot(event.item_id, "user", event.previous_item_id)
         elif isinstance(event, ev.OutputItemAdded):
             if event.item_type == "message" and event.item_id not in self._entries:
-                self._slot(event.item_id, "assistant", None)
+                self._slot(event.item_id, "assistant", None).response_id = event.response_id
         elif isinstance(event, ev.ItemAdded):
             self._move_after(event.item_id, event.previous_item_id)
 
@@ -157,16 +190,35 @@ class Conversation:
         entry.cut = (max(0, heard_ms), max(0, sent_ms), entry.current_text())
         entry.dropped = False
 
-    def drop(self) -> str | None:
+    def answers_of(self, response_id: str) -> list[str]:
+        """The ids of the answers that ``response_id`` produced, in item order."""
+        return [e.id for e in self.entries() if e.kind == "assistant" and e.response_id == response_id]
+
+    def drop(self, response_id: str | None) -> str | None:
         """The model socket dropped: answers not finished are kept as far as they had come. Returns the
-        text of the last one (what the model was saying), or None when no answer was being spoken."""
+        text of the last one of ``response_id`` (the response in flight: what the model was saying), or
+        None when it was saying nothing (an unfinished answer of an older response is not news)."""
         said = None
         for entry in self.entries():
             if entry.kind == "assistant" and not entry.done and entry.cut is None:
                 entry.text, entry.done, entry.parts = entry.current_text(), True, []
                 entry.dropped = True
-                said = entry.text
+                if response_id is not None and entry.response_id == response_id:
+                    said = entry.text
         return said
+
+    def unanswered(self) -> bool:
+        """True when no answer follows the last item said: a caller's turn, a tool output or a note (or
+        nothing yet, before the greeting). Items without text are skipped; a call still running is not."""
+        for entry in reversed(self.entries()):
+            if entry.kind == "call":
+                return False
+            if entry.kind == "output":
+                return True
+            text = entry.heard_text() if entry.kind == "assistant" else entry.text
+            if text.strip():
+                return entry.kind != "assistant"
+        return True
 
     # ------------------------------------------------------------------ replay
 

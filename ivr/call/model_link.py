@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,11 @@ FALLBACK_NOTICE = "Sorry about the wait. I'm switching you to our automated assi
 FALLBACK_AFTER_ATTEMPTS = 2
 #: Connect timeout of one attempt (shortened during an outage so the caller's wait stays bounded).
 _OPEN_TIMEOUT_S = 10.0
+#: Connect timeout while the model has not yet served this call: the caller is waiting in silence, so a
+#: black-holed endpoint must not cost them 10 s per attempt.
+_FIRST_OPEN_TIMEOUT_S = 3.5
+#: A model socket on which no event at all arrives within this time of opening counts as failed.
+_FIRST_EVENT_TIMEOUT_S = 4.0
 #: Events that show the model serves this socket (a handshake alone does not).
 _ALIVE = (ev.SessionUpdated, ev.ResponseCreated, ev.AudioDelta)
 
@@ -140,6 +146,8 @@ class ModelLink:
         self.fell_back = False
         self._rollover_due = False
         self._rolling = False
+        #: The roll-over timer of the current socket (cancelled whenever the socket changes).
+        self._rollover_timer: asyncio.TimerHandle | None = None
         #: Sockets opened so far (the next one replays the conversation).
         self._opened = 0
         #: The current socket showed that the model serves it; some socket ever did.
@@ -151,6 +159,10 @@ class ModelLink:
         self._final: str | None = None
         #: At a drop while the model was answering: what it had said (None: it was not answering).
         self._resume: str | None = None
+        #: Function calls whose call and output the current socket got in its replay.
+        self._replayed_calls: set[str] = set()
+        #: Tool outputs that came while no socket was open: (call_id, name, arguments, output).
+        self._pending_outputs: list[tuple[str, str, str, str]] = []
 
     # ------------------------------------------------------------------ sending
 
@@ -161,6 +173,36 @@ class ModelLink:
         # On a closed socket the reader notices and reconnects; history replays what mattered.
         with contextlib.suppress(ConnectionClosed):
             await ws.send(data, text=True)
+
+    @property
+    def session(self) -> int:
+        """Which model socket is current (a new number for each socket opened)."""
+        return self._opened
+
+    async def send_tool_output(
+        self, call_id: str, name: str, arguments: str, output: str, session: int
+    ) -> None:
+        """A function call's output: into the conversation, and to the model.
+
+        ``session``: :attr:`session` when the model made the call. A socket opened since then does not
+        know the call (its replay had the call only with an output), so it gets the call first, then the
+        output; with no socket open, the next one gets both (in its replay, or right after it).
+        """
+        self.history.append(("output", call_id, output))
+        if self.ws is None:
+            self._pending_outputs.append((call_id, name, arguments, output))
+            return
+        if session != self._opened:
+            await self.send(self.client.function_call_item(call_id, name, arguments))
+        await self.send(self.client.function_output(call_id, output))
+
+    async def _send_pending_outputs(self) -> None:
+        """Tool outputs that came while the socket was being replaced, unless its replay had them."""
+        pending, self._pending_outputs = self._pending_outputs, []
+        for call_id, name, arguments, output in pending:
+            if call_id not in self._replayed_calls:
+                await self.send(self.client.function_call_item(call_id, name, arguments))
+                await self.send(self.client.function_output(call_id, output))
 
     async def request_response(self, instructions: str | None = None) -> None:
         """Ask the model to speak now, or as soon as the response in flight is done."""
@@ -180,8 +222,8 @@ class ModelLink:
     def response_done(self) -> None:
         """The response ended: a roll-over that waited for it may go ahead."""
         self.response_in_flight = False
-        if self._rollover_due:
-            self.call.spawn(self._rollover(), "rollover")
+        if self._rollover_due and self.ws is not None:
+            self.call.spawn(self._rollover(self.ws), "rollover")
 
     async def on_caller_audio(self, payload: str) -> None:
         """One frame of caller audio (Twilio's base64 μ-law): to the model, or buffered while it has none."""
@@ -205,6 +247,8 @@ class ModelLink:
     async def run(self) -> None:
         """The model task: connect, read, reconnect; whatever fails in it ends in a fallback or an apology."""
         call = self.call
+        if not self._ever_worked:  # the caller waits in silence from now until the model answers
+            self.failures.outage_from(asyncio.get_running_loop().time())
         while not call.ended.is_set():
             try:
                 await self._run()
@@ -229,7 +273,8 @@ class ModelLink:
                     return
                 continue
             replay = self._opened > 0
-            timeout = self.failures.time_left(asyncio.get_running_loop().time(), _OPEN_TIMEOUT_S)
+            default = _OPEN_TIMEOUT_S if self._ever_worked else _FIRST_OPEN_TIMEOUT_S
+            timeout = self.failures.time_left(asyncio.get_running_loop().time(), default)
             try:
                 ws = await self._open(replay=replay, timeout=timeout)
             except RealtimeConnectError as exc:
@@ -241,6 +286,7 @@ class ModelLink:
             self._opened += 1
             self.ws = ws
             self._alive = False
+            self._rollover_due = False  # a roll-over due on the previous socket is done by this one
             if call.engine != "realtime":
                 self._proved_alive()  # an in-process engine is there once open
             resume, self._resume = self._resume, None
@@ -260,6 +306,7 @@ class ModelLink:
             else:
                 call.log.info("model connected (%s)", call.dialect)
             self.connected.set()
+            await self._send_pending_outputs()
             await self._flush_buffer()
             if self.fell_back and not self._fallback_announced:
                 self._fallback_announced = self._greeted = True  # the local engine opens the conversation
@@ -270,8 +317,9 @@ class ModelLink:
                 await self.request_response(resume_instructions(resume) if resume else None)
             elif self.need_response and not self.response_in_flight:
                 await self.request_response()
-            self._schedule_rollover()
+            self._schedule_rollover(ws)
             how = await self._read(ws)
+            self._cancel_rollover()
             self.connected.clear()
             self.ws = None
             if call.ended.is_set():
@@ -282,8 +330,10 @@ class ModelLink:
                 continue
             if planned:
                 continue
-            said = self.history.drop()
-            if self.response_in_flight and not self.cancel_sent:
+            said = self.history.drop(self.current_response if self.response_in_flight else None)
+            # Ask the model to go on only with an answer the drop cut, or to give one nothing has answered
+            # yet (an answer said in full whose response.done was lost needs nothing more).
+            if self.response_in_flight and not self.cancel_sent and (said or self.history.unanswered()):
                 self._resume = said or ""
             call.record.count("model_drops")
             call.log.warning("model socket closed unexpectedly (%s)", how)
@@ -342,11 +392,11 @@ class ModelLink:
         else:
             ws = await open_engine(call.engine, call, fallback=self.fell_back)
         client = ClientEvents(call.dialect)
+        entries = self.history.replay() if replay else []
         try:
             await ws.send(client.session_update(call.session_config), text=True)
-            if replay:
-                for entry in self.history.replay():
-                    await ws.send(_replay_event(client, entry), text=True)
+            for entry in entries:
+                await ws.send(_replay_event(client, entry), text=True)
         except ConnectionClosed as exc:
             # Closed by the server already: what it said first (an ``error`` event, say) is still to be
             # read, and the reader then counts the drop.
@@ -356,13 +406,25 @@ class ModelLink:
             raise
         self.client = client
         self.parser = ev.ServerEventParser(call.dialect)
+        self._replayed_calls = {entry[1] for entry in entries if entry[0] == "call"}
         return ws
 
     async def _read(self, ws: RealtimeSocket | InProcessModel) -> str:
         on_event = self.call.on_model_event
         history = self.history
+        # A model that accepts the socket and then says nothing must not leave the caller in silence: no
+        # event within a few seconds of opening fails the socket (the reader then counts the failure).
+        watchdog: asyncio.TimerHandle | None = None
+        stalled: list[float] = []
+        if self.call.engine == "realtime":
+            loop = asyncio.get_running_loop()
+            limit = self.failures.time_left(loop.time(), _FIRST_EVENT_TIMEOUT_S)
+            watchdog = loop.call_later(limit, self._stalled, ws, limit, stalled)
         try:
             async for raw in ws:
+                if watchdog is not None:
+                    watchdog.cancel()
+                    watchdog = None
                 event = self.parser.parse(raw)
                 if not self._alive and isinstance(event, _ALIVE):
                     self._proved_alive()
@@ -374,8 +436,24 @@ class ModelLink:
                     )
                     return "final error"
         except ConnectionClosed as exc:
+            if stalled:
+                return f"no event from the model within {stalled[0]:.1f} s of opening the socket"
             return f"code {exc.rcvd.code if exc.rcvd else 'none'}"
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        if stalled:
+            return f"no event from the model within {stalled[0]:.1f} s of opening the socket"
         return "closed by server"
+
+    def _stalled(self, ws: RealtimeSocket | InProcessModel, limit: float, stalled: list[float]) -> None:
+        """No event on ``ws`` since it opened: abort it (its reader ends and reports why)."""
+        stalled.append(limit)
+        self.call.log.warning(
+            "no event from the model within %.1f s of opening the socket; dropped it", limit
+        )
+        with contextlib.suppress(Exception):
+            ws.transport.abort()  # type: ignore[union-attr]
 
     def _proved_alive(self) -> None:
         self._alive = self._ever_worked = True
@@ -396,27 +474,42 @@ class ModelLink:
 
     async def close(self) -> None:
         """Close the socket (≤0.5 s, else abort it); the call is ending."""
+        self._cancel_rollover()
         await self._discard_socket()
 
     # ------------------------------------------------------------------ roll-over
 
-    def _schedule_rollover(self) -> None:
-        if self.call.engine != "realtime":
+    def _schedule_rollover(self, ws: RealtimeSocket | InProcessModel) -> None:
+        """Roll ``ws`` over when it reaches the provider's session cap (one timer, for this socket only)."""
+        self._cancel_rollover()
+        if self.call.engine != "realtime" or self.call.ended.is_set():
             return  # in-process engines have no provider session cap (and a roll-over would lose audio turns)
-        self.call.call_later(self.call.settings.model_session_max_s, self._mark_rollover)
+        self._rollover_timer = asyncio.get_running_loop().call_later(
+            self.call.settings.model_session_max_s, functools.partial(self._mark_rollover, ws)
+        )
 
-    def _mark_rollover(self) -> None:
+    def _cancel_rollover(self) -> None:
+        timer, self._rollover_timer = self._rollover_timer, None
+        if timer is not None:
+            timer.cancel()
+        self._rollover_due = False
+
+    def _mark_rollover(self, ws: RealtimeSocket | InProcessModel) -> None:
+        self._rollover_timer = None
+        if ws is not self.ws or self.call.engine != "realtime" or self.call.ended.is_set():
+            return  # a timer of a socket already replaced (a cancelled handle cannot fire; belt and braces)
         self._rollover_due = True
         if not self.response_in_flight:
-            self.call.spawn(self._rollover(), "rollover")
+            self.call.spawn(self._rollover(ws), "rollover")
 
-    async def _rollover(self) -> None:
+    async def _rollover(self, old: RealtimeSocket | InProcessModel) -> None:
         """Retire the socket before the provider's session cap; the loop reopens one and replays history.
 
         Done between turns (no response in flight); caller audio arriving meanwhile is buffered and flushed.
+        Only a model socket is rolled over, and only the one that was due (not the local engine after a
+        fallback, not a socket opened since).
         """
-        old = self.ws
-        if not self._rollover_due or old is None or self._rolling:
+        if not self._rollover_due or old is not self.ws or self._rolling or self.call.engine != "realtime":
             return
         self.call.log.info("rolling the model session over to a fresh socket")
         self._rollover_due = False
@@ -440,6 +533,7 @@ class ModelLink:
             call.model,
             redact(reason),
         )
+        self._cancel_rollover()  # the model socket's roll-over must not close the local engine
         call.engine, self.fell_back = "local", True
         call.dialect, call.audio_mode = "ga", "pcmu"
         self.inbound = call.audio.outbound = None

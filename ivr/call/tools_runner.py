@@ -65,6 +65,7 @@ class ToolRunner:
     async def run(self, calls: tuple[ev.FunctionCall, ...]) -> None:
         """The function calls that ended a response: run each, send the outputs, ask for the next response."""
         link = self.call.link
+        session = link.session  # the model socket that made these calls (it may be replaced meanwhile)
         for fc in calls:
             link.history.append(("call", fc.call_id, fc.name, fc.arguments))
             self._tool_calls += 1
@@ -89,8 +90,7 @@ class ToolRunner:
                 self._record(outcome)
             else:
                 outcome = await self.execute(fc.name, fc.arguments, fc.call_id)
-            link.history.append(("output", fc.call_id, outcome.output))
-            await link.send(link.client.function_output(fc.call_id, outcome.output))
+            await link.send_tool_output(fc.call_id, fc.name, fc.arguments, outcome.output, session)
         # A hang-up/transfer requested by these tools arms after the response that says goodbye.
         if self._hold_requested:
             self._hold_requested = False

@@ -348,6 +348,12 @@ class LinkFailures:
             return default
         return max(0.5, min(default, self._down_since + self.max_outage_s - now))
 
+    def outage_from(self, now: float) -> None:
+        """The link is down from ``now`` unless an outage began earlier: a call whose model has not answered
+        yet (its caller waits from the start, so the time before the first failure counts too)."""
+        if self._down_since is None:
+            self._down_since = now
+
     def healthy(self) -> None:
         """The model answered on the current socket: the outage (if any) is over."""
         self._down_since = None

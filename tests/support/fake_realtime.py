@@ -82,6 +82,8 @@ class Reply:
     first_audio_delay_s: float = 0.0  # a slow model: pause before the first audio delta (fault runs)
     # (name, arguments dict or raw JSON string) → a function_call output item instead of audio
     function_call: tuple[str, dict[str, Any] | str] | None = None
+    # set: ``response.done`` waits until the test sets this event (everything before it is sent)
+    hold_done: asyncio.Event | None = None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -553,6 +555,9 @@ class FakeSession:
         self.input_audio = bytearray()
         self.replies: deque[Reply] = deque(server.default_replies)
         self.closed = asyncio.Event()
+        #: ``time.monotonic()`` when the connection was accepted, and when it ended (None until then).
+        self.opened_at: float = time.monotonic()
+        self.closed_at: float | None = None
         self.last_assistant_item_id: str | None = None
         self._events = RealtimeEvents(dialect)
         self._effective = self._events.default_session(self.model)
@@ -728,6 +733,7 @@ class FakeSession:
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.closed_at = time.monotonic()
             self.closed.set()
             self._signal.fire()
 
@@ -925,6 +931,8 @@ class FakeSession:
                     run.audio_started = True
                     if run.reply.first_audio_delay_s > 0:  # a slow model (simulated), not synchronisation
                         await asyncio.sleep(run.reply.first_audio_delay_s)
+                if step.event["type"] == "response.done" and run.reply.hold_done is not None:
+                    await run.reply.hold_done.wait()
                 if step.paced and run.reply.delta_interval_s > 0:
                     # simulated model pacing between deltas, not synchronisation
                     await asyncio.sleep(run.reply.delta_interval_s)
@@ -1048,6 +1056,9 @@ class FakeRealtimeServer:
         #: (code, message), then a close.
         self.close_after_accept: int = 0
         self.error_on_accept: tuple[str, str] | None = None
+        #: ``stall_after_accept``: that many connections are accepted and then get nothing at all (a model
+        #: that stalls): their frames are read and dropped until the client closes.
+        self.stall_after_accept: int = 0
         #: WebSocket connections accepted (fault modes included).
         self.accepted: int = 0
         self.default_replies: list[Reply] = [Reply()]
@@ -1100,6 +1111,13 @@ class FakeRealtimeServer:
         self._handed_out += 1
         return session
 
+    async def wait_accepted(self, count: int, timeout: float = 5.0) -> None:
+        """Until ``count`` WebSocket connections have been accepted (fault modes included)."""
+        assert self._signal is not None, "call start() first"
+        await self._signal.until(
+            lambda: self.accepted >= count, timeout, lambda: f"{count} accepted connections ({self.accepted})"
+        )
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.reject_handshakes > 0:
             self.reject_handshakes -= 1
@@ -1114,11 +1132,16 @@ class FakeRealtimeServer:
         assert ws.request is not None and self._signal is not None
         _, _, dialect = check_handshake(ws.request.path, ws.request.headers, self.api_key)
         self.accepted += 1
+        self._signal.fire()
         if self.close_after_accept > 0:
             self.close_after_accept -= 1
             with contextlib.suppress(ConnectionClosed):
                 await ws.recv()  # the client's set-up went through; then the server hangs up
             await asyncio.gather(ws.close(1000), _drain(ws))  # reading on, so the close handshake ends
+            return
+        if self.stall_after_accept > 0:
+            self.stall_after_accept -= 1
+            await _drain(ws)
             return
         session = FakeSession(self, ws, len(self.sessions), dialect)
         self.sessions.append(session)
