@@ -296,6 +296,19 @@ async def _preload_offline_engine(settings: Settings, flows: FlowSet) -> None:
             log.error("could not load the offline engine for flow %s: %s", flow.id, exc)
 
 
+async def _prepare_local_lines(flows: FlowSet) -> None:
+    """Load the local voice and synthesise each flow's hold phrase and the apology before the first call
+    needs them (in a worker thread, at start-up, when no call's audio shares the event loop)."""
+    from .call.audio_out import prepare_local_lines
+    from .call.model_link import APOLOGY
+
+    for flow in flows:
+        try:
+            await asyncio.to_thread(prepare_local_lines, flow, [flow.hold_phrase or "", APOLOGY])
+        except Exception as exc:  # the first call that needs them will synthesise them
+            log.warning("could not prepare the local voice's lines for flow %s: %s", flow.id, exc)
+
+
 def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
     if not settings.public_url:
         raise ValueError("settings.public_url is required (IVR_PUBLIC_URL)")
@@ -310,6 +323,7 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
             log.warning("%s", warning)
         await state.services.start()
         await _preload_offline_engine(settings, flowset)
+        lines = asyncio.create_task(_prepare_local_lines(flowset), name="local-lines")
         # Start-up objects live for the whole process: keep them out of the cyclic GC's generations, whose
         # full collections otherwise pause every live call for tens of milliseconds.
         gc.collect()
@@ -325,6 +339,7 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         try:
             yield
         finally:
+            lines.cancel()
             for session in list(state.sessions.values()):
                 await session.finish("server-shutdown")
             await console.aclose()

@@ -22,7 +22,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..audio.convert import OutboundConverter
 from ..realtime import events as ev
@@ -40,6 +40,27 @@ MARK_EVERY_MS = 100.0
 #: Sentences already synthesised in the local voice, by (synthesizer, text); bounded, oldest dropped first.
 _SPOKEN: dict[tuple[int, str], bytes] = {}
 _SPOKEN_MAX = 64
+
+
+def flow_synthesizer(flow: Any) -> Synthesizer:
+    """The process-wide local voice a flow speaks with (its offline voice and speed)."""
+    offline = getattr(flow, "offline", None)
+    return shared_synthesizer(
+        voice=getattr(offline, "voice", None) or "heart",
+        speed=float(getattr(offline, "speed", None) or 1.0),
+    )
+
+
+def prepare_local_lines(flow: Any, texts: list[str]) -> None:
+    """Synthesise ``texts`` in the flow's local voice now (blocking: run it in a worker thread at start-up),
+    so the first hold phrase or apology of a call costs no voice loading and no synthesis."""
+    synthesizer = flow_synthesizer(flow)
+    for text in texts:
+        key = (id(synthesizer), text)
+        if text and key not in _SPOKEN and len(_SPOKEN) < _SPOKEN_MAX:
+            _SPOKEN[key] = synthesizer.synthesize_mulaw(text)
+
+
 #: The caller's turn ended this long ago and no reply audio yet: play the flow's hold phrase (once per turn).
 HOLD_AFTER_S = 2.5
 
@@ -197,11 +218,7 @@ class AudioOut:
             hold.cancel()
 
     def _synthesizer(self) -> Synthesizer:
-        offline = getattr(self.call.flow, "offline", None)
-        return shared_synthesizer(
-            voice=getattr(offline, "voice", None) or "heart",
-            speed=float(getattr(offline, "speed", None) or 1.0),
-        )
+        return flow_synthesizer(self.call.flow)
 
     async def _hold_line(self, delay_s: float) -> None:
         """After ``delay_s`` without reply audio, say the hold phrase (synthesised meanwhile; the voice

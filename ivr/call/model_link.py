@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 #: Caller audio kept while the model socket is being replaced (then flushed to the new socket).
 _MAX_BUFFERED_FRAMES = 150  # 3 s at 20 ms
-_APOLOGY = "Sorry, we are having technical difficulties. Please call again later. Goodbye."
+APOLOGY = "Sorry, we are having technical difficulties. Please call again later. Goodbye."
 #: Said when a call switches to the local engine (a flow's ``model.fallback: local``).
 FALLBACK_NOTICE = "Sorry about the wait. I'm switching you to our automated assistant."
 #: With a fallback, a call whose model never answered switches after this many failures.
@@ -553,9 +553,9 @@ class ModelLink:
         call.log.error("the model cannot serve the call; ending it politely (%s)", redact(reason))
         call.feed.emit("error", message="model unreachable")
         try:
-            await call.controller.redirect(call.call_sid, say_and_hang_up(_APOLOGY))
+            await call.controller.redirect(call.call_sid, say_and_hang_up(APOLOGY))
         except Exception as exc:  # TwilioRestError, or anything else: the caller must still hear it
             call.log.warning("could not play the apology through Twilio (%s); saying it on the stream", exc)
             with contextlib.suppress(Exception):
-                await call.audio.say_local(_APOLOGY, wait=True)
+                await call.audio.say_local(APOLOGY, wait=True)
         await call.end("model-unavailable")
