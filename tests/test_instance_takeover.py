@@ -202,3 +202,21 @@ async def test_an_entry_queued_before_a_later_writers_entry_is_still_stored_once
     assert [f["type"] for f in global_entries] == ["stage.changed"]
     assert global_entries[0]["event_id"] == events[1][0]
     await writer.stop(1)
+
+
+async def test_calls_started_just_after_the_last_heartbeat_are_taken_over_too(
+    redis_client: aioredis.Redis, redis_keys: KeySchema
+) -> None:
+    """Killed 3 s after its last heartbeat, with a call it took 2 s after that beat: the call is the dead
+    run's (it started before the next beat was due) and must be ended, not left in progress forever."""
+    t0 = 1_767_225_600.0
+    now = [t0]
+    dead = await _instance(redis_client, redis_keys, "node-d", now, [])
+    dead.call_started({"call_sid": "CAjust", "started_at": t0 + 2, "outcome": "in-progress"})
+    assert await dead.writer.flush(5)
+    await dead.writer.stop(1)
+    survivor = CallStore(
+        redis_client, redis_keys, instance_id="node-s", retention_s=RETENTION,
+        writer=ResilientWriter(redis_client), clock=_clock([t0 + 20]),
+    )  # fmt: skip
+    assert await survivor.take_over_lost(LOST_AFTER) == {"node-d": ["CAjust"]}

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from ivr.store.codec import HSET_TYPED_SCRIPT, hset_typed_args
-from ivr.store.indexes import beat, end_call_indexes, expire_call
+from ivr.store.indexes import HEARTBEAT_INTERVAL_S, beat, end_call_indexes, expire_call
 from ivr.store.keys import KeySchema
 from ivr.store.streams import APPEND_EVENT_SCRIPT, append_event_args, event_fields, to_float, ts_text
 
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 RESTART_OUTCOME = "instance-restart"
 #: Outcome written for the calls of an instance whose heartbeat stopped (:func:`take_over_lost`).
 LOST_OUTCOME = "instance-lost"
+#: Seconds added to a lost instance's next-beat time when telling its calls from a newer run's.
+_CLOCK_SLACK_S = 1.0
 #: A watched end of one call is retried this many times when the record changes under it.
 _WATCH_ATTEMPTS = 5
 #: KEYS[1] = a lease, ARGV[1] = its holder: let go of it only if still held by ARGV[1].
@@ -247,7 +249,9 @@ async def take_over_lost(
                 clock=clock,
                 outcome=LOST_OUTCOME,
                 by=me,
-                started_before=score,
+                # It died before its next beat was due: its calls started before then. A newer run with the
+                # same id (restarted meanwhile, not beating yet) started its calls later: they are live.
+                started_before=score + min(HEARTBEAT_INTERVAL_S, lost_after_s / 3) + _CLOCK_SLACK_S,
             )
             if ended:
                 result[iid] = ended
