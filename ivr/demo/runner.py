@@ -404,7 +404,9 @@ async def _call(
     )
     app = create_app(settings, flows)
     _twilio_rest_stand_in(app, demo)
-    logging.getLogger("ivr").setLevel(logging.WARNING)
+    ivr_log = logging.getLogger("ivr")
+    ivr_log_level = ivr_log.level
+    ivr_log.setLevel(logging.WARNING)  # the demo prints its own progress; restored when it ends
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", ws_ping_interval=None))
     serving = asyncio.create_task(server._serve(sockets=[sock]))
     try:
@@ -450,6 +452,7 @@ async def _call(
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(serving, 10)
+        ivr_log.setLevel(ivr_log_level)
 
 
 async def _report(
