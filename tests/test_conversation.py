@@ -8,7 +8,6 @@ import pytest
 
 from ivr.call.conversation import MAX_ENTRY_CHARS, Conversation, heard_prefix
 from ivr.realtime import events as ev
-from ivr.realtime.connection import LinkFailures
 
 
 def _answer(conv: Conversation, item_id: str, text: str, *, done: bool = True, pieces: int = 4) -> None:
@@ -142,43 +141,6 @@ def test_one_huge_text_is_capped() -> None:
 )
 def test_heard_prefix(heard: int, total: int, expected: str) -> None:
     assert heard_prefix("ab cd ef", heard, total) == expected
-
-
-# ------------------------------------------------------------------------ failures over a window
-
-
-def test_failures_count_in_a_window_whether_or_not_a_socket_opened() -> None:
-    failures = LinkFailures(6, window_s=60.0, max_outage_s=100.0, jitter=0.0)
-    delays = [failures.failed(now=float(t)) for t in range(6)]
-    assert delays == [0.0, 0.25, 0.5, 1.0, 2.0, None]  # the sixth in the window: give up
-
-
-def test_old_failures_leave_the_window_and_health_ends_an_outage() -> None:
-    failures = LinkFailures(3, window_s=10.0, max_outage_s=5.0, jitter=0.0)
-    assert failures.failed(0.0) == 0.0
-    failures.healthy()
-    assert failures.failed(20.0) == 0.0  # the first one left the window
-    assert failures.failed(21.0) == 0.25
-    failures.healthy()
-    assert failures.failed(22.0) is None  # three within 10 s, healthy or not in between
-
-
-def test_an_outage_is_bounded_in_time() -> None:
-    failures = LinkFailures(100, window_s=60.0, max_outage_s=3.0, jitter=0.0)
-    assert failures.failed(0.0) == 0.0
-    assert failures.failed(1.0) == 0.25
-    assert failures.time_left(2.5, 10.0) == 0.5
-    assert failures.failed(2.9) == pytest.approx(0.1)  # never waits past the limit
-    assert failures.failed(3.0) is None
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"max_failures": 0}, {"window_s": 0}, {"max_outage_s": -1}, {"initial": 0}, {"jitter": 2}],
-)
-def test_link_failures_refuses_nonsense(kwargs: dict) -> None:
-    with pytest.raises(ValueError, match="LinkFailures"):
-        LinkFailures(**kwargs)
 
 
 def test_final_error_codes() -> None:

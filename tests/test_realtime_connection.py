@@ -17,7 +17,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from ivr.realtime.connection import (
-    Backoff,
+    LinkFailures,
     RealtimeConnectError,
     is_azure_host,
     open_realtime,
@@ -346,57 +346,56 @@ def test_headers_helper_types_are_plain_dict() -> None:
     assert type(headers) is dict and Headers(headers)["openai-beta"] == "realtime=v1"
 
 
-# -- backoff ---------------------------------------------------------------------------------------------
+# -- failures of the link over a window, and the wait before the next attempt ----------------------------
 
 
-def test_backoff_sequence_without_jitter_then_gives_up() -> None:
-    backoff = Backoff(jitter=0)
-    delays = [backoff.next_delay() for _ in range(6)]
-    assert delays == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]
-    assert backoff.next_delay() is None
-    assert backoff.next_delay() is None
-    assert backoff.attempts == 6
+def test_failures_count_in_a_window_whether_or_not_a_socket_opened() -> None:
+    failures = LinkFailures(6, window_s=60.0, max_outage_s=100.0, jitter=0.0)
+    delays = [failures.failed(now=float(t)) for t in range(6)]
+    assert delays == [0.0, 0.25, 0.5, 1.0, 2.0, None]  # the sixth in the window: give up
 
 
-def test_backoff_reset_starts_over() -> None:
-    backoff = Backoff(initial=1, factor=3, max_delay=5, max_attempts=3, jitter=0)
-    assert [backoff.next_delay() for _ in range(4)] == [1.0, 3.0, 5.0, None]
-    backoff.reset()
-    assert backoff.attempts == 0
-    assert backoff.next_delay() == 1.0
+def test_old_failures_leave_the_window_and_health_ends_an_outage() -> None:
+    failures = LinkFailures(3, window_s=10.0, max_outage_s=5.0, jitter=0.0)
+    assert failures.failed(0.0) == 0.0
+    failures.healthy()
+    assert failures.failed(20.0) == 0.0  # the first one left the window
+    assert failures.failed(21.0) == 0.25
+    failures.healthy()
+    assert failures.failed(22.0) is None  # three within 10 s, healthy or not in between
 
 
-def test_backoff_jitter_comes_from_the_injected_rng() -> None:
-    nominal = [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]
-    first = Backoff(rng=random.Random(7))
-    second = Backoff(rng=random.Random(7))
-    a = [first.next_delay() for _ in range(6)]
-    b = [second.next_delay() for _ in range(6)]
-    assert a == b
-    reference = random.Random(7)
-    assert a == [n * (1 - 0.5 * reference.random()) for n in nominal]
-    assert all(n / 2 < d <= n for d, n in zip(a, nominal, strict=True))  # type: ignore[operator]
-    assert a != nominal
-    assert first.next_delay() is None
-
-
-def test_backoff_large_attempt_counts_do_not_overflow() -> None:
-    backoff = Backoff(max_attempts=5000, jitter=0)
-    delays = [backoff.next_delay() for _ in range(5000)]
-    assert delays[-1] == 4.0 and backoff.next_delay() is None
+def test_an_outage_is_bounded_in_time() -> None:
+    failures = LinkFailures(100, window_s=60.0, max_outage_s=3.0, jitter=0.0)
+    assert failures.failed(0.0) == 0.0
+    assert failures.failed(1.0) == 0.25
+    assert failures.time_left(2.5, 10.0) == 0.5
+    assert failures.failed(2.9) == pytest.approx(0.1)  # never waits past the limit
+    assert failures.failed(3.0) is None
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"initial": 0}, "initial=0"),
-        ({"factor": 0.5}, "factor=0.5"),
-        ({"initial": 2, "max_delay": 1}, "max_delay=1"),
-        ({"max_attempts": 0}, "max_attempts=0"),
-        ({"max_attempts": 2.5}, "max_attempts=2.5"),
-        ({"jitter": 1.5}, "jitter=1.5"),
-    ],
+    "kwargs",
+    [{"max_failures": 0}, {"window_s": 0}, {"max_outage_s": -1}, {"initial": 0}, {"jitter": 2}],
 )
-def test_backoff_refuses_bad_settings(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        Backoff(**kwargs)
+def test_link_failures_refuses_nonsense(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="LinkFailures"):
+        LinkFailures(**kwargs)
+
+
+def test_failure_jitter_comes_from_the_injected_rng() -> None:
+    nominal = [0.0, 0.25, 0.5, 1.0, 2.0]
+    first = LinkFailures(6, max_outage_s=100.0, rng=random.Random(7))
+    second = LinkFailures(6, max_outage_s=100.0, rng=random.Random(7))
+    a = [first.failed(float(t)) for t in range(5)]
+    assert a == [second.failed(float(t)) for t in range(5)]
+    reference = random.Random(7)
+    assert a == [0.0] + [n * (1 - 0.5 * reference.random()) for n in nominal[1:]]
+    assert all(n / 2 < d <= n for d, n in zip(a[1:], nominal[1:], strict=True))  # type: ignore[operator]
+    assert a != nominal
+
+
+def test_many_failures_do_not_overflow_the_delay() -> None:
+    failures = LinkFailures(5000, window_s=1e9, max_outage_s=1e9, jitter=0.0)
+    delays = [failures.failed(float(t)) for t in range(4999)]
+    assert delays[-1] == 4.0 and failures.failed(5000.0) is None

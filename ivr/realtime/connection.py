@@ -3,9 +3,10 @@
 Only :func:`open_realtime` does I/O; it opens :class:`~ivr.realtime.transport.RealtimeSocket` (our lean shell
 over the ``websockets`` sans-I/O client) with the options the OpenAI SDK uses (no message size limit, no
 compression) plus no proxy, and it turns every way a connect can fail into one :class:`RealtimeConnectError`
-whose message says what failed and what to check. The API key is never part of any message. :class:`Backoff`
-is the sans-I/O reconnect schedule: it returns delays, the caller sleeps; :class:`LinkFailures` counts a
-call's failures over a window (a handshake that then closes is a failure too) and says when to give up.
+whose message says what failed and what to check. The API key is never part of any message.
+:class:`LinkFailures` is the sans-I/O reconnect policy: it counts a call's failures over a window (a
+handshake that then closes is a failure too), returns the wait before the next attempt (the caller sleeps)
+and says when to give up.
 """
 
 from __future__ import annotations
@@ -192,60 +193,6 @@ async def open_realtime(url: str, headers: dict[str, str], *, open_timeout: floa
         raise RealtimeConnectError(
             f"cannot connect to {where} ({exc.strerror or exc}); check IVR_REALTIME_URL and network access"
         ) from None
-
-
-class Backoff:
-    """Reconnect delays: ``initial``, ×``factor`` each attempt, capped at ``max_delay``; ``None`` after
-    ``max_attempts`` means give up.
-
-    Jitter spreads reconnects of many calls after a shared outage: each delay is scaled down by up to
-    ``jitter`` (0.5 → between half and all of the nominal delay), drawn from the injected ``rng`` so tests
-    are deterministic. :meth:`reset` after a connection that worked.
-    """
-
-    __slots__ = ("_rng", "attempts", "factor", "initial", "jitter", "max_attempts", "max_delay")
-
-    def __init__(
-        self,
-        initial: float = 0.25,
-        factor: float = 2,
-        max_delay: float = 4.0,
-        max_attempts: int = 6,
-        *,
-        jitter: float = 0.5,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not initial > 0:
-            raise ValueError(f"Backoff initial={initial!r} must be > 0")
-        if not factor >= 1:
-            raise ValueError(f"Backoff factor={factor!r} must be >= 1")
-        if not max_delay >= initial:
-            raise ValueError(f"Backoff max_delay={max_delay!r} must be >= initial ({initial!r})")
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(f"Backoff max_attempts={max_attempts!r} must be a whole number >= 1")
-        if not 0.0 <= jitter <= 1.0:
-            raise ValueError(f"Backoff jitter={jitter!r} must be between 0 and 1")
-        self.initial = float(initial)
-        self.factor = float(factor)
-        self.max_delay = float(max_delay)
-        self.max_attempts = max_attempts
-        self.jitter = float(jitter)
-        self._rng = rng if rng is not None else random.Random()
-        self.attempts = 0
-
-    def next_delay(self) -> float | None:
-        """Seconds to wait before the next attempt, or ``None`` when attempts are used up."""
-        if self.attempts >= self.max_attempts:
-            return None
-        nominal = min(self.max_delay, self.initial * self.factor ** min(self.attempts, 64))
-        self.attempts += 1
-        if self.jitter:
-            return nominal * (1.0 - self.jitter * self._rng.random())
-        return nominal
-
-    def reset(self) -> None:
-        """Start over (call after a connection that succeeded)."""
-        self.attempts = 0
 
 
 class LinkFailures:
