@@ -722,7 +722,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "tasks_after": after.tasks if after else None,
         "call_outcomes": dict(outcomes),
         "server_counted": dict(counters),
-        "streams_refused": metric_sum(metrics, "ivr_streams_refused") if metrics else None,
+        "streams_refused": metric_sum(metrics, "ivr_media_streams_refused") if metrics else None,
         "twilio_rest_requests": len(model.rest.requests),
         "fake_model_protocol_complaints": len(model.fake.violations),
         "fake_model_complaint_examples": model.fake.violations[:5],

@@ -20,8 +20,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,11 +30,11 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from prometheus_client import Counter
 from redis.exceptions import RedisError
 from starlette.datastructures import ImmutableMultiDict
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from .admission import StreamAdmission, client_address
 from .approvals.api import approvals_router
 from .call.registry import CallRecord, CallRegistry
 from .call.session import CallSession
@@ -45,22 +43,18 @@ from .console.commands import Action
 from .console.web import console_router
 from .flows import FlowSet
 from .flows.hours import after_hours_decision
-from .limits import BodyLimit, FailureLimiter
+from .limits import BodyLimit
 from .logs import mask_number, redact
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .settings import Settings
 from .state import RedisServices
-from .store.keys import KeySchemaError
 from .telephony import media_stream as tw
 from .telephony.rest import CallController
 from .telephony.signature import SignatureChecker
 from .telephony.stream_token import (
     TOKEN_PARAMETER,
-    OnceClaims,
     Refusal,
     StreamBinding,
-    StreamTokens,
-    derive_key,
 )
 from .telephony.twiml import connect_stream, dial, say_and_hang_up
 
@@ -70,16 +64,12 @@ log = logging.getLogger("ivr.app")
 START_TIMEOUT_S = 10.0
 DRAINING_MESSAGE = "Sorry, we can't take your call right now. Please call again in a minute. Goodbye."
 _TERMINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
-#: Longest wait for Redis to confirm a stream claim (beyond it, this instance's own claim holds).
-STREAM_CLAIM_TIMEOUT_S = 0.5
 #: Ended calls whose record and events stay in this instance's memory (the rest are read from Redis).
 KEEP_ENDED_CALLS = 50
 #: A bootstrap admin token shorter than this draws a start-up warning.
 MIN_OPERATOR_TOKEN = 24
 #: An IVR_STREAM_SECRET shorter than this draws a start-up warning.
 MIN_STREAM_SECRET = 32
-#: A stream claim outlives its token by this much (clocks of a fleet's hosts drift a little).
-CLAIM_LEEWAY_S = 30.0
 #: What :func:`_receive` returns for frames that are not text, or are larger than the cap.
 _BINARY = "\x00binary"
 _TOO_BIG = "\x00too-big"
@@ -118,77 +108,13 @@ class AppState:
         #: Prometheus metrics of this instance, in their own registry (GET /metrics).
         self.metrics = Metrics()
         self.metrics.bind(live_calls=lambda: len(self.calls.live), writer=lambda: self.services.writer)
-        self.streams_refused = Counter(
-            "ivr_media_streams_refused",
-            "Media streams closed (1008) before a call started, by reason (docs/security.md).",
-            ["reason"],
-            registry=self.metrics.registry,
+        #: Which media streams may run a call (tokens, once-per-sid claims, the bad-signature limiter).
+        self.admission = StreamAdmission(
+            settings, self.metrics.registry, count=self.count, services=self.services, live=self.sessions
         )
-        #: Per-call media-stream tokens (ivr.telephony.stream_token). Without any secret (only possible with
-        #: IVR_VERIFY_SIGNATURES=false) a random key: tokens then verify on this process only.
-        key = derive_key(settings.stream_secret, settings.twilio_auth_token) or secrets.token_bytes(32)
-        self.tokens = StreamTokens(key, settings.stream_token_ttl_s)
-        self.claims = OnceClaims()
-        #: Clients that keep failing Twilio's signature check get 429 for a while.
-        self.limiter = FailureLimiter(settings.signature_failure_limit, settings.signature_failure_window_s)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
-
-    def refuse_stream(self, reason: str) -> None:
-        """Count a stream refused before its call started (``stream_refused`` and the metric by reason)."""
-        self.count("stream_refused")
-        self.streams_refused.labels(reason=reason).inc()
-
-    def signature_failed(self, client: str) -> None:
-        self.count("bad_signatures")
-        now = time.monotonic()
-        was_free = self.limiter.retry_after(client, now) is None
-        self.limiter.failed(client, now)
-        wait = self.limiter.retry_after(client, now)
-        if was_free and wait is not None:  # once per block, not per refused request (no log flood)
-            log.warning(
-                "client %s sent %d bad Twilio signatures within %.0f s: answering 429 for %.0f s "
-                "(IVR_SIGNATURE_FAILURE_LIMIT / IVR_SIGNATURE_FAILURE_WINDOW)",
-                client,
-                self.limiter.limit,
-                self.limiter.window_s,
-                wait,
-            )
-
-    def retry_after(self, client: str) -> int | None:
-        """Whole seconds a client that failed signatures too often must wait; None when it may go on."""
-        if not self.settings.verify_signatures:
-            return None
-        wait = self.limiter.retry_after(client, time.monotonic())
-        return None if wait is None else max(1, math.ceil(wait))
-
-    async def claim_stream(self, call_sid: str, until: float) -> bool:
-        """Claim ``call_sid`` for one stream: here (always) and in Redis (when up), until ``until`` (wall
-        clock). False when it was claimed already, on this instance or any other."""
-        now = time.time()
-        if not self.claims.claim(call_sid, until, now):
-            return False
-        redis = self.services.redis
-        if redis is None:
-            return True
-        try:
-            key = self.services.keys.stream_claim(call_sid)
-            # The caller is waiting for the greeting: a Redis that does not answer must not delay it.
-            async with asyncio.timeout(STREAM_CLAIM_TIMEOUT_S):
-                claimed = await redis.set(
-                    key, self.services.instance_id or "-", nx=True, ex=max(1, math.ceil(until - now))
-                )
-        except KeySchemaError:
-            return True  # not a sid Redis can key (only reachable unbound, in dev mode): this process decides
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning(
-                "call=%s stream claim not checked in Redis (%s); this instance's claim holds",
-                call_sid,
-                exc or type(exc).__name__,
-            )
-            return True
-        return bool(claimed)
 
     def call_finished(self, record: CallRecord) -> None:
         """Fold an ended call's error counters into the instance's (the heartbeat's ``errors``)."""
@@ -374,9 +300,9 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
                 # A correctly signed request is never refused (Twilio's egress addresses are shared by every
                 # Twilio account, so someone else's bad requests must not block ours); a client that keeps
                 # failing gets 429 with Retry-After instead of 403, and the log says so once per block.
-                client = _client(request.client)
-                wait = state.retry_after(client)  # blocked by its earlier failures?
-                state.signature_failed(client)
+                client = client_address(request.client)
+                wait = state.admission.retry_after(client)  # blocked by its earlier failures?
+                state.admission.signature_failed(client)
                 if wait is not None:
                     state.count("rate_limited")
                     raise HTTPException(
@@ -417,7 +343,7 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
                 return Response(dial(closed.number, message), media_type="application/xml")
             return Response(say_and_hang_up(message or DRAINING_MESSAGE), media_type="application/xml")
         binding = StreamBinding(call_sid, flow.id, caller, called)
-        params = {**binding.parameters(), TOKEN_PARAMETER: state.tokens.issue(binding, time.time())}
+        params = {**binding.parameters(), TOKEN_PARAMETER: state.admission.tokens.issue(binding, time.time())}
         if state.services.calls is not None:
             # So the media socket may land on another instance; the <Parameter>s carry the same essentials.
             context = {
@@ -461,13 +387,13 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         signed = not settings.verify_signatures or state.signatures.valid(
             settings.media_stream_url, {}, ws.headers.get("x-twilio-signature")
         )
-        client = _client(ws.client)
-        wait = state.retry_after(client) if not signed else None  # blocked by its earlier failures?
+        client = client_address(ws.client)
+        wait = state.admission.retry_after(client) if not signed else None  # blocked by its earlier failures?
         if not signed:
-            state.signature_failed(client)
+            state.admission.signature_failed(client)
         if wait is not None:
             state.count("rate_limited")
-            state.refuse_stream("rate_limited")
+            state.admission.refuse("rate_limited")
             log.debug("refused a media stream: too many bad signatures from this client; retry in %d s", wait)
             if "websocket.http.response" in ws.scope.get("extensions", {}):
                 denial = PlainTextResponse(
@@ -481,16 +407,16 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
             return
         await ws.accept()
         if not signed:
-            state.refuse_stream("bad_signature")
+            state.admission.refuse("bad_signature")
             log.warning("refused a media stream: invalid or missing x-twilio-signature")
             await ws.close(code=1008, reason="invalid signature")
             return
         start = await _await_start(ws, state)
         if start is None:
             return
-        params = await _admit(start, state)
+        params = await state.admission.admit(start)
         if isinstance(params, Refusal):
-            state.refuse_stream(params.reason)
+            state.admission.refuse(params.reason)
             log.warning(
                 "refused a media stream for call=%r: %s (%s); closing 1008",
                 start.call_sid[:40],
@@ -601,12 +527,6 @@ async def _flatten(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[
         }
 
 
-def _client(address: Any) -> str:
-    """The peer's address, the key of the signature-failure limiter (uvicorn resolves X-Forwarded-For for
-    the proxies it trusts: ``FORWARDED_ALLOW_IPS``)."""
-    return str(address.host) if address is not None and address.host else "unknown"
-
-
 async def _receive(ws: WebSocket, limit: int) -> str | None:
     """The next text frame, or None when the socket closed. Binary frames and frames over ``limit`` bytes
     come back as marker strings (:data:`_BINARY`, :data:`_TOO_BIG`)."""
@@ -653,46 +573,9 @@ async def _await_start(ws: WebSocket, state: AppState) -> tw.Start | None:
                     log.warning("ignored a malformed message before start: %s", msg.reason)
     except TimeoutError:
         log.warning("media stream sent no start within %.0f s; closing", START_TIMEOUT_S)
-        state.refuse_stream("no_start")
+        state.admission.refuse("no_start")
         await ws.close(code=1008, reason="no start message")
         return None
-
-
-async def _admit(start: tw.Start, state: AppState) -> dict[str, str] | Refusal:
-    """The call's parameters if this stream may run it, else why not (finding 1 of issue 9).
-
-    With signatures on, only a valid token from the signed webhook admits a stream, and then only the values
-    it covers (flow, caller, called) are used. With IVR_VERIFY_SIGNATURES=false an unbound stream is admitted
-    with a warning, with its ``start`` parameters (and the webhook's saved context) as before. Either way a
-    call sid streams once: never beside or instead of a live call.
-    """
-    now = time.time()
-    verdict = state.tokens.verify(start.custom_parameters, start.call_sid, now)
-    if isinstance(verdict, StreamBinding):
-        params = verdict.parameters()
-        until = state.tokens.expires_at(start.custom_parameters[TOKEN_PARAMETER]) + CLAIM_LEEWAY_S
-    elif state.settings.verify_signatures:
-        return verdict
-    else:
-        # Loudly once per instance (load tests run this way), then quietly for each call.
-        level = logging.DEBUG if state.counters.get("unbound_streams") else logging.WARNING
-        state.count("unbound_streams")
-        log.log(
-            level,
-            "call=%r: accepting an unbound media stream (%s) because IVR_VERIFY_SIGNATURES=false",
-            start.call_sid[:40],
-            verdict.reason,
-        )
-        params = {k: v for k, v in start.custom_parameters.items() if k != TOKEN_PARAMETER}
-        if "flow" not in params and state.services.calls is not None:
-            with contextlib.suppress(RedisError, OSError, KeySchemaError):
-                params.update(await state.services.calls.load_context(start.call_sid) or {})
-        until = now + state.settings.stream_token_ttl_s + CLAIM_LEEWAY_S
-    if start.call_sid in state.sessions:
-        return Refusal("replayed", "this call sid is live on this instance")
-    if not await state.claim_stream(start.call_sid, until):
-        return Refusal("replayed", "this call sid already had its media stream")
-    return params
 
 
 async def _run_call(ws: WebSocket, start: tw.Start, state: AppState, params: dict[str, str]) -> None:

@@ -362,7 +362,8 @@ async def test_a_redis_that_does_not_answer_does_not_delay_the_stream_claim() ->
     timeout: the claim gives up on Redis quickly and this instance's own claim holds."""
     import redis.asyncio as aioredis
 
-    from ivr.app import STREAM_CLAIM_TIMEOUT_S, AppState
+    from ivr.admission import STREAM_CLAIM_TIMEOUT_S
+    from ivr.app import AppState
     from ivr.flows import FlowSet
     from ivr.store.keys import KeySchema
 
@@ -379,12 +380,12 @@ async def test_a_redis_that_does_not_answer_does_not_delay_the_stream_claim() ->
     sid = "CA" + "1" * 32
     try:
         started = time.perf_counter()
-        assert await state.claim_stream(sid, time.time() + 60) is True
+        assert await state.admission.claim(sid, time.time() + 60) is True
         waited = time.perf_counter() - started
         assert accepted, "the claim did try Redis"
         assert waited < 5.0 * 0.5, f"the claim waited {waited:.1f} s for a silent Redis"
         # ... and the local claim still refuses a second stream for the same sid.
-        assert await state.claim_stream(sid, time.time() + 60) is False
+        assert await state.admission.claim(sid, time.time() + 60) is False
     finally:
         await state.services.redis.aclose()
         for writer in accepted:
