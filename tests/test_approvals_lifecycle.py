@@ -89,6 +89,22 @@ async def _audit(client: aioredis.Redis, keys: KeySchema, aid: str) -> list[dict
     return [f for _, f in await client.xrange(keys.approvals_audit()) if f.get("approval_id") == aid]
 
 
+async def _await_audit(
+    client: aioredis.Redis, keys: KeySchema, aid: str, action: str, timeout_s: float = 10.0
+) -> None:
+    """Until the audit stream has ``action`` for ``aid`` (read from the start, then blocking on new
+    entries: XREAD BLOCK, no polling)."""
+    last = "0-0"
+    async with asyncio.timeout(timeout_s):
+        while True:
+            reply = await client.xread({keys.approvals_audit(): last}, block=1000)
+            for _stream, entries in reply:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    if fields.get("approval_id") == aid and fields.get("action") == action:
+                        return
+
+
 async def _wait_instance_ready(server: RunningServer, client: aioredis.Redis) -> None:
     """Until the app's start-up housekeeping ran (its first heartbeat follows it)."""
     await wait_ready(server)
@@ -460,11 +476,8 @@ async def test_an_approved_action_under_way_at_hang_up_finishes_and_is_audited_a
             record = await client.hgetall(keys.approval(aid))
             assert record["status"] == "approved" and record["claimed_at"] and "executed_at" not in record
             release.set()
-            for _ in range(500):
-                audit = await _audit(client, keys, aid)
-                if audit[-1]["action"] == "executed":
-                    break
-                await asyncio.sleep(0.01)
+            await _await_audit(client, keys, aid, "executed")
+            audit = await _audit(client, keys, aid)
             assert [a["action"] for a in audit] == ["requested", "approved", "executed"]
             assert audit[-1]["outcome"] == "ok" and audit[-1]["error_type"] == ""
     finally:
@@ -506,10 +519,7 @@ async def test_a_repeated_pending_request_is_never_reported_not_approved(
             )
             # Each waiter acts as soon as the decision arrives; the executed audit entry comes after the
             # booking, so by then every waiter has had its say.
-            for _ in range(500):
-                if "executed" in [a["action"] for a in await _audit(client, keys, aid)]:
-                    break
-                await asyncio.sleep(0.01)
+            await _await_audit(client, keys, aid, "executed")
             await live.hang_up()
             notices = [t for t in _system_texts(session) if t.startswith("Update on appointments")]
             assert notices and all("not approved" not in t for t in notices), notices
