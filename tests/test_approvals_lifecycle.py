@@ -78,6 +78,9 @@ async def _pending_booking(session: Any) -> dict[str, Any]:
     await session.wait_response_done()
     await session.respond(Reply(function_call=("start_booking", {"reason": "check-up"})))
     await session.wait_for("session.update", lambda e: "Book the appointment" in json.dumps(e))
+    # The response that made the call, then the answer the call asks for after the tool's output: starting
+    # another response before both are done races the second.
+    await session.wait_response_done()
     await session.wait_response_done()
     await session.respond(Reply(function_call=_book(_tomorrow_10())))
     pending = await _output_of(session, 1)

@@ -51,7 +51,12 @@ async def _output_of(session: Any, start: int = 0) -> dict[str, Any]:
 async def _enter_booking_stage(session: Any) -> dict[str, Any]:
     await session.wait_response_done()  # the greeting
     await session.respond(Reply(function_call=("start_booking", {"reason": "wants a check-up"})))
-    return await session.wait_for("session.update", lambda e: "Book the appointment" in json.dumps(e))
+    update = await session.wait_for("session.update", lambda e: "Book the appointment" in json.dumps(e))
+    # Two responses end before the session is idle: the one that made the call, and the answer the call
+    # asks for after sending the tool's output. Starting another before both are done races the second.
+    await session.wait_response_done()
+    await session.wait_response_done()
+    return update
 
 
 async def test_stage_change_updates_the_live_session_and_the_record(
@@ -68,7 +73,6 @@ async def test_stage_change_updates_the_live_session_and_the_record(
         update = await _enter_booking_stage(session)
         assert {t["name"] for t in update["session"]["tools"]} == {"appointments", "end_call"}
         # A tool of another stage is refused with a structured error, and nothing runs.
-        await session.wait_response_done()
         await session.respond(Reply(function_call=("start_booking", {})))
         refused = await _output_of(session, start=1)
         assert refused["error"]["type"] in {"not_allowed", "unknown_tool"}
@@ -100,7 +104,6 @@ async def test_stage_change_updates_the_live_session_and_the_record(
 async def _pending_booking(session: Any) -> tuple[str, dict[str, Any]]:
     """Drive the call to a gated `book` call; returns the start asked for and the pending tool output."""
     await _enter_booking_stage(session)
-    await session.wait_response_done()
     start = _tomorrow_10()
     await session.respond(Reply(function_call=_book(start)))
     pending = await _output_of(session, start=1)
