@@ -507,6 +507,7 @@ async def test_a_repeated_pending_request_is_never_reported_not_approved(
             live = await place_call(server, to_number="+15550100004")
             session = await fake_realtime.next_session()
             first = await _pending_booking(session)
+            await session.wait_response_done()  # the response that asked for the booking
             await session.wait_response_done()  # the hold line
             # The model asks again for the same booking while it waits: still the same pending request.
             await session.respond(Reply(function_call=_book(_tomorrow_10())))

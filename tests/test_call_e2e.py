@@ -219,6 +219,7 @@ async def test_unknown_tool_and_bad_arguments_go_back_to_the_model(fake_realtime
         error = json.loads(out["item"]["output"])["error"]
         assert error["type"] == "unknown_tool"
         assert "end_call" in error["message"]
+        await session.wait_response_done()  # the response that made the call
         await session.wait_response_done()  # the model was asked to respond again, and did
         await session.respond(Reply(function_call=("end_call", '{"reason": 42')))
         out = await session.wait_for(
@@ -310,7 +311,8 @@ async def test_model_session_rolls_over_before_the_cap(fake_realtime: FakeRealti
         await asyncio.wait_for(first.closed.wait(), 3.0)  # the app retired the socket itself
         second = await fake_realtime.next_session()
         await second.wait_for("conversation.item.create", lambda e: "Hello, test desk." in json.dumps(e))
-        await second.wait_input_audio(24000)
+        # The caller's audio flows to the new socket (which itself retires after 0.5 s: ask for 100 ms).
+        await second.wait_input_audio(4800)
         record = await _record(server, live.call.call_sid)
         assert record["counters"]["model_rollovers"] >= 1
         # A planned roll-over is not a reconnect: not counted, no model.reconnected, no Prometheus count.

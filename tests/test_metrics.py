@@ -261,7 +261,8 @@ async def test_approval_wait_and_tool_outcomes_are_measured(
         await session.wait_response_done()  # the greeting
         await session.respond(Reply(function_call=("start_booking", {"reason": "wants a check-up"})))
         await session.wait_for("session.update", lambda e: "Book the appointment" in json.dumps(e))
-        await session.wait_response_done()
+        await session.wait_response_done()  # the response that made the call
+        await session.wait_response_done()  # the answer after the tool's output
         args = {"action": "book", "service": "checkup", "start": _tomorrow_10(), "name": "Ada Lovelace"}
         await session.respond(Reply(function_call=("appointments", args)))
         output = await session.wait_for(
