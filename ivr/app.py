@@ -57,6 +57,7 @@ from .telephony.stream_token import (
     StreamBinding,
 )
 from .telephony.twiml import connect_stream, dial, say_and_hang_up
+from .tools.datasets import load_missing as load_missing_datasets
 
 log = logging.getLogger("ivr.app")
 
@@ -248,6 +249,9 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         for warning in startup_warnings(settings):
             log.warning("%s", warning)
         await state.services.start()
+        assert state.services.redis is not None
+        # A fresh Redis (the embedded one starts empty) gets the flows' lookup datasets; existing ones stay.
+        await load_missing_datasets(state.services.redis, state.services.keys, flowset)
         await _preload_offline_engine(settings, flowset)
         lines = asyncio.create_task(_prepare_local_lines(flowset), name="local-lines")
         # Start-up objects live for the whole process: keep them out of the cyclic GC's generations, whose

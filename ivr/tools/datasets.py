@@ -5,6 +5,10 @@ missing: every record is rewritten in place (delete + write in one MULTI, so a r
 record), then the keys that are not in the new file are deleted, then the metadata is updated. Only the
 columns the tools return are stored, so a wide export does not put more personal data into Redis than the
 calls need.
+
+At start-up the server loads each declared dataset Redis does not hold yet (:func:`load_missing`), so a fresh
+Redis (the embedded one starts empty) answers the first call's lookup; it never replaces a dataset that is
+there.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from redis.exceptions import RedisError
 
 from ivr.flows.flowset import FlowSet
 from ivr.flows.tool_configs import LookupConfig
@@ -252,3 +259,83 @@ async def load(
         len(stale),
         time.perf_counter() - started,
     )
+
+
+async def _presence(redis: Redis, keys: KeySchema, name: str) -> Literal["loaded", "partial", "missing"]:
+    """Whether Redis holds dataset ``name``: its metadata (a finished load), only records, or nothing."""
+    if await redis.exists(keys.dataset_meta(name)):
+        return "loaded"
+    record_prefix = keys.dataset_record(name, "x")[:-1]
+    async for _name in redis.scan_iter(match=record_prefix + "*", count=1000):
+        return "partial"
+    return "missing"
+
+
+async def load_missing(
+    redis: Redis, keys: KeySchema, flows: FlowSet, *, log: logging.Logger | None = None
+) -> list[LoadReport]:
+    """At start-up: load each dataset the flows declare that Redis does not hold yet, so the first call's
+    lookup finds its records (a fresh embedded Redis starts empty). A dataset already in Redis is never
+    touched, whatever file it came from: replacing one is ``ivr data load``'s job. Problems are logged, not
+    raised; a lookup on a dataset that could not be loaded tells the caller records are unavailable."""
+    log = log or logging.getLogger("ivr.datasets")
+    try:
+        specs = collect(flows)
+    except DatasetError as exc:
+        log.error("the flows' lookup datasets cannot be loaded: %s", exc)
+        return []
+    reports: list[LoadReport] = []
+    for spec in specs:
+        try:
+            report = await _load_if_missing(redis, keys, spec, log)
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "could not check or load dataset %s in Redis (%s: %s); lookups on it answer that records are "
+                "unavailable until it is loaded: run `ivr data load` once Redis is reachable",
+                spec.name,
+                type(exc).__name__,
+                exc,
+            )
+            continue
+        if report is not None:
+            reports.append(report)
+    return reports
+
+
+async def _load_if_missing(
+    redis: Redis, keys: KeySchema, spec: DatasetSpec, log: logging.Logger
+) -> LoadReport | None:
+    """Load ``spec`` unless Redis holds it (wholly or in part); the report, or None when not loaded."""
+    presence = await _presence(redis, keys, spec.name)
+    if presence == "loaded":
+        log.info("dataset %s: already in Redis, left as it is (`ivr data load` replaces it)", spec.name)
+        return None
+    if presence == "partial":
+        log.warning(
+            "dataset %s: Redis holds some of its records but no sign of a finished load (an "
+            "interrupted `ivr data load`?); left as it is. Run `ivr data load --dataset %s` to load it "
+            "again.",
+            spec.name,
+            spec.name,
+        )
+        return None
+    try:
+        report = await load(redis, keys, spec, warn=lambda text: log.warning("dataset: %s", text))
+    except DatasetError as exc:
+        log.error(
+            "dataset %s is not in Redis and could not be loaded: %s. Lookups on it will answer that "
+            "records are unavailable; fix the file, then run `ivr data load --dataset %s`.",
+            spec.name,
+            exc,
+            spec.name,
+        )
+        return None
+    log.info(
+        "dataset %s was not in Redis: loaded %d records from %s in %.2f s (used by %s)",
+        spec.name,
+        report.records,
+        spec.source,
+        report.seconds,
+        ", ".join(spec.used_by),
+    )
+    return report
