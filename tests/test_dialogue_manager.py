@@ -382,7 +382,10 @@ def test_low_confidence_is_asked_again_then_the_flow_gives_up(dental: Flow) -> N
     d.start()
     d.tool_result("local_1", patient())
     assert d.heard("mumble", 0.2) == [Say("Sorry, I didn't catch that. Could you say it again?")]
-    assert d.heard("", 0.9) == [Say("Sorry, the line is a little unclear. Could you repeat that?")]
+    assert d.heard("", 0.9) == [  # the last try before giving up also offers the keypad (issue 10)
+        Say("Sorry, the line is a little unclear. Could you repeat that?"),
+        Say("If it's easier, press 0 on your keypad for the front desk."),
+    ]
     assert d.last_prompt == "Hi Maria, good to hear from you."  # re-asks are not what "repeat" repeats
     giveup = d.heard("mumble", 0.1)  # the third failure in a row: max_reasks is 2
     assert giveup == [
@@ -392,17 +395,32 @@ def test_low_confidence_is_asked_again_then_the_flow_gives_up(dental: Flow) -> N
     assert d.waiting == "ended"
 
 
-def test_giving_up_after_hours_hangs_up(dental: Flow) -> None:
+def test_giving_up_after_hours_offers_the_keypad_then_says_goodbye(dental: Flow) -> None:
+    # Changed with issue 10: this test pinned the bug the issue reports (hanging up with "call us back during
+    # opening hours", which says nothing about why the call failed). After hours the flow now offers the
+    # keypad and another try; only a second run of failures ends the call.
     d = dialogue(dental, now=CLOSED)
     d.start()
     d.tool_result("local_1", patient())
+    assert len(d.heard("the weather is lovely", 0.9)) == 1  # no_match, a failure
+    assert says(d.heard("the weather is lovely", 0.9))[-1] == (
+        "If it's easier, press 0 on your keypad for the front desk."
+    )
+    offer = d.heard("the weather is lovely", 0.9)
+    assert says(offer) == [
+        "I'm sorry, I'm having trouble understanding. You can press 0 to be put through to the front desk's "
+        "line, or tell me in a few words: book, cancel, or opening hours."
+    ]
+    assert d.waiting == "caller" and not any(isinstance(a, CallTool) for a in offer)
     for _ in range(2):
-        assert len(d.heard("the weather is lovely", 0.9)) == 1  # no_match, a failure
+        assert d.waiting == "caller" and len(d.heard("the weather is lovely", 0.9)) >= 1
     last = d.heard("the weather is lovely", 0.9)
     assert says(last) == [
-        "I'm sorry, I'm having trouble understanding. Please call us back during opening hours. Goodbye."
+        "I'm sorry I couldn't help you on this line. Please try again, or press 0 for the front desk. "
+        "Goodbye."
     ]
     assert only_call(last).name == "end_call"
+    assert not any("opening hours" in line for line in says(last))
 
 
 def test_a_good_turn_resets_the_failure_count(dental: Flow) -> None:
@@ -437,7 +455,7 @@ def test_barge_in_forgives_one_failure(dental: Flow) -> None:
     assert d.interruptions == 1
     for _ in range(3):  # the first does not count, so three failures are still re-asks
         reply = d.heard("mumble", 0.1)
-        assert len(reply) == 1 and isinstance(reply[0], Say) and d.waiting == "caller"
+        assert reply and all(isinstance(a, Say) for a in reply) and d.waiting == "caller"
     giveup = d.heard("mumble", 0.1)
     assert only_call(giveup).name == "transfer_to_human"
 
@@ -614,7 +632,7 @@ def _at_wrap_up(dental: Flow) -> Dialogue:
 
 
 def test_a_low_confidence_turn_that_clearly_says_an_expected_intent_is_taken(dental: Flow) -> None:
-    # min_confidence is 0.4 in the dental flow: 0.39 on "no thanks that's all" (a real pocketsphinx score on
+    # min_confidence is 0.45 in the dental flow: 0.39 on "no thanks that's all" (a real pocketsphinx score on
     # the demo's caller) still ends the call, because the words strongly match the stage's "done" intent.
     d = _at_wrap_up(dental)
     bye = d.heard("no thank that's all", 0.39)
@@ -634,11 +652,14 @@ def test_a_low_confidence_turn_is_still_asked_again_when_weak_or_too_unsure(dent
     assert unsure.waiting == "caller"
 
 
-def test_a_low_confidence_answer_to_an_open_question_is_asked_again(dental: Flow) -> None:
+def test_a_low_confidence_answer_to_an_open_question_is_confirmed_not_asked_again(dental: Flow) -> None:
+    # Changed with issue 10: this test used to expect a re-ask ("Sorry, I didn't catch that"), the re-ask
+    # loop the issue calls a bug. A shaky "tuesday" is still not taken as said: it is read back instead.
     d = dialogue(dental)
     d.start()
     d.tool_result("local_1", patient())
     d.heard("hi i'd like to book a cleaning please", 0.91)
     d.tool_result("local_2", MOVED)
-    # "Which day would suit you?" is open: a shaky "tuesday" must not be taken as said.
-    assert says(d.heard("tuesday please", 0.3)) == ["Sorry, I didn't catch that. Could you say it again?"]
+    assert says(d.heard("tuesday please", 0.3)) == ["Tuesday the 10th, right?"]
+    find = only_call(d.heard("yes", 0.3))
+    assert find.arguments == {"action": "find_slots", "service": "cleaning", "date": "2026-03-10"}

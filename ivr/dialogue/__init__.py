@@ -3,6 +3,8 @@
 * :mod:`ivr.dialogue.slots` — parsers for dates, times, numbers, names, yes/no, choices, phone numbers,
   booking ids and offered options, from recogniser text;
 * :mod:`ivr.dialogue.intents` — which intent an utterance expresses (examples and keywords);
+* :mod:`ivr.dialogue.confidence` — the recogniser's confidence as sure / unsure / not heard;
+* :mod:`ivr.dialogue.corrections` — values the caller changes ("no, wednesday", "make it 3");
 * :mod:`ivr.dialogue.values` — slot values (machine and spoken forms) and template rendering;
 * :mod:`ivr.dialogue.manager` — :class:`Dialogue`, the sans-I/O turn-by-turn state machine.
 

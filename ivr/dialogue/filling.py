@@ -16,7 +16,16 @@ from ivr.dialogue import slots as parse
 from ivr.dialogue.values import Missing, SlotValue, apply_filters, lookup
 from ivr.flows.offline import Slot, split_filters
 
-__all__ = ["chosen", "hinted", "option_label", "option_value", "read_slot", "usable_options"]
+__all__ = [
+    "check_spoken",
+    "choice_at",
+    "chosen",
+    "hinted",
+    "option_label",
+    "option_value",
+    "read_slot",
+    "usable_options",
+]
 
 
 def read_slot(
@@ -118,3 +127,31 @@ def hinted(slot: Slot, options: Sequence[Mapping[str, Any]], hint: time | None) 
     times = [parse.option_time(str(option_value(slot, o)), option_label(slot, o)) for o in options]
     hits = [i for i, moment in enumerate(times) if moment == hint]
     return chosen(slot, options[hits[0]]) if len(hits) == 1 else None
+
+
+def _ordinal(day: int) -> str:
+    suffix = "th" if 10 <= day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+    return f"{day}{suffix}"
+
+
+def check_spoken(slot: Slot, value: SlotValue) -> str:
+    """How a value heard with low confidence is read back: a day as "Tuesday the 10th", else its spoken
+    form ("10:30 AM", "4", "Maria Gonzalez")."""
+    if slot.type == "date":
+        try:
+            day = date.fromisoformat(str(value.value))
+        except ValueError:
+            return value.spoken
+        return f"{day.strftime('%A')} the {_ordinal(day.day)}"
+    return value.spoken
+
+
+def choice_at(slot: Slot, moment: time) -> SlotValue | None:
+    """The choice whose ``times`` range holds ``moment`` ("at 7.30 pm" → dinner), if exactly one does."""
+    minutes = moment.hour * 60 + moment.minute
+    hits = []
+    for choice, span in (slot.times or {}).items():
+        start, end = (int(a) * 60 + int(b) for a, b in (part.split(":") for part in span.split("-")))
+        if start <= minutes < end:
+            hits.append(choice)
+    return SlotValue(hits[0], hits[0].replace("_", " ")) if len(hits) == 1 else None

@@ -22,9 +22,17 @@ How a turn goes (docs/offline-dialogue.md has the flow author's view):
 * A result ``{"status": "pending_approval"}`` makes the dialogue wait (``waiting == "approval"``); the
   runtime plays the hold phrase; :meth:`Dialogue.approval_decided` continues (approved: as if the tool had
   returned that output) or apologises and says the stage prompt (denied).
-* Low confidence, an answer that does not fit, or no matching intent is a failure: the caller is asked
+* Confidence comes in three bands (:mod:`ivr.dialogue.confidence`): a turn heard unsure is used only where
+  it fits what is expected: a value read from it is confirmed back ("Tuesday the 10th, right?") rather than
+  asked for again, and a clean yes/no to a yes/no question is taken as said.
+* A caller may change a value already given, while another question is open or at the confirmation ("no,
+  wednesday", "actually make it 3", "10:30 instead"): just that value changes, and an offer that depends
+  on it is fetched again (:mod:`ivr.dialogue.corrections`).
+* A turn not heard, an answer that does not fit, or no matching intent is a failure: the caller is asked
   again (``reask`` lines in turn, ``no_match``, or "Sorry, I didn't quite get that." with the question);
-  after ``max_reasks`` failures in a row the ``giveup`` steps run. "Repeat that" says the last turn again.
+  the last try before giving up adds the flow's ``keypad`` line; after ``max_reasks`` failures in a row
+  the ``giveup`` steps run. Giveup steps that leave the call open let the caller go on; a second giveup
+  without a success in between ends the call. "Repeat that" says the last turn again.
 * While a tool runs, what the caller says is kept (the latest utterance only) and handled as soon as the
   dialogue listens again; while an approval is pending, the caller hears "Still checking, please hold on."
 """
@@ -38,8 +46,9 @@ from dataclasses import dataclass, field
 from datetime import date, time
 from typing import Any, Literal
 
-from ivr.dialogue import filling
+from ivr.dialogue import corrections, filling
 from ivr.dialogue import slots as parse
+from ivr.dialogue.confidence import FLOOR_FRACTION, Calibration
 from ivr.dialogue.intents import STRONG, match_intent
 from ivr.dialogue.values import Missing, SlotValue, Values
 from ivr.dialogue.words import join_words, tokens
@@ -68,9 +77,9 @@ class CallTool:
 Action = Say | CallTool
 Waiting = Literal["caller", "tool", "approval", "ended"]
 
-#: A turn below ``min_confidence`` but at least this fraction of it is taken when its words strongly match
-#: an intent the dialogue expects (see ``Dialogue._fits``).
-LOW_CONFIDENCE_FLOOR = 0.5
+#: A turn below ``min_confidence`` but at least this fraction of it is used when its words fit what the
+#: dialogue expects (see :mod:`ivr.dialogue.confidence` and ``Dialogue._fits``).
+LOW_CONFIDENCE_FLOOR = FLOOR_FRACTION
 
 _REPEAT_WHOLE = (
     ("pardon",),
@@ -91,6 +100,7 @@ _REPEAT_PARTS = (
     "didn't catch",
     "did not catch",
     "what did you say",
+    "what was that",
     "one more time",
 )
 
@@ -187,6 +197,8 @@ class _Task:
     options: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
     #: A time the caller mentioned, used to pick an offer without asking when exactly one option fits.
     hint: time | None = None
+    #: A value heard with low confidence, being confirmed ("Tuesday the 10th, right?").
+    checking: tuple[Slot, SlotValue] | None = None
 
 
 @dataclass
@@ -238,6 +250,11 @@ class Dialogue:
         self._failures = 0
         self._reask_turn = 0
         self._forgive = False
+        self._calibration = Calibration(self._offline.min_confidence)
+        #: The turn being handled was heard with low confidence: values read from it are confirmed.
+        self._unsure = False
+        #: The giveup steps ran and nothing has succeeded since.
+        self._gave_up = False
         self._said: list[str] = []
         self._last_prompt = self._greeting()
         self._calls = 0
@@ -365,7 +382,8 @@ class Dialogue:
 
     def _heard(self, out: list[Action], text: str, confidence: float) -> None:
         words = tokens(text)
-        if not words or (confidence < self._offline.min_confidence and not self._fits(text, confidence)):
+        band = self._calibration.band(text, confidence)
+        if band == "unheard":
             self._fail(out, "low")
             return
         if _is_repeat(words):
@@ -374,26 +392,41 @@ class Dialogue:
             else:
                 self._fail(out, "low")
             return
+        if band == "unsure" and not self._fits(text):
+            self._fail(out, "low")
+            return
         self._said = []
         self._replay = None
-        self._hear(out, text, replay=False)
+        self._unsure = band == "unsure"
+        try:
+            self._hear(out, text, replay=False)
+        finally:
+            self._unsure = False
 
-    def _fits(self, text: str, confidence: float) -> bool:
-        """A turn heard with less than ``min_confidence`` still counts when the words clearly say one of the
-        intents the caller is being asked for (a strong match, :data:`STRONG`) and the confidence is at
-        least :data:`LOW_CONFIDENCE_FLOOR` of the minimum: the recogniser's sentence score is poorly
-        calibrated on short replies ("no thanks, that's all"), while agreement with what the dialogue expects
-        is evidence of its own. Not while a question or a confirmation is open: a misheard slot value or
-        yes/no would be taken as said."""
-        if confidence < self._offline.min_confidence * LOW_CONFIDENCE_FLOOR:
-            return False
+    def _fits(self, text: str) -> bool:
+        """Whether a turn heard with low confidence fits what the dialogue expects, so its words are used.
+
+        A clean yes or no to a confirmation (or to "…, right?") is taken: the recogniser's score is poorly
+        calibrated on one-word replies, and asking again after a yes is the loop callers hate. An answer to
+        an open question fits when the asked slot can be read from it (the value is then confirmed back,
+        not taken as said). With no question open, the words must strongly match an expected intent
+        (:data:`STRONG`).
+        """
         task = self._task
-        if task is not None and (task.confirming or task.asking is not None):
-            return False
+        if task is not None and (task.confirming or task.checking is not None):
+            if parse.parse_yes_no(text) is not None:
+                return True
+            slot = task.checking[0] if task.checking is not None else None
+            return slot is not None and self._parse(slot, text, task, strict=False) is not None
+        if task is not None and task.asking is not None:
+            return self._parse(task.asking, text, task, strict=False) is not None
         return match_intent(text, self._intents(), threshold=STRONG) is not None
 
     def _hear(self, out: list[Action], text: str, *, replay: bool) -> None:
         task = self._task
+        if task is not None and task.checking is not None:
+            self._check_answer(out, task, text, replay)
+            return
         if task is not None and task.confirming:
             self._confirmation(out, task, text, replay)
             return
@@ -401,15 +434,33 @@ class Dialogue:
             self._answer(out, task, task.asking, text, replay)
             return
         match = match_intent(text, self._intents())
-        if match is not None:
+        intent = match.intent if match is not None else self._named_choice(text)
+        if intent is not None:
             self._succeeded()
-            self._begin(out, match.intent, text, replay)
+            self._begin(out, intent, text, replay)
         elif replay:
             self._listen(out, prompt=True)
         else:
             self._fail(out, "no_match")
 
+    def _named_choice(self, text: str) -> Intent | None:
+        """The one intent with a choice slot the words name ("do you have tiramisu": a dish, though no example
+        of the intent matches): the choice is as good as a keyword. ``None`` if no intent or several fit."""
+        if self._unsure:
+            return None
+        hits = [
+            intent
+            for intent in self._intents()
+            if any(s.type == "choice" and parse.parse_choice(text, s.choices or {}) for s in intent.slots)
+        ]
+        return hits[0] if len(hits) == 1 else None
+
     def _confirmation(self, out: list[Action], task: _Task, text: str, replay: bool) -> None:
+        if self._correct(task, text):  # "no, wednesday", "actually make it three": change just that
+            self._succeeded()
+            task.confirming = False
+            self._advance(out)
+            return
         answer = parse.parse_yes_no(text)
         if answer is True:
             self._succeeded()
@@ -441,6 +492,9 @@ class Dialogue:
             self._begin(out, other, text, replay)
             return
         value = self._parse(slot, text, task, strict=False)
+        if value is not None and self._unsure:
+            self._check(out, task, slot, value)
+            return
         before = len(task.values)
         if value is not None:
             task.values[slot.name] = value
@@ -448,8 +502,9 @@ class Dialogue:
             self._succeeded()
             self._advance(out)  # "have you got anything on wednesday?": new options for the new day
             return
+        changed = self._correct(task, text, skip=slot.name)
         self._volunteer(task, text)
-        if value is not None or len(task.values) > before:
+        if value is not None or changed or len(task.values) > before:
             self._succeeded()
             task.asking = None
             self._advance(out)
@@ -457,6 +512,110 @@ class Dialogue:
             self._begin(out, other, text, replay)
         else:
             self._fail(out, "unclear")
+
+    def _check(self, out: list[Action], task: _Task, slot: Slot, value: SlotValue) -> None:
+        """Confirm a value heard with low confidence instead of asking for it again."""
+        try:
+            text = self._check_text(slot, value)
+        except Missing:
+            self._fail(out, "low")
+            return
+        task.asking = slot
+        task.checking = (slot, value)
+        self._question(out, text)
+
+    def _check_text(self, slot: Slot, value: SlotValue) -> str:
+        return self._values({"value": filling.check_spoken(slot, value)}).text(self._offline.phrases.check)
+
+    def _check_answer(self, out: list[Action], task: _Task, text: str, replay: bool) -> None:
+        """The answer to "Tuesday the 10th, right?": yes takes the value, another value replaces it, no asks
+        the question again."""
+        assert task.checking is not None
+        slot, value = task.checking
+        answer = parse.parse_yes_no(text)
+        fresh = self._parse(slot, text, task, strict=False)
+        if fresh is not None and fresh.value != value.value:
+            task.checking = None
+            if self._unsure:
+                self._check(out, task, slot, fresh)
+                return
+            self._succeeded()
+            task.values[slot.name] = fresh
+            self._volunteer(task, text)
+            self._advance(out)
+            return
+        if answer is True or (fresh is not None and answer is None):
+            self._succeeded()
+            task.checking = None
+            task.values[slot.name] = value
+            self._advance(out)
+            return
+        if answer is False:
+            task.checking = None
+            if not self._count_failure(out):
+                self._ask(out, task, slot)
+            return
+        other = self._other(text, task)
+        if other is not None:
+            self._begin(out, other, text, replay)
+        else:
+            self._fail(out, "unclear")
+
+    def _correct(self, task: _Task, text: str, *, skip: str | None = None) -> bool:
+        """Replace filled values the caller changed ("no, wednesday", "actually make it 3", "can we do
+        10:30 instead"); offers that depend on a changed value are fetched again. Whether anything
+        changed."""
+        cue = corrections.has_cue(text)
+        changed: list[str] = []
+        for slot in task.intent.slots:
+            current = task.values.get(slot.name)
+            if current is None or slot.name == skip or slot.type in ("offer", "yes_no", "text"):
+                continue
+            if slot.type == "choice" and not cue:
+                continue
+            value = self._parse(slot, text, task, strict=True)
+            if value is None and slot.type == "number":
+                number = corrections.replacing_number(text)
+                if number is not None:
+                    value = filling.read_slot(slot, str(number), today=self._today, plausible=None)
+            if value is None or value.value == current.value:
+                continue
+            if slot.type == "date" and not cue and corrections.same_weekday(current.value, value.value, text):
+                continue  # "tuesday at 9" about the tuesday already chosen
+            task.values[slot.name] = value
+            changed.append(slot.name)
+        for name in changed:
+            for offer in corrections.dependents(task.intent.slots, name):
+                task.values.pop(offer, None)
+                task.options.pop(offer, None)
+                task.hint = parse.parse_time(text, strict=True, plausible=self._plausible) or task.hint
+        moved = self._retime(task, text, skip=skip) if not changed else False
+        return bool(changed) or moved
+
+    def _retime(self, task: _Task, text: str, *, skip: str | None) -> bool:
+        """A new time for an offer already chosen ("actually, 10:30 instead"): the option at that time
+        when exactly one fits, else the offer is asked again."""
+        if not corrections.has_cue(text):
+            return False
+        wanted = parse.parse_time(text, strict=True, plausible=self._plausible)
+        if wanted is None:
+            return False
+        moved = False
+        for slot in task.intent.slots:
+            current = task.values.get(slot.name)
+            if slot.type != "offer" or current is None or slot.name == skip:
+                continue
+            options = task.options.get(slot.name) or []
+            if parse.option_time(str(current.value), current.spoken) == wanted:
+                continue
+            picked = filling.hinted(slot, options, wanted)
+            if picked is None:
+                task.values.pop(slot.name, None)
+                task.hint = wanted
+            else:
+                task.values[slot.name] = picked
+            moved = True
+        return moved
 
     def _corrected(self, task: _Task, offer: Slot, text: str) -> bool:
         """Whether the answer to an offer changed one of its inputs (its ``none_clears`` slots) instead."""
@@ -504,6 +663,11 @@ class Dialogue:
         hint = parse.parse_time(text, strict=True, plausible=self._plausible)
         if hint is not None:
             task.hint = hint
+        for slot in task.intent.slots:  # "at 7.30": dinner, when the flow gives the choices' times
+            if slot.type == "choice" and slot.times and slot.name not in task.values and hint is not None:
+                picked = filling.choice_at(slot, hint)
+                if picked is not None:
+                    task.values[slot.name] = picked
 
     def _parse(self, slot: Slot, text: str, task: _Task, *, strict: bool) -> SlotValue | None:
         return filling.read_slot(
@@ -834,20 +998,34 @@ class Dialogue:
     def _succeeded(self) -> None:
         self._failures = 0
         self._forgive = False
+        self._gave_up = False
 
-    def _fail(self, out: list[Action], kind: Literal["low", "unclear", "no_match"]) -> None:
+    def _count_failure(self, out: list[Action]) -> bool:
+        """Count a failed turn; when it is one too many, run the giveup steps and return True.
+
+        Giveup steps that leave the call open (the flow offers the keypad or another try) are followed, if
+        the caller still cannot be understood, by the default giveup, which ends the call.
+        """
         if self._forgive:
             self._forgive = False
         else:
             self._failures += 1
-        if self._failures > self._offline.max_reasks:
-            self._failures = 0
-            self._task = None
-            self._said = []
-            self._runner = _Runner(self._giveup_steps(), "giveup")
-            self._run(out)
+        if self._failures <= self._offline.max_reasks:
+            return False
+        self._failures = 0
+        self._task = None
+        self._said = []
+        steps = self._default_giveup() if self._gave_up else self._giveup_steps()
+        self._gave_up = True
+        self._runner = _Runner(steps, "giveup")
+        self._run(out)
+        return True
+
+    def _fail(self, out: list[Action], kind: Literal["low", "unclear", "no_match"]) -> None:
+        if self._count_failure(out):
             return
         self._waiting = "caller"
+        last_try = self._failures == self._offline.max_reasks and self._offline.keypad is not None
         if kind == "low":
             lines = self._offline.reask
             line = lines[self._reask_turn % len(lines)]
@@ -857,6 +1035,10 @@ class Dialogue:
             self._say(out, self._render_or(self._offline.no_match), remember=False)
         else:
             self._say(out, self._render_or(self._offline.phrases.unclear), remember=False)
+        if last_try:
+            assert self._offline.keypad is not None
+            self._say(out, self._render_or(self._offline.keypad), remember=False)
+        if kind == "unclear":
             question = self._pending_question()
             if question:
                 self._say(out, question)
@@ -870,6 +1052,8 @@ class Dialogue:
     def _pending_question(self) -> str | None:
         task = self._task
         try:
+            if task is not None and task.checking is not None:
+                return self._check_text(*task.checking)
             if task is not None and task.confirming and task.intent.confirm is not None:
                 return self._values().text(task.intent.confirm)
             if task is not None and task.asking is not None:
@@ -881,6 +1065,9 @@ class Dialogue:
     def _giveup_steps(self) -> list[Step]:
         if self._offline.giveup is not None:
             return list(self._offline.giveup)
+        return self._default_giveup()
+
+    def _default_giveup(self) -> list[Step]:
         steps = [Step.model_validate({"say": self._offline.phrases.giveup})]
         if any(t.type == "end_call" for t in self.flow.tools):
             steps.append(Step.model_validate({"end_call": True}))

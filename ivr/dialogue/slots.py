@@ -21,6 +21,8 @@ Rules worth knowing (also in docs/offline-dialogue.md):
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, time, timedelta
@@ -84,6 +86,32 @@ _YES = (
     "that's correct",
     "book it",
     "do it",
+    "that's fine",
+    "that is fine",
+    "fine",
+    "that works",
+    "works for me",
+    "that's good",
+    "good",
+    "great",
+    "lovely",
+    "alright",
+    "all right",
+    "certainly",
+    "exactly",
+    "yes please",
+    "go for it",
+    "let's do it",
+    "let's do that",
+    "do that",
+    "uh huh",
+    "mm hmm",
+    "mhm",
+    "that would be great",
+    "that'd be great",
+    "it is",
+    "i do",
+    "yes it is",
 )
 _NO = (
     "no",
@@ -108,15 +136,39 @@ _NO = (
     "not that",
     "isn't right",
     "isn't correct",
+    "no it's fine",
+    "no that's fine",
+    "no that's ok",
+    "no that's okay",
+    "no i'm good",
+    "i'm good",
+    "never mind",
+    "not now",
+    "no way",
+    "please don't",
+    "not fine",
+    "that's not it",
+    "not that one",
+    "not good",
+    "not great",
+    "doesn't work",
+    "that doesn't work",
+    "won't work",
 )
 #: Noes that outweigh a yes said in the same breath.
 _CLEAR_NO = frozenset(
     tuple(tokens(p))
     for p in ("that's wrong", "thats wrong", "wrong", "not right", "that's not right", "not correct",
-              "incorrect", "no thanks", "no thank you", "i don't think so", "isn't right", "isn't correct")
+              "incorrect", "no thanks", "no thank you", "i don't think so", "isn't right", "isn't correct",
+              "no it's fine", "no that's fine", "no that's ok", "no that's okay", "please don't", "not fine",
+              "that's not it")
 )  # fmt: skip
-_YES_NO_PHRASES = sorted(
-    [(tuple(tokens(p)), True) for p in _YES] + [(tuple(tokens(p)), False) for p in _NO],
+#: Phrases that hold a yes or no word but say neither ("good bye", "good morning").
+_NEITHER = ("good bye", "good morning", "good afternoon", "good evening", "good night", "no problem")
+_YES_NO_PHRASES: list[tuple[tuple[str, ...], bool | None]] = sorted(
+    [(tuple(tokens(p)), True) for p in _YES]
+    + [(tuple(tokens(p)), False) for p in _NO]
+    + [(tuple(tokens(p)), None) for p in _NEITHER],
     key=lambda item: -len(item[0]),
 )
 
@@ -126,17 +178,20 @@ def parse_yes_no(text: str) -> bool | None:
 
     Phrases are matched longest first, so "not right" is a no and "i don't think so" is not a yes. An
     answer holding both a yes and a no is ``None`` (asked again: "yes… no, wait"), unless the no is clear
-    ("yeah, no, that's wrong", "sure… no thanks").
+    ("yeah, no, that's wrong", "sure… no thanks", "no, that's fine"). A lone "please" is a yes.
     """
     words = tokens(text)
+    if words == ["please"]:
+        return True
     found: set[tuple[str, ...]] = set()
     meanings: set[bool] = set()
     i = 0
     while i < len(words):
         for phrase, meaning in _YES_NO_PHRASES:
             if tuple(words[i : i + len(phrase)]) == phrase:
-                found.add(phrase)
-                meanings.add(meaning)
+                if meaning is not None:
+                    found.add(phrase)
+                    meanings.add(meaning)
                 i += len(phrase)
                 break
         else:
@@ -159,6 +214,11 @@ _NUMBER_FILLERS = frozenset(
 )  # fmt: skip
 
 
+_JUST_ONE = ("just me", "only me", "just myself", "by myself", "on my own", "just one", "myself")
+_A_PAIR = ("me and my", "my wife and i", "my husband and i", "my partner and i", "a couple", "a pair",
+           "me and a friend", "my friend and i", "the both of us", "both of us")  # fmt: skip
+
+
 def parse_number(text: str, *, strict: bool = False) -> int | None:
     """A whole number: "four", "twenty one", "a hundred and five", "12".
 
@@ -173,22 +233,35 @@ def parse_number(text: str, *, strict: bool = False) -> int | None:
         s
         for s in spans
         if (s.end < len(words) and words[s.end] in _PEOPLE)
-        or (s.start > 0 and words[s.start - 1] in ("for", "of", "are", "we're"))
+        or (s.start > 0 and words[s.start - 1] in ("for", "of", "are", "we're", "be"))
     ]
+    counted = [s for s in cued if s.end < len(words) and words[s.end] in _PEOPLE - {"of"}]
+    joined_by_and = all(words[a.end + 1 : b.start] == ["and"] for a, b in itertools.pairwise(counted))
+    if len(counted) > 1 and joined_by_and:  # "two adults and two kids"
+        return sum(s.value for s in counted)
     if cued:
         return cued[0].value
     for k, word in enumerate(words):  # "a table for for people": the recogniser wrote "for" for four
         if word == "for" and k + 1 < len(words) and words[k + 1] in _PEOPLE - {"of"}:
             return 4
+        if word == "for" and k + 1 < len(words) and words[k + 1] == "for":  # "a table for for on friday"
+            return 4
     if strict:
         return None
     if spans:
         return spans[0].value
+    joined = f" {' '.join(words)} "
+    if any(f" {p} " in joined for p in _JUST_ONE):
+        return 1
+    if any(f" {p} " in joined for p in _A_PAIR):
+        return 2
     rest = [w for w in words if w not in _NUMBER_FILLERS]
     if rest == ["for"]:
         return 4
     if rest in (["to"], ["too"]):
         return 2
+    if rest[:1] == ["free"] and "for" not in words:  # "free, including me": Whisper's "three"
+        return 3
     return None
 
 
@@ -219,9 +292,10 @@ def parse_date(text: str, today: date, *, strict: bool = False) -> date | None:
     """A day: today, tomorrow, the day after tomorrow, weekdays, "march third", "the 21st", ISO dates.
 
     See the module docstring for how weekdays and days without a month are placed. Strict mode accepts a
-    bare day of the month only as "on the twenty first" or "the twenty first of …".
+    bare day of the month only as "on the twenty first" or "the twenty first of …". "As soon as possible"
+    (or "the earliest you have") is today; the offer that follows says when there is nothing free.
     """
-    words = tokens(text)
+    words = [_WEEKDAY_SHORT.get(w, w) for w in tokens(text)]
     joined = " ".join(words)
     for word in words:
         if _ISO_DATE.fullmatch(word):
@@ -235,6 +309,8 @@ def parse_date(text: str, today: date, *, strict: bool = False) -> date | None:
         return today + timedelta(days=1)
     if re.search(r"\b(today|tonight)\b", joined):
         return today
+    if not strict and re.search(_SOONEST, f" {joined} ") and not any(w in WEEKDAYS for w in words):
+        return today
     relative = _in_days(words)
     if relative is not None:
         return today + timedelta(days=relative)
@@ -247,8 +323,19 @@ def parse_date(text: str, today: date, *, strict: bool = False) -> date | None:
         on_day = _day_of_month(words, today, strict=False, weekday=named)  # "monday the twenty third"
         if on_day is not None:
             return on_day
-        return _weekday(today, named, words[weekday - 1] if weekday > 0 else "")
+        before = words[weekday - 1] if weekday > 0 else ""
+        if words[max(0, weekday - 2) : weekday] == ["next", "week"] or (
+            weekday + 2 < len(words) + 1 and words[weekday + 1 : weekday + 3] == ["next", "week"]
+        ):
+            before = "next"  # "next week tuesday", "tuesday next week"
+        return _weekday(today, named, before)
     return _day_of_month(words, today, strict=strict)
+
+
+_WEEKDAY_SHORT = {"tues": "tuesday", "tue": "tuesday", "weds": "wednesday", "thurs": "thursday",
+                  "thu": "thursday", "fri": "friday"}  # fmt: skip
+_SOONEST = (r" (as soon as (possible|you can)|asap|(the )?(earliest|soonest|first available)"
+            r"( (day|date|time|one|appointment|slot|you have|you've got|possible))?) ")  # fmt: skip
 
 
 def _in_days(words: list[str]) -> int | None:
@@ -297,6 +384,8 @@ def _month_day(words: list[str], today: date) -> date | None:
             while start > 0 and words[start - 1] in TENS:
                 start -= 1
             day = _day_number(words, start) if start >= 0 else None
+        if day is None and k >= 1 and _DIGIT_DAY.fullmatch(words[k - 1]):  # "10 march", "10th march"
+            day = _day_number(words, k - 1)
         if day is None:
             continue
         found = _safe_date(today.year, month, day)
@@ -322,12 +411,23 @@ def _day_number(words: list[str], i: int) -> int | None:
     return None
 
 
+_DIGIT_DAY = re.compile(r"\d{1,2}(?:st|nd|rd|th)?")
+
+
 def _day_of_month(words: list[str], today: date, *, strict: bool, weekday: int | None = None) -> date | None:
     """ "the twenty first": this month if not past, else the next month that has the day (and the weekday
     said with it, if any)."""
     for k in range(len(words)):
         found = ordinal_at(words, k)
-        if found is None or k == 0 or words[k - 1] != "the":
+        after_the = k > 0 and words[k - 1] == "the"
+        # "tuesday 10th", "10th works": a written ordinal needs no "the" (nor any ordinal after a weekday)
+        bare = not strict and weekday is None and _DIGIT_DAY.fullmatch(words[k]) is not None
+        bare = bare or (weekday is not None and k > 0 and words[k - 1] in WEEKDAYS)
+        if found is None and after_the and words[k].isdigit() and 1 <= int(words[k]) <= 31:
+            following = words[k + 1] if k + 1 < len(words) else ""
+            if following not in (*_PEOPLE, "oclock", "am", "pm", "minutes"):
+                found = (int(words[k]), k + 1)  # "the 15, if you have it": Whisper's "the fifteenth"
+        if found is None or not (after_the or bare):
             continue
         day, end = found
         if end < len(words) and words[end] in ("one", "option", "time", "slot"):
@@ -337,7 +437,7 @@ def _day_of_month(words: list[str], today: date, *, strict: bool, weekday: int |
         if not 1 <= day <= 31:
             return None
         year, month = today.year, today.month
-        for _ in range(3 if weekday is None else 14):
+        for _ in range(3 if weekday is None else 5):  # a weekday and a day far apart: a mishearing
             candidate = _safe_date(year, month, day)
             if candidate is not None and candidate >= today and weekday in (None, candidate.weekday()):
                 return candidate
@@ -372,6 +472,34 @@ def _marker(words: list[str], i: int) -> tuple[str | None, int]:
         if tuple(words[i : i + len(phrase)]) == phrase:
             return "pm", i + len(phrase)
     return None, i
+
+
+_GLUED = re.compile(r"(\d{1,2})(\d{2})")
+
+
+def _glued_clock(words: list[str], i: int) -> tuple[re.Match[str], bool] | None:
+    """ "at 730", "1030 pm", "the 115 slot": a clock Whisper wrote without its colon, and whether a cue
+    (at/around/am/pm) came with it; without one it is read only as the answer to a time question."""
+    word = words[i]
+    if not (3 <= len(word) <= 4 and word.isdigit()):
+        return None
+    cued = (i > 0 and words[i - 1] in ("at", "around", "about", "by")) or _marker(words, i + 1)[0] is not None
+    found = _GLUED.fullmatch(word)
+    if found is None or int(found.group(1)) > 23 or int(found.group(2)) > 59:
+        return None
+    return found, cued
+
+
+def _the_clock(words: list[str], i: int) -> bool:
+    """ "the 9 o'clock", "no, 8 pm", "the ten thirty": an hour after a word that usually rules a time out
+    ("the", "for", "no" …) that is a time all the same: o'clock or am/pm follows (or minutes, after "the")."""
+    if i + 1 >= len(words):
+        return False
+    nxt = words[i + 1]
+    if nxt in ("oclock", "am", "pm"):
+        return True
+    single_digit = nxt in UNITS and UNITS[nxt] < 10  # "the one two three" is not a time
+    return words[i - 1] == "the" and _minutes_at(words, i + 1) is not None and not single_digit
 
 
 def _minutes_at(words: list[str], i: int) -> tuple[int, int] | None:
@@ -440,7 +568,13 @@ def parse_time(
         if word == "midnight":
             offer(0, i, time(0, 0))
             continue
-        clock = _CLOCK.fullmatch(word)
+        glued = _glued_clock(words, i)
+        if glued is not None and not glued[1]:
+            if not strict:
+                hour, minute = int(glued[0].group(1)), int(glued[0].group(2))
+                offer(1, i, _resolve(hour, minute, None, plausible if hour <= 12 else None))
+            continue
+        clock = _CLOCK.fullmatch(word) or (glued[0] if glued is not None else None)
         if clock:
             hour, minute = int(clock.group(1)), int(clock.group(2))
             if hour <= 23 and minute <= 59:
@@ -454,7 +588,9 @@ def parse_time(
             offer(0, i, _resolve(hour, minute, marker, plausible))
             continue
         hour = _hour_at(words, i)
-        if hour is None or (i > 0 and words[i - 1] in _NOT_BEFORE_HOUR):
+        if hour is None and word == "for" and i > 0 and words[i - 1] in ("at", "around", "about", "by"):
+            hour = 4  # "around for in the afternoon": Whisper's "four" after a time cue
+        elif hour is None or (i > 0 and words[i - 1] in _NOT_BEFORE_HOUR and not _the_clock(words, i)):
             continue
         end = i + 1
         if end < len(words) and words[end] in _PEOPLE:
@@ -486,7 +622,8 @@ def _relative_time(words: list[str], i: int) -> tuple[int, int, int] | None:
     word = words[i]
     minutes: int | None = None
     j = i + 1
-    if word == "half":
+    passed = i + 1 < len(words) and words[i + 1] in ("past", "passed")
+    if word == "half" or (word == "have" and passed):  # Whisper: "i have passed three" for "half past three"
         minutes = 30
     elif word == "quarter":
         minutes = 15
@@ -500,10 +637,10 @@ def _relative_time(words: list[str], i: int) -> tuple[int, int, int] | None:
                 j += 1
     if minutes is None or j + 1 >= len(words):
         return None
-    direction = words[j]
+    direction = "past" if words[j] == "passed" else words[j]
     if direction not in ("past", "after", "to", "before"):
         return None
-    if direction in ("after", "before") and word not in ("half", "quarter", "a"):
+    if direction in ("after", "before") and word not in ("half", "have", "quarter", "a"):
         return None
     hour = _hour_at(words, j + 1)
     if hour is None:
@@ -523,6 +660,8 @@ _NAME_CUES = (
     ("the", "name", "is"),
     ("name", "is"),
     ("name's",),
+    ("my", "names"),  # Whisper drops the apostrophe: "the names peter jones"
+    ("the", "names"),
     ("under", "the", "name", "of"),
     ("under", "the", "name"),
     ("this", "is"),
@@ -533,8 +672,11 @@ _NAME_CUES = (
     ("i", "am"),
     ("call", "me"),
     ("under",),
+    ("that's",),
+    ("that", "is"),
+    ("for",),
 )
-_STRICT_NAME_CUES = _NAME_CUES[:7]
+_STRICT_NAME_CUES = _NAME_CUES[:9]
 _FILLERS = frozenset(
     {"um", "uh", "er", "erm", "hmm", "yes", "yeah", "yep", "sure", "ok", "okay", "so", "well", "hi", "hello",
      "hey", "oh", "right", "sorry", "it's", "its", "please", "thanks", "thank", "you", "speaking", "here"}
@@ -546,7 +688,9 @@ _NOT_NAME = frozenset(
      "person", "someone", "what", "why", "how", "when", "where", "who", "don't", "do", "not", "no", "know",
      "have", "has", "that", "this", "it", "in", "on", "at", "with", "cancel", "tomorrow", "today", "time",
      "day", "morning", "afternoon", "evening", "again", "repeat", "say", "just", "already", "told",
-     "name", "number", "phone", "there", *WEEKDAYS, *UNITS, *TENS, *ORDINALS}
+     "name", "number", "phone", "there", "i'm", "i'll", "i've", "i'd", "we", "we're", "you", "calling",
+     "returning", "call", "about", "from", "new", "patient", "here", "last", "week", "ringing",
+     *WEEKDAYS, *UNITS, *TENS, *ORDINALS}
 )  # fmt: skip
 
 
@@ -569,6 +713,23 @@ def _strip_cue(words: list[str], cues: Sequence[tuple[str, ...]]) -> tuple[list[
     return words, False
 
 
+def _spelled(words: list[str]) -> list[str]:
+    """Letters spelled out after a name ("sean, s-e-a-n") replace the word before them; spelled letters
+    alone ("k-i-m") are the word."""
+    out: list[str] = []
+    for word in words:
+        parts = word.split("-")
+        if len(parts) >= 2 and all(len(p) == 1 for p in parts):
+            joined = "".join(parts)
+            if out and out[-1][:1] == joined[:1]:
+                out[-1] = joined
+            else:
+                out.append(joined)
+            continue
+        out.append(word)
+    return out
+
+
 def parse_name(text: str, *, strict: bool = False) -> str | None:
     """A person's name in title case: "my name is maria lopez" → "Maria Lopez"; "it's john smith".
 
@@ -576,7 +737,7 @@ def parse_name(text: str, *, strict: bool = False) -> str | None:
     ordinary English words ("i want to book" is not a name). Strict mode needs an explicit cue ("my name
     is", "the name is", "under the name"). Never invents: anything doubtful is ``None``.
     """
-    words = _NAME_WORD.findall(text.lower().replace("’", "'"))
+    words = _spelled(_NAME_WORD.findall(text.lower().replace("’", "'")))
     cues = _STRICT_NAME_CUES if strict else _NAME_CUES
     rest, cued = _strip_cue(words, cues)
     if strict and not cued:
@@ -624,7 +785,38 @@ def parse_choice(text: str, choices: Mapping[str, Sequence[str]]) -> str | None:
             if _phrase_in(stems, words) or (len(stems) > 1 and "".join(stems) in joined.split()):
                 matched.append(value)
                 break
+    if not matched:
+        return _sounds_like(tokens(text), choices)
     return matched[0] if len(matched) == 1 else None
+
+
+#: How close a run of words must be, letter by letter, to a choice's phrase to select it when no phrase
+#: matches exactly ("tramisu" for "tiramisu", "margrita" for "margherita"): difflib's ratio.
+SOUNDS_LIKE = 0.75
+_FUZZY_MIN_LETTERS = 7
+
+
+def _sounds_like(words: list[str], choices: Mapping[str, Sequence[str]]) -> str | None:
+    """The one choice a run of words is spelled nearly like (domain words Whisper does not know, such as
+    dish names, come out spelled by ear); ``None`` if none or several come close."""
+    scores: dict[str, float] = {}
+    for value, phrases in choices.items():
+        for phrase in (value, *phrases):
+            target = "".join(tokens(phrase))
+            if len(target) < _FUZZY_MIN_LETTERS:
+                continue
+            size = len(tokens(phrase))
+            for n in {max(1, size - 1), size, size + 1}:
+                for k in range(len(words) - n + 1):
+                    said = "".join(words[k : k + n])
+                    if abs(len(said) - len(target)) > len(target) // 2:
+                        continue
+                    ratio = difflib.SequenceMatcher(None, said, target, autojunk=False).ratio()
+                    scores[value] = max(scores.get(value, 0.0), ratio)
+    close = sorted(((r, v) for v, r in scores.items() if r >= SOUNDS_LIKE), reverse=True)
+    if not close or (len(close) > 1 and close[1][0] > close[0][0] - 0.05):
+        return None
+    return close[0][1]
 
 
 # --- booking ids -----------------------------------------------------------------------------------------
@@ -656,6 +848,8 @@ def _id_chars(word: str) -> str | None:
         return "O"
     if re.fullmatch(r"[a-z0-9]+", word) and (len(word) == 1 or any(ch.isdigit() for ch in word)):
         return word.upper()
+    if re.fullmatch(r"[b-df-hj-np-tv-z]{2,3}", word) and word not in ("mm", "hmm", "mhm", "hm", "nth"):
+        return word.upper()  # "km", "bcd": letters Whisper ran together (no vowel, so not a word)
     return None
 
 
@@ -709,6 +903,9 @@ _PICK_ORDINALS = {
     "5th": 4, "earliest": 0, "earlier": 0, "last": -1, "latest": -1, "later": -1, "final": -1,
 }  # fmt: skip
 _OPTION_NOUNS = ("option", "number", "choice")
+_ANY_OPTION = ("whichever", "either", "any of them", "any one", "anyone", "any is fine", "any time",
+               "anytime", "doesn't matter", "don't mind", "any of those")  # fmt: skip
+_NOT_ANY = frozenset({"other", "else", "another", "different", "not", *WEEKDAYS, "tomorrow", "today"})
 _LABEL_STOP = frozenset(
     {"at", "on", "the", "a", "an", "and", "or", "of", "in", "one", "please", "i'll", "take"}
 )
@@ -738,6 +935,11 @@ def pick_option(text: str, labels: Sequence[str], values: Sequence[str]) -> int 
     count = len(labels)
     if count == 0:
         return None
+    joined = f" {' '.join(words)} "
+    if any(f" {p} " in joined for p in _ANY_OPTION) and not set(words) & _NOT_ANY:
+        return 0  # "whichever is fine", "any of them": the first offered is the earliest
+    if "middle" in words and count == 3:
+        return 1
     for k, word in enumerate(words):
         if word in _PICK_ORDINALS:
             index = _PICK_ORDINALS[word]

@@ -8,6 +8,7 @@ text and keypad paths give digits ("10:30", "21st"). Both are read here.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 UNITS = {
@@ -84,12 +85,35 @@ _MONTH_ABBREVIATIONS = {m[:3]: i + 1 for i, m in enumerate(MONTHS)} | {"sept": 9
 MONTH_NUMBERS = {m: i + 1 for i, m in enumerate(MONTHS)} | _MONTH_ABBREVIATIONS
 
 _TOKEN = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}:\d{2}|[a-z0-9]+(?:'[a-z]+)?")
-_DIGIT_ORDINAL = re.compile(r"(\d{1,2})(?:st|nd|rd|th)")
+#: "21st", and "15's" / "16s": how Whisper writes some spoken ordinals ("the fifteenth" → "the 15's").
+_DIGIT_ORDINAL = re.compile(r"(\d{1,2})(?:st|nd|rd|th|'s|s)")
+#: A clock time as Whisper writes it: "7.30", "7:30", "19.45" (not "3.5", not a price "$19.50").
+_WRITTEN_CLOCK = re.compile(r"(?<![\d$£€.,])(\d{1,2})[.:]([0-5]\d)(?![\d.,]*\d)")
+#: "7pm", "7:30pm", "10am": the part of day glued to the number.
+_GLUED_MARKER = re.compile(r"(\d)(am|pm|a\.m\.|p\.m\.)(?![a-z])")
+#: "7ish", "7-ish": about seven.
+_ISH = re.compile(r"(?<=\d)-?ish\b|(?<=[a-z])-ish\b")
+
+
+def normalise(text: str) -> str:
+    """Whisper's written forms read as words: lower case, curly quotes straightened, "7.30" → "7:30",
+    "7pm" → "7 pm", "a.m." → "am", "o'clock" → "oclock"; digits and hyphenated numbers stay digits."""
+    lowered = text.lower().replace("’", "'").replace("‘", "'")
+    if not lowered.isascii():  # "tiramisù", "ragù": compare without accents
+        lowered = "".join(c for c in unicodedata.normalize("NFKD", lowered) if not unicodedata.combining(c))
+    lowered = _WRITTEN_CLOCK.sub(r"\1:\2", lowered)
+    lowered = _GLUED_MARKER.sub(r"\1 \2", lowered)
+    lowered = _ISH.sub("", lowered)
+    return lowered
 
 
 def tokens(text: str) -> list[str]:
-    """Lower-case word tokens; ``a.m.``/``p m`` become ``am``/``pm`` and ``o'clock`` becomes ``oclock``."""
-    lowered = text.lower().replace("’", "'").replace("‘", "'")
+    """Lower-case word tokens; ``a.m.``/``p m`` become ``am``/``pm`` and ``o'clock`` becomes ``oclock``.
+
+    Written forms are read first (:func:`normalise`): "7.30" is the clock token ``7:30``, "312-555-0101"
+    is ``312 555 0101``, "July 14th" is ``july 14th``; punctuation and capitals are dropped.
+    """
+    lowered = normalise(text)
     lowered = re.sub(r"\ba\.\s?m\b\.?", " am ", lowered)
     lowered = re.sub(r"\bp\.\s?m\b\.?", " pm ", lowered)
     lowered = re.sub(r"\bo'?\s?clock\b", " oclock ", lowered)
@@ -105,6 +129,8 @@ def tokens(text: str) -> list[str]:
         ):
             merged[-1] += "m"
             continue
+        if token == "clock" and merged and is_number_word(merged[-1]):  # "after 3 clock": Whisper's o'clock
+            token = "oclock"
         merged.append(token)
     return merged
 
@@ -196,6 +222,8 @@ def ordinal_at(words: list[str], i: int) -> tuple[int, int] | None:
         return int(m.group(1)), i + 1
     if word in ORDINALS:
         return ORDINALS[word], i + 1
+    if word.endswith("s") and word[:-1] in ORDINALS and ORDINALS[word[:-1]] > 3:  # Whisper: "the sixteenths"
+        return ORDINALS[word[:-1]], i + 1
     if word in TENS and i + 1 < len(words) and words[i + 1] in ORDINALS and ORDINALS[words[i + 1]] < 10:
         return TENS[word] + ORDINALS[words[i + 1]], i + 2
     return None

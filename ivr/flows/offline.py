@@ -192,6 +192,15 @@ def _choices(value: Any) -> Any:
     return value
 
 
+_TIME_RANGE = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d")
+
+
+def _time_range(value: str) -> str:
+    if not _TIME_RANGE.fullmatch(value.strip()):
+        raise ValueError(f"{value!r} is not a time range; write it as HH:MM-HH:MM, e.g. 18:00-23:00")
+    return value.strip()
+
+
 def _phrase(value: Any) -> Any:
     if isinstance(value, bool):
         said = "yes" if value else "no"
@@ -292,6 +301,9 @@ class Slot(Strict):
     default: Text | None = None
     #: ``choice``: value → words and phrases that select it.
     choices: Annotated[dict[str, list[Phrase]] | None, BeforeValidator(_choices)] = None
+    #: ``choice``: value → a time of day range ("18:00-23:00"); a time the caller says in one range
+    #: selects that choice ("at 7.30" → dinner) so it is not asked.
+    times: dict[str, Annotated[str, AfterValidator(_time_range)]] | None = None
     #: ``number``: smallest and largest accepted answer.
     min: int | None = None
     max: int | None = None
@@ -340,6 +352,8 @@ class Phrases(Strict):
     none: Text = "Sorry, there's nothing available for that."
     #: Said by the default ``giveup`` before hanging up.
     giveup: Text = "I'm sorry, I'm having trouble understanding. Please call again later. Goodbye."
+    #: Asked to confirm an answer heard with low confidence; ``{{ value }}`` is what was understood.
+    check: Text = "{{ value }}, right?"
 
 
 class StageOffline(Strict):
@@ -359,8 +373,10 @@ class Offline(Strict):
     #: The local voice; only ``heart`` ships with the engine.
     voice: Literal["heart"] = "heart"
     speed: Annotated[float, in_range(0.5, 2.0)] = 1.0
-    #: Recognitions below this confidence are asked again.
-    min_confidence: Annotated[float, in_range(0.0, 1.0)] = 0.4
+    #: Recognitions below this confidence are unsure: used only where they fit what is expected, and a
+    #: value read from them is confirmed back; below half of it they are asked again
+    #: (:mod:`ivr.dialogue.confidence`). 0.45 is set from Whisper's measured scores.
+    min_confidence: Annotated[float, in_range(0.0, 1.0)] = 0.45
     #: Lines for asking again, used in turn.
     reask: Annotated[list[Text], AfterValidator(_non_empty_list)] = Field(
         default_factory=lambda: [DEFAULT_REASK]
@@ -368,7 +384,11 @@ class Offline(Strict):
     #: How many times in a row the caller is asked again before ``giveup`` runs.
     max_reasks: Annotated[int, in_range(0, 10)] = 2
     #: Run after too many failures; default: say ``phrases.giveup`` and hang up (if end_call is declared).
+    #: Giveup steps that do not end the call let the caller try again; if the next turns fail as well, the
+    #: default giveup ends the call.
     giveup: Annotated[list[Step] | None, BeforeValidator(_step_list)] = None
+    #: Said with the last re-ask before ``giveup``: another way through, such as the keypad or a person.
+    keypad: Text | None = None
     #: Said when an utterance matches no intent (counts as a failure).
     no_match: Text = "Sorry, I didn't understand that. Could you put it another way?"
     intents: list[Intent] = Field(default_factory=list)

@@ -253,8 +253,15 @@ class _Checker:
         if slot.type == "choice":
             if not slot.choices:
                 self.add(path, "a choice slot needs choices (e.g. choices: {cleaning: [cleaning, clean]})")
+            unknown = sorted(set(slot.times or {}) - set(slot.choices or {}))
+            if unknown:
+                self.add(
+                    (*path, "times"), f"times names {', '.join(unknown)}, which is not one of the choices"
+                )
         elif slot.choices is not None:
             self.add((*path, "choices"), f"choices only go with type: choice (this slot is a {slot.type})")
+        if slot.type != "choice" and slot.times is not None:
+            self.add((*path, "times"), f"times only go with type: choice (this slot is a {slot.type})")
         if slot.type != "number":
             for key in ("min", "max"):
                 if getattr(slot, key) is not None:
@@ -380,8 +387,9 @@ def offline_issues(flow: Flow) -> list[Issue]:
         checker.check_text(("offline", "no_match"), offline.no_match, wide)
         for k, line in enumerate(offline.reask):
             checker.check_text(("offline", "reask", k), line, wide)
+        checker.check_text(("offline", "keypad"), offline.keypad, wide)
         for name in Phrases.model_fields:
-            extra = ("message",) if name == "not_approved" else ()
+            extra = {"not_approved": ("message",), "check": ("value",)}.get(name, ())
             checker.check_text(
                 ("offline", "phrases", name), getattr(offline.phrases, name), wide.plus(*extra)
             )
