@@ -21,6 +21,8 @@ DEFAULT_REALTIME_MODEL = "gpt-realtime"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: IVR_ENGINE values: who answers calls.
 ENGINES = ("auto", "openai", "local")
+#: IVR_ASR values: the offline engine's speech recogniser (ivr/speech/recognizer.py).
+ASR_ENGINES = ("whisper", "pocketsphinx")
 
 
 class SettingsError(ValueError):
@@ -64,6 +66,18 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise SettingsError(f"{name}={raw!r} is not a whole number") from None
     if value < minimum:
         raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def asr_from_env(env: Mapping[str, str] | None = None) -> str:
+    """IVR_ASR: ``whisper`` (default) or ``pocketsphinx``; raises :class:`SettingsError` for anything else."""
+    env = os.environ if env is None else env
+    value = (env.get("IVR_ASR", "") or "whisper").strip().lower()
+    if value not in ASR_ENGINES:
+        raise SettingsError(
+            f"IVR_ASR={env.get('IVR_ASR')!r} is not a speech recogniser; use whisper (default, accurate) or "
+            "pocketsphinx (light, much less accurate)"
+        )
     return value
 
 
@@ -137,6 +151,8 @@ class Settings:
     openai_base_url: str = DEFAULT_OPENAI_BASE_URL
     #: http tools may read only ${VARIABLES} starting with this (never one ivr itself uses; ivr/tool_env.py).
     http_env_prefix: str = tool_env.DEFAULT_PREFIX
+    #: The offline engine's speech recogniser: "whisper" (default) or "pocketsphinx" (light, less accurate).
+    asr: str = "whisper"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -172,6 +188,7 @@ class Settings:
             engine=(env.get("IVR_ENGINE", "") or "auto").strip().lower(),
             openai_base_url=(env.get("IVR_OPENAI_BASE_URL", "") or DEFAULT_OPENAI_BASE_URL).rstrip("/"),
             http_env_prefix=_http_env_prefix(env),
+            asr=asr_from_env(env),
         )
         settings.check()
         return settings
@@ -207,6 +224,8 @@ class Settings:
                 f"IVR_OPENAI_BASE_URL={self.openai_base_url!r} must start with https:// (or http:// for a "
                 "local server)"
             )
+        if self.asr not in ASR_ENGINES:
+            raise SettingsError(f"IVR_ASR={self.asr!r}: use whisper or pocketsphinx")
         if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError(f"IVR_LOG_LEVEL={self.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
 

