@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from ivr.app import AppState, create_app
@@ -42,6 +44,19 @@ def make_settings(**overrides: object) -> Settings:
     return base.with_(**overrides)
 
 
+async def _started(base_url: str, serving: asyncio.Task[None]) -> None:
+    async def healthy() -> None:
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
+            await http.get("/healthz")
+
+    probe = asyncio.create_task(healthy())
+    await asyncio.wait({probe, serving}, return_when=asyncio.FIRST_COMPLETED)
+    if not probe.done():
+        probe.cancel()
+    with contextlib.suppress(BaseException):
+        await probe
+
+
 @asynccontextmanager
 async def running_server(settings: Settings, flows: FlowSet | None = None) -> AsyncIterator[RunningServer]:
     """Bind 127.0.0.1:0 first (so the public URL is known), then serve the app on that socket."""
@@ -57,8 +72,11 @@ async def running_server(settings: Settings, flows: FlowSet | None = None) -> As
     server = uvicorn.Server(config)
     task = asyncio.create_task(server._serve(sockets=[sock]))  # _serve: no signal handlers in tests
     try:
-        # No wait for start-up: the socket is already listening, so connections queue in its backlog until
-        # uvicorn accepts them. A start-up failure surfaces when the task is awaited below.
+        # Wait for start-up (it loads the offline engine's models, which can take seconds on a busy machine,
+        # and a test's own timeouts should not include that): /healthz answers once uvicorn accepts, i.e.
+        # after the lifespan's start-up. A start-up failure ends the task instead; it surfaces when the task
+        # is awaited below.
+        await _started(f"http://127.0.0.1:{port}", task)
         yield RunningServer(f"http://127.0.0.1:{port}", port, settings, app.state.ivr, server)
     finally:
         server.should_exit = True
