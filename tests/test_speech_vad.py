@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from ivr.audio.g711 import pcm16_to_ulaw, ulaw_to_pcm16
+from ivr.speech.endpointing import EndpointingPolicy
 from ivr.speech.tts import Synthesizer
-from ivr.speech.vad import SpeechStarted, SpeechStopped, TurnDetector, VadEvent
+from ivr.speech.vad import (
+    SpeechPaused,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    VadEvent,
+    trim_leading_silence,
+)
 
 RATE = 8000
 SECOND = np.zeros(RATE, dtype=np.int16)
@@ -127,3 +135,78 @@ def test_bad_settings_are_refused() -> None:
         TurnDetector(stop_ms=5)
     with pytest.raises(ValueError, match="backend"):
         TurnDetector(backend="silero")
+
+
+# ---- adaptive end of turn (ivr/speech/endpointing.py) ---------------------------------------------------
+
+
+def test_fixed_rule_reports_no_pauses(sentences: tuple[np.ndarray, np.ndarray]) -> None:
+    signal = np.concatenate([SECOND, sentences[0], SECOND])
+    assert not any(isinstance(e, SpeechPaused) for e in TurnDetector().feed_pcm16(signal.tobytes()))
+
+
+def test_a_pause_is_reported_with_the_audio_the_turn_will_carry(
+    sentences: tuple[np.ndarray, np.ndarray],
+) -> None:
+    policy = EndpointingPolicy()
+    detector = TurnDetector(endpointing=policy)
+    speech = sentences[1]
+    events = detector.feed_pcm16(np.concatenate([SECOND, speech, SECOND[:4000]]).tobytes())
+    paused = [e for e in events if isinstance(e, SpeechPaused)]
+    assert next(type(e) for e in events) is SpeechStarted and paused
+    assert isinstance(events[-1], SpeechPaused)  # still waiting for the words: no end yet
+    last = paused[-1]
+    assert abs(last.at_ms - (1000 + speech_edges_ms(speech)[1])) <= 200
+    # The words come back: a complete answer ends the turn at once, with exactly the paused audio.
+    [stopped] = detector.judged(last.revision, "my name is maria lopez thank you")
+    assert isinstance(stopped, SpeechStopped) and stopped.audio == last.audio
+    assert stopped.at_ms == last.at_ms and not detector.in_speech
+    assert detector.judged(last.revision, "yes") == []  # the turn is over
+
+
+def test_an_open_phrase_waits_and_a_stale_result_is_ignored(
+    sentences: tuple[np.ndarray, np.ndarray],
+) -> None:
+    policy = EndpointingPolicy()
+    detector = TurnDetector(endpointing=policy)
+    first, second = sentences
+    events = detector.feed_pcm16(np.concatenate([SECOND, first, SECOND[:2400]]).tobytes())
+    pause = [e for e in events if isinstance(e, SpeechPaused)][-1]
+    assert detector.judged(pause.revision, "i'd like to book a cleaning on") == []  # open: keep listening
+    events = detector.feed_pcm16(np.concatenate([SECOND[:1600], second]).tobytes())  # 0.5 s later: more
+    assert not any(isinstance(e, SpeechStopped) for e in events)
+    # (the fixed rule cuts this pause: two turns)
+    fixed = TurnDetector().feed_pcm16(
+        np.concatenate([SECOND, first, SECOND[:4000], second, SECOND]).tobytes()
+    )
+    assert [type(e) for e in fixed].count(SpeechStopped) == 2
+    assert detector.judged(pause.revision, "i'd like to book a cleaning on tuesday") == []  # stale
+    tail = SECOND.tobytes() * 2
+    for offset in range(0, len(tail), 320):
+        stops = [e for e in detector.feed_pcm16(tail[offset : offset + 320]) if isinstance(e, SpeechStopped)]
+        if stops:
+            break
+    [stopped] = stops
+    # One turn with both sentences; with no words for the last pause it ended after open_ms of silence.
+    assert stopped.audio_ms > (len(first) + len(second)) * 1000 // RATE
+    assert detector.now_ms - stopped.at_ms == policy.open_ms
+
+
+def test_adaptive_events_do_not_depend_on_chunk_size(sentences: tuple[np.ndarray, np.ndarray]) -> None:
+    signal = np.concatenate([SECOND, sentences[0], SECOND[:4000], sentences[1], SECOND, SECOND])
+    mulaw = pcm16_to_ulaw(signal)
+    reference = feed_in_chunks(TurnDetector(endpointing=EndpointingPolicy()), mulaw, 160, mulaw=True)
+    assert [type(e) for e in reference].count(SpeechStopped) >= 1
+    assert feed_in_chunks(TurnDetector(endpointing=EndpointingPolicy()), mulaw, 7, mulaw=True) == reference
+
+
+def test_a_reply_starts_without_the_voice_s_leading_silence() -> None:
+    synth = Synthesizer(cache_size=0)
+    audio = synth.synthesize_mulaw("Which day would suit you?")
+    trimmed = trim_leading_silence(audio, keep_ms=60)
+    cut_ms = (len(audio) - len(trimmed)) // 8
+    assert audio.endswith(trimmed) and cut_ms >= 150  # hibari leads with ~300 ms of silence
+    onset = speech_edges_ms(ulaw_to_pcm16(trimmed))[0]
+    assert 40 <= onset <= 80  # the voice now starts ~60 ms in
+    assert trim_leading_silence(b"\xff" * 800) == b"\xff" * 800  # silence stays as it is
+    assert trim_leading_silence(b"") == b""

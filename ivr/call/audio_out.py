@@ -165,6 +165,12 @@ class AudioOut:
         interrupting = self.tracker.playing or link.response_in_flight
         if not interrupting:
             return
+        if self.call.actions.goodbye_pending:
+            # The goodbye before a hang-up or transfer plays out whole: clearing it would echo the action's
+            # barrier mark at once and close the line mid-goodbye (ivr/call/control.py).
+            self._record.count("barge_ins_during_goodbye")
+            self.call.log.info("caller spoke over the goodbye; letting it play before the line closes")
+            return
         await self.send(self.writer.clear())
         stop_s = time.perf_counter() - started
         self._meter.interrupted(stop_s)

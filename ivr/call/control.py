@@ -3,7 +3,10 @@
 One :class:`CallActions` per call, owned by :class:`~ivr.call.session.CallSession`. A tool's request
 (``end_call``, ``transfer_to_human``) waits for the response that says goodbye: once that response is done,
 a barrier mark goes to Twilio, and the action runs when Twilio echoes it — the caller heard the goodbye — or
-after :data:`_ACTION_TIMEOUT_S` at the latest. An operator's command (:mod:`ivr.console.commands`) acts at
+after :data:`_ACTION_TIMEOUT_S` at the latest. From the request until the action runs the goodbye is not
+interruptible (:attr:`CallActions.goodbye_pending`): a caller who talks over it — "bye!" — does not clear it,
+because a clear makes Twilio echo every pending mark at once, the barrier included, and the line would close
+with the goodbye unheard. An operator's command (:mod:`ivr.console.commands`) acts at
 once: the operator chose the moment. Both go through Twilio's REST API (:class:`~ivr.telephony.rest.
 CallController`); a hang-up that Twilio refuses still ends the call by closing the stream.
 """
@@ -47,6 +50,11 @@ class CallActions:
         self._pending_action = ("transfer", number)
         self._transfer_announcement = announcement
         self._action_armed = False
+
+    @property
+    def goodbye_pending(self) -> bool:
+        """A hang-up or transfer waits for its goodbye/announcement to play: caller speech must not cut it."""
+        return self._pending_action is not None
 
     @property
     def awaiting_goodbye(self) -> bool:

@@ -1,11 +1,14 @@
-"""The offline engine: local VAD, pocketsphinx, the flow's rule-based dialogue and hibari's voice.
+"""The offline engine: local VAD, Whisper (or pocketsphinx), the rule-based dialogue and hibari's voice.
 
 To the call it is one more model speaking the Realtime protocol (:class:`ivr.engines.base.InProcessModel`):
 
 - caller audio (8 kHz μ-law) → :class:`ivr.speech.vad.TurnDetector`; a turn start is reported as
   ``input_audio_buffer.speech_started`` (so the call's barge-in clears the agent's audio), its end as
-  ``speech_stopped`` + ``committed``; the turn is recognised by :class:`ivr.speech.asr.Recognizer` (in a
-  worker thread) and reported as the caller's transcript;
+  ``speech_stopped`` + ``committed``; the turn is recognised by the process's shared recogniser
+  (:func:`ivr.speech.recognizer.shared_recognizer`, through its bounded worker queue) and reported as the
+  caller's transcript. The end of a turn adapts to what was said (:mod:`ivr.speech.endpointing`): at a 200 ms
+  pause the turn so far is recognised early; "yes" or "7.30" ends it at once, "my name is" or "um" waits,
+  and when the turn ends as it was at the pause that early result is the transcript (no second run);
 - the transcript goes to :class:`ivr.dialogue.manager.Dialogue`, which answers with lines to say and tool
   calls; lines are synthesised sentence by sentence (the first sentence plays while the next is made) and
   sent as audio deltas; tool calls end the response as ``function_call`` items, so the call runs them
@@ -34,9 +37,18 @@ from zoneinfo import ZoneInfo
 
 from ..call.notices import parse_approval_notice, quoted_line
 from ..dialogue.manager import Action, CallTool, Dialogue, Say
-from ..speech.asr import Recognizer
+from ..speech.asr import Recognition
+from ..speech.endpointing import EndpointingPolicy
+from ..speech.recognizer import SharedRecognizer, shared_recognizer
 from ..speech.tts import Synthesizer, shared_synthesizer
-from ..speech.vad import SpeechStarted, SpeechStopped, TurnDetector
+from ..speech.vad import (
+    SpeechPaused,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    VadEvent,
+    trim_leading_silence,
+)
 from .base import InProcessModel
 from .wire import ResponseState
 
@@ -75,7 +87,7 @@ def flow_phrases(flow: Flow) -> list[str]:
 class LocalResources:
     """The speech models one flow needs, loaded once per process and shared by its calls."""
 
-    recognizer: Recognizer
+    recognizer: SharedRecognizer
     synthesizer: Synthesizer
     load_s: float = 0.0
 
@@ -95,11 +107,19 @@ class LocalResources:
                 on_status=on_status,
             )
             synthesizer.load()
-            recognizer = Recognizer(sentences=flow_phrases(flow), on_status=on_status)
+            # IVR_ASR picks the recogniser; Whisper is one model per process whatever the flow, pocketsphinx
+            # (chosen, or the degraded fallback) gets a language model from the flow's phrases.
+            recognizer = shared_recognizer(sentences=flow_phrases(flow), on_status=on_status)
             recognizer.load()
             resources = cls(recognizer, synthesizer, time.perf_counter() - started)
             _RESOURCES[key] = resources
-            log.info("offline engine ready for flow %s in %.2f s", flow.id, resources.load_s)
+            log.info(
+                "offline engine ready for flow %s in %.2f s (speech recogniser: %s%s)",
+                flow.id,
+                resources.load_s,
+                recognizer.kind,
+                ", DEGRADED" if recognizer.degraded else "",
+            )
             return resources
 
 
@@ -137,7 +157,10 @@ class LocalEngine(InProcessModel):
         self.fallback = fallback
         self.call = call
         offline = getattr(flow, "offline", None)
-        self.vad = TurnDetector()
+        #: Adaptive end of turn (ivr/speech/endpointing.py): at a pause the turn so far is recognised early;
+        #: its words decide how much more silence ends the turn, and the result is reused when it does.
+        self.vad = TurnDetector(endpointing=EndpointingPolicy())
+        self._early: tuple[bytes, asyncio.Task[Recognition | None]] | None = None
         self.dialogue: Dialogue | None = None
         self._pending: list[Action] = []
         self._issued: set[str] = set()
@@ -179,29 +202,76 @@ class LocalEngine(InProcessModel):
     # ---- caller audio ---------------------------------------------------------------------------------
 
     def on_audio(self, mulaw: bytes) -> None:
-        for event in self.vad.feed_mulaw(mulaw):
+        self._on_vad(self.vad.feed_mulaw(mulaw))
+
+    def _on_vad(self, events: list[VadEvent]) -> None:
+        for event in events:
             if isinstance(event, SpeechStarted):
+                self._early = None
                 self._turn_item = self.writer.new_id("item")
                 self._turn_started_at = event.at_ms
                 self.emit(self.writer.speech_started(self._turn_item, event.at_ms))
                 if self.responding and self.dialogue is not None:
                     self.dialogue.interrupted()
+            elif isinstance(event, SpeechPaused):
+                task = self.spawn(self._recognise_early(event.revision, event.audio), "asr-early")
+                self._early = (event.audio, task)
             elif isinstance(event, SpeechStopped):
                 item = self._turn_item or self.writer.new_id("item")
                 self._turn_item = None
                 self._turn_ended_at = time.perf_counter()
                 self.emit(self.writer.speech_stopped(item, event.at_ms), self.writer.committed(item))
-                self.spawn(self._recognise(item, event.audio, self._turn_ended_at), "asr")
+                early, self._early = self._early, None
+                if early is not None and early[0] == event.audio:  # no new speech since the pause
+                    self.spawn(self._reuse_early(item, event.audio, early[1], self._turn_ended_at), "asr")
+                else:
+                    self.spawn(self._recognise(item, event.audio, self._turn_ended_at), "asr")
+
+    async def _recognise_early(self, revision: int, audio: bytes) -> Recognition | None:
+        """The turn so far, recognised at a pause: its words tell the VAD how much more silence ends it.
+        None when the recogniser failed (the turn then ends by silence alone and is recognised again)."""
+        assert self.resources is not None
+        try:
+            result = await self.resources.recognizer.recognize_async(audio)
+        except Exception as exc:
+            log.warning("early recognition of a pause failed (%s: %s)", type(exc).__name__, exc)
+            if not self.closed:
+                self._on_vad(self.vad.judged(revision, None))
+            return None
+        if not self.closed:
+            self._on_vad(self.vad.judged(revision, result.text))
+        return result
+
+    async def _reuse_early(
+        self, item: str, audio: bytes, early: asyncio.Task[Recognition | None], ended_at: float
+    ) -> None:
+        """The turn ended as it was at the pause: answer with the early recognition (done or on its way)."""
+        result = await early
+        if result is None:  # it failed: recognise the turn the usual way
+            await self._recognise(item, audio, ended_at)
+            return
+        assert self.dialogue is not None
+        self.emit(self.writer.transcription(item, result.text, result.audio_ms / 1000.0))
+        log.debug("heard %r (confidence %.2f, early)", result.text, result.confidence)
+        metrics = {
+            "asr_ms": round(result.decode_ms, 1),
+            "confidence": round(result.confidence, 3),
+            "early": True,
+        }
+        self.turn_metrics.append(metrics)
+        self._open_turn = (ended_at, metrics)  # the next audio we send answers this turn
+        self._queue(self.dialogue.heard(result.text, result.confidence, result.alternatives))
 
     async def _recognise(self, item: str, audio: bytes, ended_at: float) -> None:
         assert self.resources is not None and self.dialogue is not None
-        result = await asyncio.to_thread(self.resources.recognizer.recognize, audio)
+        # Through the process-wide bounded queue: concurrent calls share the recogniser's workers.
+        result = await self.resources.recognizer.recognize_async(audio)
         self.emit(self.writer.transcription(item, result.text, result.audio_ms / 1000.0))
         log.debug("heard %r (confidence %.2f, %.0f ms)", result.text, result.confidence, result.decode_ms)
         metrics = {"asr_ms": round(result.decode_ms, 1), "confidence": round(result.confidence, 3)}
         self.turn_metrics.append(metrics)
         self._open_turn = (ended_at, metrics)  # the next audio we send answers this turn
-        self._queue(self.dialogue.heard(result.text, result.confidence))
+        self._queue(self.dialogue.heard(result.text, result.confidence, result.alternatives))
 
     # ---- items from the call ----------------------------------------------------------------------------
 
@@ -280,7 +350,8 @@ class LocalEngine(InProcessModel):
                             continue
                         assert self.resources is not None
                         audio = await asyncio.to_thread(self.resources.synthesizer.synthesize_mulaw, sentence)
-                        if self._open_turn is not None:
+                        if self._open_turn is not None:  # the first words answering the caller's turn
+                            audio = trim_leading_silence(audio)
                             ended_at, metrics = self._open_turn
                             self._open_turn = None
                             metrics["reply_ms"] = round((time.perf_counter() - ended_at) * 1000, 1)

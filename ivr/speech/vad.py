@@ -20,6 +20,16 @@ Times (``at_ms``) count the audio fed since construction or :meth:`TurnDetector.
 is the estimated onset (the first voiced frame of the window that triggered it), not the moment of
 detection, which is ``start_ms``-ish later; a stop's ``at_ms`` is the end of the last voiced frame, and
 the event itself comes once ``stop_ms`` of mostly unvoiced audio has followed.
+
+Adaptive end of turn (``endpointing=EndpointingPolicy(...)``, :mod:`ivr.speech.endpointing`): instead of a
+fixed ``stop_ms``, the silence that ends a turn depends on what the caller said so far. Once the caller has
+been silent ``pause_ms`` the detector reports :class:`SpeechPaused` with the turn so far; the engine
+recognises it and passes the text back with :meth:`TurnDetector.judged`, which may end the turn at once (a
+complete answer such as "yes" or "7.30") or make it wait longer (an "um", a phrase ending in "and", "the",
+"my"…).
+Silence here is counted from the last frame of a run of at least two voiced frames (a lone voiced frame in
+the silence is noise, not the caller going on); if the caller does not speak again, the stopped turn's audio
+is exactly the paused turn's, so an early recognition can be reused.
 """
 
 from __future__ import annotations
@@ -29,17 +39,22 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ivr.audio.g711 import ulaw_bytes_to_pcm16_bytes
+import numpy as np
+
+from ivr.audio.g711 import ulaw_bytes_to_pcm16_bytes, ulaw_to_pcm16
+from ivr.speech.endpointing import EndOfTurn, EndpointingPolicy
 
 __all__ = [
     "FRAME_BYTES",
     "FRAME_MS",
     "FrameClassifier",
+    "SpeechPaused",
     "SpeechStarted",
     "SpeechStopped",
     "TurnDetector",
     "VadEvent",
     "frame_classifier",
+    "trim_leading_silence",
 ]
 
 SAMPLE_RATE = 8000
@@ -74,7 +89,37 @@ class SpeechStopped:
         return len(self.audio) // 2 * 1000 // SAMPLE_RATE
 
 
-VadEvent = SpeechStarted | SpeechStopped
+@dataclass(frozen=True, slots=True)
+class SpeechPaused:
+    """Adaptive mode only: the caller has been silent the policy's ``pause_ms`` since ``at_ms``.
+
+    ``audio`` is the turn so far, exactly what :class:`SpeechStopped` will carry if the caller does not speak
+    again; recognise it and pass the text to :meth:`TurnDetector.judged` with this ``revision``.
+    """
+
+    at_ms: int
+    revision: int
+    audio: bytes = field(repr=False)
+
+
+VadEvent = SpeechStarted | SpeechPaused | SpeechStopped
+
+
+def trim_leading_silence(mulaw: bytes, keep_ms: int = 60) -> bytes:
+    """``mulaw`` (8 kHz) without its leading silence but ``keep_ms``: hibari starts every sentence with
+    ~300 ms of silence, which a reply to the caller would otherwise add to the wait for the agent's voice.
+    Silence: 10 ms windows more than 40 dB below the loudest one. All-silent audio is returned unchanged."""
+    pcm = ulaw_to_pcm16(mulaw).astype(np.float64)
+    window = SAMPLE_RATE // 100
+    count = len(pcm) // window
+    if count == 0:
+        return mulaw
+    energy = (pcm[: count * window].reshape(count, window) ** 2).mean(axis=1)
+    loud = np.flatnonzero(energy > energy.max() * 1e-4)
+    if energy.max() == 0 or loud.size == 0:
+        return mulaw
+    start = max(0, int(loud[0]) * window - keep_ms * SAMPLE_RATE // 1000)
+    return mulaw[start:]
 
 
 class FrameClassifier(Protocol):
@@ -113,6 +158,7 @@ class TurnDetector:
         prefix_ms: int = 300,
         max_turn_ms: int = 15000,
         backend: str = "webrtcvad",
+        endpointing: EndpointingPolicy | None = None,
     ) -> None:
         if aggressiveness not in (0, 1, 2, 3):
             raise ValueError(f"VAD aggressiveness must be 0, 1, 2 or 3, got {aggressiveness}")
@@ -129,6 +175,12 @@ class TurnDetector:
         self._prefix_frames = prefix_ms // FRAME_MS
         self._max_frames = max_turn_ms // FRAME_MS
         self._trailing_frames = TRAILING_MS // FRAME_MS
+        #: Adaptive end of turn (None: the fixed ``stop_ms`` rule).
+        self.end_of_turn = EndOfTurn(endpointing) if endpointing is not None else None
+        if endpointing is not None:
+            self._pause_frames = max(1, endpointing.pause_ms // FRAME_MS)
+            self._trailing_frames = min(self._trailing_frames, self._pause_frames)
+        self._revision = 0
         self._pending: bytearray | None = None
         self._need_voiced = max(1, math.ceil(self.START_RATIO * self._start_frames - 1e-9))
         self._need_unvoiced = max(1, math.ceil(self.STOP_RATIO * self._stop_frames - 1e-9))
@@ -147,6 +199,10 @@ class TurnDetector:
         self._turn_first = 0  # frame index of self._turn[0]
         self._onset = 0
         self._last_voiced = 0
+        self._prev_voiced = False
+        self._paused = False
+        if self.end_of_turn is not None:
+            self.end_of_turn.reset()
 
     @property
     def in_speech(self) -> bool:
@@ -181,6 +237,9 @@ class TurnDetector:
             if sum(self._ring) >= self._need_voiced:
                 self._start(index, events)
             return
+        if self.end_of_turn is not None:
+            self._adaptive_frame(index, frame, voiced, events)
+            return
         self._turn.append(frame)
         self._ring.append(voiced)
         if voiced:
@@ -190,6 +249,49 @@ class TurnDetector:
         elif len(self._ring) - sum(self._ring) >= self._need_unvoiced:
             self._stop(events, truncated=False)
 
+    def _adaptive_frame(self, index: int, frame: bytes, voiced: bool, events: list[VadEvent]) -> None:
+        eot = self.end_of_turn
+        assert eot is not None
+        self._turn.append(frame)
+        if voiced and self._prev_voiced:  # the caller is talking (again)
+            self._last_voiced = index
+            if self._paused:
+                self._paused = False
+                eot.resumed()
+        self._prev_voiced = voiced
+        if len(self._turn) + self._turn_first - self._onset >= self._max_frames:
+            self._stop(events, truncated=True)
+            return
+        silence = index - self._last_voiced
+        if not self._paused and silence >= self._pause_frames:
+            self._paused = True
+            self._revision += 1
+            eot.pause(self._revision)
+            at_ms = (self._last_voiced + 1) * FRAME_MS
+            events.append(SpeechPaused(at_ms=at_ms, revision=self._revision, audio=self._turn_audio()))
+        if silence * FRAME_MS >= eot.silence_ms:
+            self._stop(events, truncated=False)
+
+    def judged(self, revision: int, text: str | None) -> list[VadEvent]:
+        """The early recognition of pause ``revision`` says the caller said ``text`` so far (adaptive mode;
+        None: the recognition failed, go by silence alone).
+
+        Returns :class:`SpeechStopped` when that text ends the turn already; nothing when the caller spoke
+        again since that pause (a stale result) or the turn is over.
+        """
+        events: list[VadEvent] = []
+        eot = self.end_of_turn
+        if eot is None or not self._in_speech or not self._paused or not eot.judged(revision, text):
+            return events
+        if (self._frame_index - 1 - self._last_voiced) * FRAME_MS >= eot.silence_ms:
+            self._stop(events, truncated=False)
+        return events
+
+    def _turn_audio(self) -> bytes:
+        """The turn up to the last voiced frame and its trailing silence."""
+        keep = self._last_voiced + 1 + self._trailing_frames - self._turn_first
+        return b"".join(self._turn[:keep])
+
     def _start(self, index: int, events: list[VadEvent]) -> None:
         window = list(self._ring)
         onset = index - len(window) + 1 + window.index(True)
@@ -198,6 +300,8 @@ class TurnDetector:
         self._turn_first = max(first, self._preroll[0][0])
         self._onset = onset
         self._last_voiced = index
+        self._prev_voiced = True
+        self._paused = False
         self._in_speech = True
         self._ring = deque(maxlen=self._stop_frames)
         self._preroll.clear()
@@ -213,6 +317,9 @@ class TurnDetector:
             at_ms = (self._last_voiced + 1) * FRAME_MS
         events.append(SpeechStopped(at_ms=at_ms, audio=b"".join(frames), truncated=truncated))
         self._in_speech = False
+        self._paused = False
+        if self.end_of_turn is not None:
+            self.end_of_turn.reset()
         self._turn = []
         self._ring = deque(maxlen=self._start_frames)
         self._preroll.clear()
