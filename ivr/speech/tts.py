@@ -116,6 +116,12 @@ class Synthesizer:
         with self._lock:
             return tts.from_ids(tts.ids(phonemes), self.speed, rng)
 
+    def phonemize(self, text: str) -> list[str]:
+        """hibari's G2P alone: ``text`` as misaki phonemes, one string per sentence (the demo's second
+        voice reads them; see ivr/demo/voice.py)."""
+        with self._lock:
+            return list(self._load_locked().phonemize(text))
+
     def synthesize(self, text: str) -> np.ndarray:
         """Speech for ``text`` as mono int16 samples at 24 kHz (empty for text with nothing to say)."""
         tts, sentences, rng = self._sentences(text)
