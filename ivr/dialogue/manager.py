@@ -25,6 +25,9 @@ How a turn goes (docs/offline-dialogue.md has the flow author's view):
 * Confidence comes in three bands (:mod:`ivr.dialogue.confidence`): a turn heard unsure is used only where
   it fits what is expected: a value read from it is confirmed back ("Tuesday the 10th, right?") rather than
   asked for again, and a clean yes/no to a yes/no question is taken as said.
+* The recogniser's other readings of a turn (``alternatives``) are used when a slot question is open and
+  the best reading gives no value for it: a close runner-up that does is taken as an unsure turn, so its
+  value is read back, never acted on silently (:mod:`ivr.dialogue.nbest`).
 * A caller may change a value already given, while another question is open or at the confirmation ("no,
   wednesday", "actually make it 3", "10:30 instead"): just that value changes, and an offer that depends
   on it is fetched again (:mod:`ivr.dialogue.corrections`).
@@ -46,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import date, time
 from typing import Any, Literal
 
-from ivr.dialogue import corrections, filling
+from ivr.dialogue import corrections, filling, nbest
 from ivr.dialogue import slots as parse
 from ivr.dialogue.confidence import FLOOR_FRACTION, Calibration
 from ivr.dialogue.intents import STRONG, match_intent
@@ -260,7 +263,7 @@ class Dialogue:
         self._calls = 0
         #: The words that started an intent in this turn, tried again in the stage a goto leads to.
         self._replay: str | None = None
-        self._queued: tuple[str, float] | None = None
+        self._queued: tuple[str, float, Sequence[tuple[str, float]]] | None = None
         #: How often the caller talked over the agent.
         self.interruptions = 0
 
@@ -296,17 +299,21 @@ class Dialogue:
         self._run(out)
         return self._finish(out)
 
-    def heard(self, text: str, confidence: float) -> list[Action]:
-        """One caller turn: recogniser text (or typed text) and its confidence in 0..1."""
+    def heard(
+        self, text: str, confidence: float, alternatives: Sequence[tuple[str, float]] = ()
+    ) -> list[Action]:
+        """One caller turn: recogniser text (or typed text) and its confidence in 0..1; ``alternatives``:
+        the recogniser's other readings as (text, confidence), used when ``text`` does not answer the
+        question asked (:mod:`ivr.dialogue.nbest`)."""
         if self._waiting == "ended":
             return []
         if self._waiting == "tool":
-            self._queued = (text, confidence)
+            self._queued = (text, confidence, tuple(alternatives))
             return []
         if self._waiting == "approval":
             return [Say(_clean(self._offline.phrases.still_checking))]
         out: list[Action] = []
-        self._heard(out, text, confidence)
+        self._heard(out, text, confidence, alternatives)
         return self._finish(out)
 
     def tool_result(self, call_id: str, output: str) -> list[Action]:
@@ -373,16 +380,22 @@ class Dialogue:
 
     def _finish(self, out: list[Action]) -> list[Action]:
         if self._queued is not None and self._waiting == "caller":
-            text, confidence = self._queued
+            text, confidence, alternatives = self._queued
             self._queued = None
-            self._heard(out, text, confidence)
+            self._heard(out, text, confidence, alternatives)
         if self._said:
             self._last_prompt = " ".join(self._said)
         return out
 
-    def _heard(self, out: list[Action], text: str, confidence: float) -> None:
-        words = tokens(text)
+    def _heard(
+        self, out: list[Action], text: str, confidence: float, alternatives: Sequence[tuple[str, float]] = ()
+    ) -> None:
         band = self._calibration.band(text, confidence)
+        rescued = self._rescue(text, confidence, alternatives)
+        if rescued is not None:  # a runner-up answers the question: use it, and read its value back
+            text, confidence = rescued
+            band = "unsure"
+        words = tokens(text)
         if band == "unheard":
             self._fail(out, "low")
             return
@@ -402,6 +415,30 @@ class Dialogue:
             self._hear(out, text, replay=False)
         finally:
             self._unsure = False
+
+    def _rescue(
+        self, text: str, confidence: float, alternatives: Sequence[tuple[str, float]]
+    ) -> tuple[str, float] | None:
+        """A close alternative reading that answers the open slot question when ``text`` gives nothing the
+        dialogue can use (no value for the asked slot, for any other slot of the intent, nor a clear
+        request for another intent). Only for a slot question: not at a confirmation or a read-back."""
+        task = self._task
+        if not alternatives or task is None or task.asking is None:
+            return None
+        if task.confirming or task.checking is not None or _is_repeat(tokens(text)):
+            return None
+        asked = task.asking
+        if asked.type in ("yes_no", "text"):  # "yes, right?" helps nobody; any words are a text answer
+            return None
+        if any(self._parse(s, text, task, strict=True) is not None for s in task.intent.slots):
+            return None  # a volunteered value or a correction: the best reading is used
+        if self._other(text, task) is not None:
+            return None
+
+        def answers(words: str) -> bool:
+            return self._parse(asked, words, task, strict=False) is not None
+
+        return nbest.rescue(text, confidence, alternatives, answers, floor=self._calibration.floor)
 
     def _fits(self, text: str) -> bool:
         """Whether a turn heard with low confidence fits what the dialogue expects, so its words are used.

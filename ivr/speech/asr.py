@@ -73,13 +73,19 @@ StatusCallback = Callable[[str], None]
 @dataclass(frozen=True, slots=True)
 class Recognition:
     """What the caller said: ``text`` (lowercase words, no filler or noise tokens), a 0..1 ``confidence``
-    (see the module docstring), the ``words``, the length of the audio and the decoding time."""
+    (see the module docstring), the ``words``, the length of the audio and the decoding time.
+
+    ``alternatives``: what else the recogniser thought the caller may have said, as (text, confidence) pairs
+    on the same scale as ``confidence``, most likely first, the best ``text`` itself not repeated (Whisper's
+    other beam-search hypotheses; empty for pocketsphinx). The dialogue may take one when ``text`` does not
+    answer the open question (:mod:`ivr.dialogue.nbest`)."""
 
     text: str
     confidence: float
     words: tuple[str, ...]
     audio_ms: int
     decode_ms: float
+    alternatives: tuple[tuple[str, float], ...] = ()
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -25,6 +25,12 @@ tags ("[BLANK_AUDIO]", "(coughs)") are dropped. A window Whisper judges silent (
 :data:`NO_SPEECH_PROB` *and* average log-probability below :data:`SILENT_LOGPROB`, Whisper's own rule) gives
 no text, and so does audio whose loudest 20 ms frame is below :data:`SILENCE_DBFS`.
 
+Alternatives: the beam's other finished hypotheses (:data:`HYPOTHESES` − 1 at most, distinct texts written
+like the best one, each with its own confidence) come back as ``Recognition.alternatives`` for a turn of one
+window; the dialogue takes one when the best reading does not answer the question asked
+(:mod:`ivr.dialogue.nbest`). Asking CTranslate2 for 5 hypotheses instead of 1 changed no best text (484
+speech-set turns) and no decode time (CPU median 325 vs 325 ms per 2–3 s turn; notes-H7.md).
+
 Confidence: ``exp(avg_logprob) * (1 - no_speech_prob)``, token-weighted over windows; 0 when there is no
 text. Measured on the 8 kHz μ-law phone path (benchmarks/bench_asr.py ``--confidence``; espeak-ng en-us and
 flite slt/kal/awb/rms; figures in /work/plan10/notes-H1.md and docs/speech.md):
@@ -107,10 +113,17 @@ LONG_WINDOW_S = 30
 TOKENS_PER_S = 6.0
 EXTRA_TOKENS = 8
 BEAM_SIZE = 5
+#: Hypotheses kept from the beam (the best plus up to this many − 1 alternatives; at most BEAM_SIZE), for the
+#: dialogue's n-best choice. The same beam search: returning 5 instead of 1 cost no measurable decode time.
+HYPOTHESES = 5
 _MAX_LENGTH = 448
 #: Whisper's silence rule: no text when no_speech_prob > this and avg_logprob < :data:`SILENT_LOGPROB`.
 NO_SPEECH_PROB = 0.6
 SILENT_LOGPROB = -1.0
+#: ...and no text at all when the no-speech probability alone is above this. With the audio padded by true
+#: silence, hum and hiss came out as Whisper's stock hallucinations ("you", "oh.", "yeah. yeah.") at
+#: no-speech 0.84–0.94 and log-probability just above −1.0; correct short answers measured ≤ 0.66.
+SURE_NO_SPEECH_PROB = 0.8
 #: Turns whose loudest 20 ms frame is quieter than this are not decoded (nobody speaks that softly).
 SILENCE_DBFS = -55.0
 
@@ -230,15 +243,18 @@ def _one_saying(words: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class _Window:
-    """What one encoder window decoded to."""
+    """What one encoder window decoded to; ``others``: the beam's other hypotheses as (text, avg_logprob)."""
 
     text: str
     tokens: int
     avg_logprob: float
     no_speech_prob: float
+    others: tuple[tuple[str, float], ...] = ()
 
     @property
     def silent(self) -> bool:
+        if self.no_speech_prob > SURE_NO_SPEECH_PROB:
+            return True
         return self.no_speech_prob > NO_SPEECH_PROB and self.avg_logprob < SILENT_LOGPROB
 
 
@@ -337,15 +353,22 @@ class WhisperRecognizer:
         self._status(f"recogniser loaded in {self.load_seconds:.1f} s")
 
     def _windows(self, audio16: np.ndarray, seconds: float) -> list[_Window]:
-        features = self._extractor(audio16)  # (mels, frames); pure: safe from several threads
-        frames = features.shape[-1]
         window = SHORT_WINDOW_S if seconds <= SHORT_TURN_S else LONG_WINDOW_S
         size = window * _FRAMES_PER_S
+        # Pad the *audio* with digital silence to whole windows before the log-mel, as Whisper's reference
+        # code does (30 s of zeros before the spectrogram). Padding the spectrogram with zeros instead is
+        # not silence after Whisper's log-mel normalisation: short turns then lost their ending ("i would
+        # like" for "I would like to book a cleaning please", 1.6–1.9 s of audio) and confidence fell.
+        per_window = window * _MODEL_RATE
+        whole = max(1, math.ceil(len(audio16) / per_window)) * per_window
+        padded = np.pad(audio16, (0, whole - len(audio16)))
+        features = self._extractor(padded)  # (mels, frames); pure: safe from several threads
+        frames = len(audio16) // (_MODEL_RATE // _FRAMES_PER_S) + 1  # frames holding the turn's audio
         batch = []
         max_new = []
         for start in range(0, max(frames - 1, 1), size):
             chunk = features[:, start : start + size]
-            chunk_s = min(chunk.shape[-1], frames - 1 - start) / _FRAMES_PER_S
+            chunk_s = min(size, frames - 1 - start) / _FRAMES_PER_S
             if chunk.shape[-1] < size:
                 chunk = np.pad(chunk, ((0, 0), (0, size - chunk.shape[-1])))
             batch.append(chunk)
@@ -359,6 +382,7 @@ class WhisperRecognizer:
             encoded,
             [self._prompt] * len(batch),
             beam_size=BEAM_SIZE,
+            num_hypotheses=HYPOTHESES,
             max_length=min(_MAX_LENGTH, len(self._prompt) + max(max_new)),
             return_scores=True,
             return_no_speech_prob=True,
@@ -367,12 +391,35 @@ class WhisperRecognizer:
         )
         windows = []
         for result, cap in zip(results, max_new, strict=True):
-            tokens = result.sequences_ids[0][:cap]
-            # CTranslate2 returns the length-normalised score; recover Whisper's avg_logprob from it.
-            avg_logprob = result.scores[0] * len(result.sequences_ids[0]) / (len(result.sequences_ids[0]) + 1)
-            text = self._tokenizer.decode(tokens).strip()
-            windows.append(_Window(text, len(tokens), avg_logprob, float(result.no_speech_prob)))
+            hypotheses = []
+            for ids, score in zip(result.sequences_ids, result.scores, strict=True):
+                # CTranslate2 returns the length-normalised score; recover Whisper's avg_logprob from it.
+                avg_logprob = score * len(ids) / (len(ids) + 1)
+                hypotheses.append((self._tokenizer.decode(ids[:cap]).strip(), len(ids[:cap]), avg_logprob))
+            (text, tokens, avg_logprob), *others = hypotheses
+            windows.append(
+                _Window(
+                    text,
+                    tokens,
+                    avg_logprob,
+                    float(result.no_speech_prob),
+                    tuple((other, logprob) for other, _, logprob in others),
+                )
+            )
         return windows
+
+    @staticmethod
+    def _alternatives(window: _Window, best: str) -> tuple[tuple[str, float], ...]:
+        """The window's other hypotheses as distinct texts (not ``best``), with confidence, best first."""
+        seen = {best}
+        alternatives = []
+        for text, avg_logprob in sorted(window.others, key=lambda other: -other[1]):
+            said = " ".join(words_of(text))
+            if said and said not in seen:
+                seen.add(said)
+                confidence = math.exp(avg_logprob) * (1.0 - window.no_speech_prob)
+                alternatives.append((said, min(1.0, max(0.0, confidence))))
+        return tuple(alternatives)
 
     def recognize(self, pcm16_8k: bytes | bytearray | memoryview) -> Recognition:
         """Decode one turn of 8 kHz PCM16 little-endian audio."""
@@ -396,7 +443,11 @@ class WhisperRecognizer:
         avg_logprob = sum(w.avg_logprob * max(w.tokens, 1) for w in windows) / weight
         no_speech = sum(w.no_speech_prob * max(w.tokens, 1) for w in windows) / weight
         confidence = min(1.0, max(0.0, math.exp(avg_logprob) * (1.0 - no_speech)))
-        return Recognition(" ".join(words), confidence, words, audio_ms, decode_ms)
+        text = " ".join(words)
+        # Alternatives only for a turn of one window (every short answer): a long turn is not an answer
+        # whose single slot a runner-up could rescue.
+        alternatives = self._alternatives(windows[0], text) if len(windows) == 1 else ()
+        return Recognition(text, confidence, words, audio_ms, decode_ms, alternatives)
 
     def recognize_mulaw(self, mulaw_8k: bytes | bytearray | memoryview) -> Recognition:
         """Decode one turn of 8 kHz G.711 μ-law audio."""
