@@ -3,6 +3,12 @@
 Run: ``python benchmarks/bench_speech.py`` (``--quick`` uses 10 caller lines and skips the slow stock-LM and
 8 kHz-native decodes; ``--verbose`` prints every recognition). Everything runs offline on one process.
 
+``--set`` runs the offline speech test set instead (tests/speech_set/lines.yaml: caller lines of the three
+shipped flows, spoken by espeak-ng en-us and flite slt/kal/awb/rms through the phone path, plus the two real
+recordings of tests/support/recordings.py) with pocketsphinx as shipped (a language model from each flow's
+phrases) and Whisper side by side: word accuracy per voice (numbers scored by their best reading), slot
+accuracy per slot through the dialogue's parsers, and decode time. ``--json PATH`` also writes the figures.
+
 - TTS: model load time, real-time factor (synthesis time / audio duration) over the caller lines, and time
   to the first chunk of ``stream_mulaw`` against synthesizing a whole three-sentence reply.
 - ASR, phone path: each of ``SAMPLE_CALLER_LINES`` is synthesized by hibari, resampled 24 → 8 kHz by our
@@ -323,13 +329,144 @@ def bench_vad(audio: dict[str, bytes]) -> None:
     )
 
 
+# -- the offline speech test set: pocketsphinx (as shipped) vs Whisper ------------------------------------
+def _set_engines(engines: Sequence[str]) -> dict[str, Callable[[Any], Callable[[bytes], Any]]]:
+    """Engine name → (line → recognise function); pocketsphinx gets the line's flow's language model."""
+    from ivr.engines.local import flow_phrases
+    from ivr.speech.recognizer import shared_recognizer
+    from tests.support.speech_set import _flows
+
+    made: dict[str, Callable[[Any], Callable[[bytes], Any]]] = {}
+    if "pocketsphinx" in engines:
+        by_flow = {fid: Recognizer(sentences=flow_phrases(flow)) for fid, flow in _flows().items()}
+        for rec in by_flow.values():
+            rec.load()
+        made["pocketsphinx"] = lambda line: by_flow[line.flow if line else "general-reception"].recognize
+    if "whisper" in engines:
+        whisper = shared_recognizer("whisper")
+        whisper.load()
+        if whisper.kind != "whisper":
+            raise SystemExit(f"bench_speech: Whisper did not load ({whisper.degraded})")
+        made["whisper"] = lambda line: whisper.recognize
+    return made
+
+
+def bench_set(engines: Sequence[str], verbose: bool, json_path: str | None) -> None:
+    import json
+
+    from ivr.speech.wer import best_reading_errors
+    from tests.support import recordings
+    from tests.support.speech_set import SLOT_KINDS, LineResult, SetRun, load_lines, read_slots, slots_right
+    from tests.support.voices import VOICES, VoiceCache, missing_voices
+
+    if missing_voices():
+        raise SystemExit(f"bench_speech --set: install {sorted({v.binary for v in missing_voices()})} first")
+    lines = load_lines()
+    cache = VoiceCache()
+    start = time.perf_counter()
+    for voice in VOICES:
+        for line in lines:
+            cache.mulaw(voice, line.text)
+    synth_s = time.perf_counter() - start
+    words = sum(len(normalize_words(line.text)) for line in lines)
+    print(
+        f"\nspeech test set: {len(lines)} lines ({words} words) × {len(VOICES)} voices, synthesized and put "
+        f"through the phone path in {synth_s:.1f} s"
+    )
+    runs: dict[str, SetRun] = {}
+    real: dict[str, dict[str, float]] = {}
+    for name, recognizer_for in _set_engines(engines).items():
+        run = SetRun()
+        started = time.perf_counter()
+        for voice in VOICES:
+            for line in lines:
+                result = recognizer_for(line)(cache.pcm16(voice, line.text))
+                found = read_slots(line, result.text)
+                errors = best_reading_errors(line.text, result.text)
+                run.results.append(
+                    LineResult(
+                        voice.name, line, result.text, result.confidence, errors, found,
+                        slots_right(line, found), result.decode_ms,
+                    )
+                )  # fmt: skip
+                if verbose and (errors.errors or not all(run.results[-1].right.values())):
+                    print(f"  [{name}/{voice.name}] {line.text!r} → {result.text!r} {found}")
+        run.seconds = time.perf_counter() - started
+        runs[name] = run
+        real[name] = {}
+        for recording in recordings.RECORDINGS:
+            turns = recordings.phone_turns(recordings.fetch(recording))
+            heard = " ".join(recognizer_for(None)(turn).text for turn in turns)
+            real[name][recording.name] = best_reading_errors(recording.text, heard).accuracy
+            if verbose:
+                print(f"  [{name}/{recording.name}] {heard!r}")
+    names = list(runs)
+    rows = [
+        [voice, *(f"{runs[n].words(voice).accuracy:.3f}" for n in names)] for voice in runs[names[0]].voices()
+    ]
+    rows.append(["all 5 voices", *(f"{runs[n].words().accuracy:.3f}" for n in names)])
+    for recording in recordings.RECORDINGS:
+        rows.append([f"{recording.name} (real)", *(f"{real[n][recording.name]:.3f}" for n in names)])
+    table("word accuracy (1 − WER, numbers by their best reading)", ["voice", *names], rows)
+    rows = []
+    for kind in (*SLOT_KINDS, None):
+        counts = {n: runs[n].slot_counts(kind=kind) for n in names}
+        rows.append(
+            [kind or "all slots", *(f"{r / t:.3f} ({r}/{t})" if t else "-" for r, t in counts.values())]
+        )
+    table("slot accuracy (the dialogue's parsers on the recognised text)", ["slot", *names], rows)
+    rows = []
+    for voice in runs[names[0]].voices():
+        rows.append([voice, *(f"{runs[n].slot_accuracy(voice):.3f}" for n in names)])
+    table("slot accuracy per voice", ["voice", *names], rows)
+    rows = []
+    for n in names:
+        decode = sorted(r.decode_ms for r in runs[n].results)
+        rows.append(
+            [
+                n,
+                f"{np.median(decode):.0f} ms",
+                f"{np.percentile(decode, 90):.0f} ms",
+                f"{runs[n].seconds:.0f} s",
+            ]
+        )
+    table("decode time per line", ["engine", "median", "p90", "whole set"], rows)
+    if json_path:
+        figures = {
+            n: {
+                "words": {v: runs[n].words(v).accuracy for v in runs[n].voices()}
+                | {"all": runs[n].words().accuracy},
+                "real": real[n],
+                "slots": {k: runs[n].slot_accuracy(kind=k) for k in SLOT_KINDS}
+                | {"all": runs[n].slot_accuracy()},
+                "decode_ms_median": float(np.median([r.decode_ms for r in runs[n].results])),
+            }
+            for n in names
+        }
+        Path(json_path).write_text(json.dumps(figures, indent=2))
+        print(f"\nfigures written to {json_path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="10 lines; skip stock-LM and 8 kHz-native decodes"
     )
     parser.add_argument("--verbose", action="store_true", help="print every misrecognised line")
+    parser.add_argument(
+        "--set",
+        action="store_true",
+        help="the offline speech test set: pocketsphinx vs Whisper, side by side",
+    )
+    parser.add_argument(
+        "--engines", default="pocketsphinx,whisper", help="with --set: comma-separated engines to compare"
+    )
+    parser.add_argument("--json", metavar="PATH", help="with --set: also write the figures as JSON")
     args = parser.parse_args()
+    if args.set:
+        print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+        bench_set([e.strip() for e in args.engines.split(",") if e.strip()], args.verbose, args.json)
+        return
     lines = SAMPLE_CALLER_LINES[:10] if args.quick else SAMPLE_CALLER_LINES
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
     audio = bench_tts(lines)
