@@ -126,83 +126,6 @@ hold yet are loaded at start-up (existing ones are left alone). Without
 OPENAI_API_KEY every call runs on the offline engine. Without TWILIO_AUTH_TOKEN every Twilio request is
 refused. SIGTERM or Ctrl-C lets live calls finish first (up to IVR_DRAIN_TIMEOUT); a second one stops now."""
 
-#: Help written for a person, for commands registered by other modules whose own description is missing or
-#: is that module's docstring (reST markup, notes for programmers). A module's own prose description wins.
-DESCRIPTIONS: dict[tuple[str, ...], str] = {
-    ("flows",): """\
-Work with call-flow files (the YAML that says what each phone number does).
-
-  ivr flows check [PATH]
-      validate the flows and show, per flow, its numbers, stages, today's
-      hours, tools and approval rules""",
-    ("approvals",): """\
-See and decide the tool calls that wait for an operator's approval (a booking, a cancellation…), from
-any machine that reaches the Redis the servers use (REDIS_URL, IVR_REDIS_PREFIX). The operations
-console (/ops/) does the same in a browser.
-
-  ivr approvals list           what is waiting, soonest deadline first
-  ivr approvals show ID        one request in full
-  ivr approvals approve ID     let it run (--note adds a note for the audit)
-  ivr approvals deny ID        refuse it; the agent tells the caller
-
-Exit code: 0 done, 1 refused (unknown id, already decided, expired, Redis unreachable), 2 the settings
-are unusable.""",
-    ("approvals", "list"): "Show the requests waiting for a decision, soonest deadline first.",
-    (
-        "approvals",
-        "show",
-    ): "Show one approval request in full: the call, the tool, its arguments, the reason.",
-    ("approvals", "approve"): "Approve a pending request: the tool runs with exactly the arguments shown.",
-    ("approvals", "deny"): "Deny a pending request: the tool does not run and the agent tells the caller.",
-    ("operators", "add"): "Add an operator with a role and print their login token. It is shown once only.",
-    ("operators", "list"): "Show the operators: name, role, when they were added and last logged in.",
-    ("operators", "remove"): "Remove an operator: their token and console sessions stop working at once.",
-    ("data",): """\
-Put the lookup datasets your flows declare (patients, a menu, orders…) into Redis, where the lookup
-tools read them.
-
-  ivr data load [--flows PATH] [--dataset ID]
-
-`ivr serve` loads a dataset by itself when Redis does not have it yet (e.g. the embedded Redis); run
-`ivr data load` to replace one after its file changed. It checks each file first (every column the
-flow names must exist; errors name the file and the column), writes into the Redis at REDIS_URL under
-IVR_REDIS_PREFIX, and prints a summary per dataset. Exit code: 0 loaded, 1 a flow or file problem or
-Redis unreachable, 2 the settings are unusable.""",
-}
-#: Help for positional arguments registered without any.
-ARGUMENT_HELP: dict[tuple[str, ...], dict[str, str]] = {
-    ("operators", "remove"): {"name": "the operator's name, as `ivr operators list` shows it"},
-}
-_DOCSTRING_MARKS = ("``", ":func:", ":class:", ":mod:", ":meth:", "Registered into")
-
-
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
-def _written_for_a_person(description: str | None) -> bool:
-    return bool(description) and not any(mark in (description or "") for mark in _DOCSTRING_MARKS)
-
-
-def _humanise(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
-    """Give every command a description a person can read: ours where the registering module's is missing or
-    is its docstring."""
-    for name, command in _subcommands(parser).items():
-        where = (*path, name)
-        if where in DESCRIPTIONS and not _written_for_a_person(command.description):
-            command.description = DESCRIPTIONS[where]
-            command.formatter_class = ParagraphHelpFormatter
-        elif command.formatter_class is argparse.RawDescriptionHelpFormatter:
-            command.formatter_class = ParagraphHelpFormatter  # same layout, wrapped to the terminal
-        for action in command._actions:
-            extra = ARGUMENT_HELP.get(where, {}).get(action.dest)
-            if extra and not action.help:
-                action.help = extra
-        _humanise(command, where)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -244,7 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     register_approvals(sub)
     register_operators(sub)
     register_data(sub)
-    _humanise(parser)
     return parser
 
 

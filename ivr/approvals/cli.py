@@ -29,11 +29,26 @@ from ivr.approvals.store import (
     abandoned_message,
     describe_decision,
 )
+from ivr.help_format import ParagraphHelpFormatter
 from ivr.settings import Settings
 from ivr.store.cli_redis import CliRedisError, cli_settings, run_on_redis
 from ivr.store.keys import KeySchemaError
 
 __all__ = ["format_record", "format_table", "format_time_left", "main", "register", "run"]
+
+#: ``ivr approvals --help``, written for a person.
+DESCRIPTION = """\
+See and decide the tool calls that wait for an operator's approval (a booking, a cancellation…), from
+any machine that reaches the Redis the servers use (REDIS_URL, IVR_REDIS_PREFIX). The operations
+console (/ops/) does the same in a browser.
+
+  ivr approvals list           what is waiting, soonest deadline first
+  ivr approvals show ID        one request in full
+  ivr approvals approve ID     let it run (--note adds a note for the audit)
+  ivr approvals deny ID        refuse it; the agent tells the caller
+
+Exit code: 0 done, 1 refused (unknown id, already decided, expired, Redis unreachable), 2 the settings
+are unusable."""
 
 _ARGUMENTS_WIDTH = 48
 _REASON_WIDTH = 40
@@ -42,19 +57,34 @@ _REASON_WIDTH = 40
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``approvals`` with ``list``, ``show``, ``approve`` and ``deny`` to the ``ivr`` command line."""
     approvals = subparsers.add_parser(
-        "approvals", help="list and decide tool calls waiting for a human's approval", description=__doc__
+        "approvals",
+        help="list and decide tool calls waiting for a human's approval",
+        description=DESCRIPTION,
+        formatter_class=ParagraphHelpFormatter,
     )
     commands = approvals.add_subparsers(dest="approvals_command", metavar="COMMAND", required=True)
-    listing = commands.add_parser("list", help="show pending requests, soonest deadline first")
+    listing = commands.add_parser(
+        "list",
+        help="show pending requests, soonest deadline first",
+        description="Show the requests waiting for a decision, soonest deadline first.",
+    )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(func=command)
-    show = commands.add_parser("show", help="show one request in full")
+    show = commands.add_parser(
+        "show",
+        help="show one request in full",
+        description="Show one approval request in full: the call, the tool, its arguments, the reason.",
+    )
     show.add_argument("id", help="approval id (ap_…)")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=command)
     default_operator = _default_operator()
+    decisions = {
+        "approve": "Approve a pending request: the tool runs with exactly the arguments shown.",
+        "deny": "Deny a pending request: the tool does not run and the agent tells the caller.",
+    }
     for name, verb in (("approve", "approve"), ("deny", "deny")):
-        decide = commands.add_parser(name, help=f"{verb} a pending request")
+        decide = commands.add_parser(name, help=f"{verb} a pending request", description=decisions[name])
         decide.add_argument("id", help="approval id (ap_…)")
         decide.add_argument("--note", default=None, help="a note for the audit log and the agent")
         decide.add_argument(

@@ -19,6 +19,7 @@ from typing import TextIO
 
 from redis.asyncio import Redis
 
+from ivr.help_format import ParagraphHelpFormatter
 from ivr.settings import Settings
 from ivr.store.cli_redis import CliRedisError, cli_settings, run_on_redis
 
@@ -29,7 +30,7 @@ __all__ = ["format_operators", "main", "register", "run"]
 _DESCRIPTION = """\
 Who may use the operations console (/ops/) and the operator API (/api/...), with which role:
   viewer    sees live calls, history, approvals and the fleet
-  approver  also approves or denies tool calls, hangs up and transfers live calls
+  approver  also approves or denies tool calls, hangs up, transfers live calls
   admin     everything
 
 `add` prints the operator's login token once (Redis keeps only its SHA-256). Works on the Redis at
@@ -43,18 +44,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "operators",
         help="add, list and remove console operators (names, roles, login tokens)",
         description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ParagraphHelpFormatter,
     )
     commands = operators.add_subparsers(dest="operators_command", metavar="COMMAND", required=True)
-    add = commands.add_parser("add", help="add an operator and print their login token (once)")
+    add = commands.add_parser(
+        "add",
+        help="add an operator and print their login token (once)",
+        description="Add an operator with a role and print their login token. It is shown once only.",
+    )
     add.add_argument("name", help="1-64 letters, digits, '.', '_' or '-'; recorded with their decisions")
     add.add_argument("--role", required=True, metavar="|".join(ROLES), help="what the operator may do")
     add.set_defaults(func=command)
-    listing = commands.add_parser("list", help="show operators: name, role, added, last login")
+    listing = commands.add_parser(
+        "list",
+        help="show operators: name, role, added, last login",
+        description="Show the operators: name, role, when they were added and last logged in.",
+    )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(func=command)
-    remove = commands.add_parser("remove", help="remove an operator; their token and sessions stop working")
-    remove.add_argument("name")
+    remove = commands.add_parser(
+        "remove",
+        help="remove an operator; their token and sessions stop working",
+        description="Remove an operator: their token and console sessions stop working at once.",
+    )
+    remove.add_argument("name", help="the operator's name, as `ivr operators list` shows it")
     remove.set_defaults(func=command)
 
 

@@ -20,12 +20,26 @@ from ivr.flows.flowset import FlowSet, missing_flows
 from ivr.flows.hours import DAY_NAMES, describe_opening
 from ivr.flows.model import Flow, LookupConfig, ToolConfig, TransferToHumanConfig
 from ivr.flows.state import FlowState
+from ivr.help_format import ParagraphHelpFormatter
 from ivr.settings import DEFAULT_REALTIME_MODEL, Settings, SettingsError
+
+#: ``ivr flows --help``, written for a person.
+DESCRIPTION = """\
+Work with call-flow files (the YAML that says what each phone number does).
+
+  ivr flows check [PATH]
+      validate the flows and show, per flow, its numbers, stages, today's
+      hours, tools and approval rules"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``flows check`` to the ``ivr`` command line."""
-    flows = subparsers.add_parser("flows", help="work with call-flow files", description=__doc__)
+    flows = subparsers.add_parser(
+        "flows",
+        help="work with call-flow files",
+        description=DESCRIPTION,
+        formatter_class=ParagraphHelpFormatter,
+    )
     commands = flows.add_subparsers(dest="flows_command", metavar="COMMAND", required=True)
     check = commands.add_parser(
         "check",

@@ -20,14 +20,33 @@ from redis.exceptions import RedisError
 
 from ivr.flows.errors import FlowError
 from ivr.flows.flowset import FlowSet
+from ivr.help_format import ParagraphHelpFormatter
 from ivr.settings import Settings, SettingsError
 from ivr.store.keys import KeySchema, KeySchemaError
 from ivr.tools import datasets as ds
 
+#: ``ivr data --help``, written for a person.
+DESCRIPTION = """\
+Put the lookup datasets your flows declare (patients, a menu, orders…) into Redis, where the lookup
+tools read them.
+
+  ivr data load [--flows PATH] [--dataset ID]
+
+`ivr serve` loads a dataset by itself when Redis does not have it yet (e.g. the embedded Redis); run
+`ivr data load` to replace one after its file changed. It checks each file first (every column the
+flow names must exist; errors name the file and the column), writes into the Redis at REDIS_URL under
+IVR_REDIS_PREFIX, and prints a summary per dataset. Exit code: 0 loaded, 1 a flow or file problem or
+Redis unreachable, 2 the settings are unusable."""
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``data load`` to the ``ivr`` command line."""
-    data = subparsers.add_parser("data", help="load lookup datasets into Redis", description=__doc__)
+    data = subparsers.add_parser(
+        "data",
+        help="load lookup datasets into Redis",
+        description=DESCRIPTION,
+        formatter_class=ParagraphHelpFormatter,
+    )
     commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
     load = commands.add_parser(
         "load",
@@ -71,7 +90,8 @@ async def load_all(path: Path, only: str | None, settings: Settings, *, out: Tex
     if not settings.redis_url:
         print(
             "error: REDIS_URL is not set; `ivr data load` writes into the Redis your app uses "
-            "(set REDIS_URL=redis://host:6379/0; `ivr serve` prints the URL of its embedded one)",
+            "(set REDIS_URL=redis://host:6379/0; `ivr serve` prints the URL of its embedded one, and "
+            "loads the datasets that Redis does not hold yet by itself at start-up)",
             file=err,
         )
         return 2
