@@ -105,7 +105,7 @@ def lm_cache_dir() -> Path:
     return Path(os.environ.get("IVR_SPEECH_CACHE") or Path(tempfile.gettempdir()) / "ivr-speech-lm")
 
 
-def _loudest_frame_dbfs(pcm16_8k: bytes) -> float:
+def loudest_frame_dbfs(pcm16_8k: bytes) -> float:
     """Level of the loudest 20 ms frame in dB relative to full scale (−inf for digital silence)."""
     samples = np.frombuffer(pcm16_8k, dtype="<i2").astype(np.float64)
     frames = len(samples) // _FRAME
@@ -229,7 +229,7 @@ class Recognizer:
         if len(data) % 2:
             raise ValueError(f"recognize: PCM16 audio must have an even number of bytes, got {len(data)}")
         audio_ms = len(data) // 2 * 1000 // _PHONE_RATE
-        silent = _loudest_frame_dbfs(data) < SILENCE_DBFS
+        silent = loudest_frame_dbfs(data) < SILENCE_DBFS
         with self._lock:
             decoder = self._load_locked()
             if silent:

@@ -66,7 +66,7 @@ import numpy as np
 import soxr
 
 from ivr.audio.g711 import ulaw_to_pcm16
-from ivr.speech.asr import Recognition
+from ivr.speech.asr import Recognition, loudest_frame_dbfs
 
 __all__ = [
     "MODEL_SHA256",
@@ -103,7 +103,6 @@ _INSTALL_HINT = (
 
 _PHONE_RATE = 8000
 _MODEL_RATE = 16000
-_FRAME = _PHONE_RATE // 50
 _FRAMES_PER_S = 100  # mel frames (hop 160 at 16 kHz)
 #: Turns up to this long are encoded in a :data:`SHORT_WINDOW_S` window instead of 30 s.
 SHORT_TURN_S = 9.5
@@ -208,15 +207,6 @@ class _Concatenated(io.RawIOBase):
         for handle in self._handles:
             handle.close()
         super().close()
-
-
-def _loudest_frame_dbfs(pcm16_8k: bytes) -> float:
-    samples = np.frombuffer(pcm16_8k, dtype="<i2").astype(np.float64)
-    frames = len(samples) // _FRAME
-    if frames == 0:
-        return -math.inf
-    power = (samples[: frames * _FRAME].reshape(frames, _FRAME) ** 2).mean(axis=1).max()
-    return 10.0 * math.log10(power / 32768.0**2) if power > 0 else -math.inf
 
 
 def words_of(text: str) -> tuple[str, ...]:
@@ -428,7 +418,7 @@ class WhisperRecognizer:
         if self._model is None:
             self.load()
         audio_ms = len(data) // 2 * 1000 // _PHONE_RATE
-        if _loudest_frame_dbfs(data) < SILENCE_DBFS:
+        if loudest_frame_dbfs(data) < SILENCE_DBFS:
             return Recognition("", 0.0, (), audio_ms, 0.0)
         start = time.perf_counter()
         samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
