@@ -536,7 +536,10 @@ def test_arguments_keep_their_types_and_unfilled_optional_slots_are_left_out() -
         "action": "find_slots",
         "service": "dinner",
         "date": "2026-03-06",
-    }  # no after_time
+        # the time slot was not given: no time of the caller's, but the search starts at dinner's times
+        # (slot ``times``), so the tool's first free times are not lunch times
+        "after_time": "16:00",
+    }
     d.tool_result(find.call_id, free_slots("dinner", date(2026, 3, 6), "18:00", "18:30"))
     d.heard("six thirty", 0.9)
     confirm = d.heard("under the name of kim", 0.9)

@@ -100,8 +100,11 @@ def chosen(slot: Slot, option: Mapping[str, Any]) -> SlotValue:
     return SlotValue(option_value(slot, option), option_label(slot, option), dict(option))
 
 
-def usable_options(slot: Slot, data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The options in a tool result that have a value and a label, at most ``max_options`` of them."""
+def usable_options(
+    slot: Slot, data: Mapping[str, Any], within: tuple[int, int] | None = None
+) -> list[Mapping[str, Any]]:
+    """The options in a tool result that have a value and a label, at most ``max_options`` of them;
+    ``within`` (minutes of the day, from :func:`window`): only options at a time in that range."""
     assert slot.options is not None
     try:
         found = lookup(data, tuple(slot.options.split(".")))
@@ -116,6 +119,10 @@ def usable_options(slot: Slot, data: Mapping[str, Any]) -> list[Mapping[str, Any
             option_value(slot, option)
         except Missing:
             continue
+        if within is not None:
+            moment = parse.option_time(str(option_value(slot, option)), option_label(slot, option))
+            if moment is not None and not within[0] <= moment.hour * 60 + moment.minute < within[1]:
+                continue  # a lunch time for a caller who asked for dinner
         usable.append(option)
     return usable[: slot.max_options]
 
@@ -146,12 +153,24 @@ def check_spoken(slot: Slot, value: SlotValue) -> str:
     return value.spoken
 
 
+def _span(text: str) -> tuple[int, int]:
+    start, end = (int(a) * 60 + int(b) for a, b in (part.split(":") for part in text.split("-")))
+    return start, end
+
+
+def window(slot: Slot, choice: Any) -> tuple[int, int] | None:
+    """The times of day (minutes, start inclusive, end exclusive) of a choice with ``times`` (dinner:
+    16:00-24:00), or ``None``."""
+    span = (slot.times or {}).get(str(choice))
+    return _span(span) if span else None
+
+
 def choice_at(slot: Slot, moment: time) -> SlotValue | None:
     """The choice whose ``times`` range holds ``moment`` ("at 7.30 pm" → dinner), if exactly one does."""
     minutes = moment.hour * 60 + moment.minute
     hits = []
     for choice, span in (slot.times or {}).items():
-        start, end = (int(a) * 60 + int(b) for a, b in (part.split(":") for part in span.split("-")))
+        start, end = _span(span)
         if start <= minutes < end:
             hits.append(choice)
     return SlotValue(hits[0], hits[0].replace("_", " ")) if len(hits) == 1 else None

@@ -36,6 +36,11 @@ How a turn goes (docs/offline-dialogue.md has the flow author's view):
   the last try before giving up adds the flow's ``keypad`` line; after ``max_reasks`` failures in a row
   the ``giveup`` steps run. Giveup steps that leave the call open let the caller go on; a second giveup
   without a success in between ends the call. "Repeat that" says the last turn again.
+* A read-back the caller denies (a "…, right?" check or the intent's confirmation) asks again once; the
+  second no to the same slot runs the giveup steps (a transfer while open, the keypad after hours), since
+  the same mishearing would be read back for ever (:data:`READBACK_TRIES`).
+* A choice with ``times`` (dinner: 16:00-24:00) narrows its offer: an unfilled optional time argument of
+  the offer's tool starts at the choice's times, and options outside them are not read out.
 * While a tool runs, what the caller says is kept (the latest utterance only) and handled as soon as the
   dialogue listens again; while an approval is pending, the caller hears "Still checking, please hold on."
 """
@@ -44,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, time
@@ -83,6 +89,10 @@ Waiting = Literal["caller", "tool", "approval", "ended"]
 #: A turn below ``min_confidence`` but at least this fraction of it is used when its words fit what the
 #: dialogue expects (see :mod:`ivr.dialogue.confidence` and ``Dialogue._fits``).
 LOW_CONFIDENCE_FLOOR = FLOOR_FRACTION
+#: A template that is one placeholder and nothing else: ``{{ time }}``.
+_ONE_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+#: A slot whose read-back the caller denied this often is not read back again: the giveup steps run.
+READBACK_TRIES = 2
 
 _REPEAT_WHOLE = (
     ("pardon",),
@@ -202,6 +212,8 @@ class _Task:
     hint: time | None = None
     #: A value heard with low confidence, being confirmed ("Tuesday the 10th, right?").
     checking: tuple[Slot, SlotValue] | None = None
+    #: How often the caller said no to a read-back of each slot (a check or the confirmation).
+    rejected: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -513,7 +525,10 @@ class Dialogue:
                 self._task = None
                 self._listen(out, prompt=True)
                 return
-            self._clear(task, [s.name for s in task.intent.slots] if clears is None else clears)
+            names = [s.name for s in task.intent.slots] if clears is None else clears
+            if self._rejected(out, task, [n for n in names if n in task.values]):
+                return
+            self._clear(task, names)
             self._volunteer(task, text)
             self._advance(out)
             return
@@ -589,6 +604,8 @@ class Dialogue:
             return
         if answer is False:
             task.checking = None
+            if self._rejected(out, task, [slot.name]):
+                return
             if not self._count_failure(out):
                 self._ask(out, task, slot)
             return
@@ -635,8 +652,8 @@ class Dialogue:
         if not corrections.has_cue(text):
             return False
         wanted = parse.parse_time(text, strict=True, plausible=self._plausible)
-        if wanted is None:
-            return False
+        if wanted is None:  # "actually 1230 instead", "no, 12 30": a bare clock only for an offered time
+            return self._repick(task, text, skip=skip)
         moved = False
         for slot in task.intent.slots:
             current = task.values.get(slot.name)
@@ -653,6 +670,22 @@ class Dialogue:
                 task.values[slot.name] = picked
             moved = True
         return moved
+
+    def _repick(self, task: _Task, text: str, *, skip: str | None) -> bool:
+        """Another offered option, named by a time written as Whisper writes it ("1230", "12 30", "a15"),
+        which reads as a time only next to the options offered. Whether one was picked."""
+        for slot in task.intent.slots:
+            current = task.values.get(slot.name)
+            options = task.options.get(slot.name) or []
+            if slot.type != "offer" or current is None or slot.name == skip or not options:
+                continue
+            labels = [filling.option_label(slot, o) for o in options]
+            values = [str(filling.option_value(slot, o)) for o in options]
+            index = parse.option_at_time(text, labels, values)
+            if index is not None and values[index] != str(current.value):
+                task.values[slot.name] = filling.chosen(slot, options[index])
+                return True
+        return False
 
     def _corrected(self, task: _Task, offer: Slot, text: str) -> bool:
         """Whether the answer to an offer changed one of its inputs (its ``none_clears`` slots) instead."""
@@ -794,7 +827,34 @@ class Dialogue:
         except Missing:
             self._abort(out, self._offline.phrases.missing)
             return
+        self._narrow(arguments, slot)
         self._call(out, slot.tool, arguments, "offer", slot=slot)
+
+    def _window(self) -> tuple[int, int] | None:
+        """The times of day of the choice the caller made, when it has ``times`` (dinner: 16:00-24:00)."""
+        task = self._task
+        if task is None:
+            return None
+        for slot in task.intent.slots:
+            value = task.values.get(slot.name)
+            if slot.type == "choice" and slot.times and value is not None:
+                span = filling.window(slot, value.value)
+                if span is not None:
+                    return span
+        return None
+
+    def _narrow(self, arguments: dict[str, Any], offer: Slot) -> None:
+        """An offer argument that is just an optional time slot the caller did not give ("after_time:
+        {{ time }}") starts at the chosen choice's times instead: dinner is searched from 16:00, so the
+        tool's first free times are not lunch times."""
+        task, span = self._task, self._window()
+        if task is None or span is None:
+            return
+        times = {s.name for s in task.intent.slots if s.type == "time" and s.name not in task.values}
+        for key, template in offer.arguments.items():
+            alone = _ONE_PLACEHOLDER.fullmatch(template.strip()) if isinstance(template, str) else None
+            if key not in arguments and alone is not None and alone.group(1) in times:
+                arguments[key] = f"{span[0] // 60:02d}:{span[0] % 60:02d}"
 
     def _offer_result(self, out: list[Action], slot: Slot, data: Mapping[str, Any]) -> None:
         task = self._task
@@ -804,7 +864,7 @@ class Dialogue:
         if isinstance(data.get("error"), Mapping):
             self._abort(out, self._offline.phrases.tool_error)
             return
-        options = filling.usable_options(slot, data)
+        options = filling.usable_options(slot, data, within=self._window())
         if options:
             task.options[slot.name] = options
             self._advance(out)
@@ -1037,6 +1097,17 @@ class Dialogue:
         self._forgive = False
         self._gave_up = False
 
+    def _rejected(self, out: list[Action], task: _Task, names: Sequence[str]) -> bool:
+        """The caller said no to a read-back of ``names``. The second no to the same slot gives up on this
+        line (the giveup steps: a transfer, or the keypad): asking once more would read the same mishearing
+        back again, and the caller would loop until the call ends. Whether it gave up."""
+        for name in names:
+            task.rejected[name] = task.rejected.get(name, 0) + 1
+        if not any(task.rejected.get(name, 0) >= READBACK_TRIES for name in names):
+            return False
+        self._give_up(out)
+        return True
+
     def _count_failure(self, out: list[Action]) -> bool:
         """Count a failed turn; when it is one too many, run the giveup steps and return True.
 
@@ -1049,6 +1120,11 @@ class Dialogue:
             self._failures += 1
         if self._failures <= self._offline.max_reasks:
             return False
+        self._give_up(out)
+        return True
+
+    def _give_up(self, out: list[Action]) -> None:
+        """Run the giveup steps (the default giveup, which ends the call, after a giveup that did not)."""
         self._failures = 0
         self._task = None
         self._said = []
@@ -1056,7 +1132,6 @@ class Dialogue:
         self._gave_up = True
         self._runner = _Runner(steps, "giveup")
         self._run(out)
-        return True
 
     def _fail(self, out: list[Action], kind: Literal["low", "unclear", "no_match"]) -> None:
         if self._count_failure(out):

@@ -27,6 +27,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, time, timedelta
 
+import jellyfish
+
 from ivr.dialogue.words import (
     MONTH_NUMBERS,
     ORDINALS,
@@ -41,6 +43,7 @@ from ivr.dialogue.words import (
 )
 
 __all__ = [
+    "option_at_time",
     "option_time",
     "parse_booking_id",
     "parse_choice",
@@ -751,6 +754,8 @@ def parse_name(text: str, *, strict: bool = False) -> str | None:
         rest = rest[:cut]
     if not 1 <= len(rest) <= 4 or any(w in _NOT_NAME or w in _FILLERS for w in rest):
         return None
+    if parse_yes_no(" ".join(rest)) is not None:
+        return None  # "yes please, go ahead", "that's correct": an answer to a question, not a name
     if any(len(w) < 2 for w in rest):
         return None
     return " ".join(w.title() for w in rest)
@@ -814,9 +819,61 @@ def _sounds_like(words: list[str], choices: Mapping[str, Sequence[str]]) -> str 
                     ratio = difflib.SequenceMatcher(None, said, target, autojunk=False).ratio()
                     scores[value] = max(scores.get(value, 0.0), ratio)
     close = sorted(((r, v) for v, r in scores.items() if r >= SOUNDS_LIKE), reverse=True)
-    if not close or (len(close) > 1 and close[1][0] > close[0][0] - 0.05):
+    if not close:
+        return _sounds_alike(words, choices)
+    if len(close) > 1 and close[1][0] > close[0][0] - 0.05:
         return None
     return close[0][1]
+
+
+#: Letters a run of words may differ in length from a choice's phrase and still be heard as it by sound.
+_PHONETIC_SLACK = 2
+#: Below this letter-by-letter similarity two runs are not the same words, whatever their sound keys say.
+_PHONETIC_MIN_RATIO = 0.55
+
+
+def _key(letters: str) -> str:
+    return str(jellyfish.metaphone(letters))
+
+
+def _has_sounds(key: str, target: str) -> bool:
+    """Whether ``key`` holds every sound of ``target`` in order (and perhaps one more)."""
+    rest = iter(key)
+    return all(sound in rest for sound in target)
+
+
+def _sounds_alike(words: list[str], choices: Mapping[str, Sequence[str]]) -> str | None:
+    """The one choice a run of words sounds like, by Metaphone key, when its spelling is too far off for
+    :func:`_sounds_like` ("trim missus" is TRMSS, "tiramisu" TRMS). Safeguards against ordinary
+    sentences: only phrases of 7 letters or more with keys of 4 or more; the run is about as long as the
+    phrase (within two letters) and still at least half alike letter by letter; its key holds every sound
+    of the phrase's key in order, with at most one more; exactly one choice fits."""
+    hits: set[str] = set()
+    for value, phrases in choices.items():
+        for phrase in (value, *phrases):
+            target = "".join(w for w in tokens(phrase) if w.isalpha())
+            target_key = _key(target) if len(target) >= _FUZZY_MIN_LETTERS else ""
+            if len(target_key) < 4:
+                continue
+            size = len(tokens(phrase))
+            for n in {max(1, size - 1), size, size + 1}:
+                for k in range(len(words) - n + 1):
+                    run = words[k : k + n]
+                    said = "".join(run)
+                    if not said.isalpha() or abs(len(said) - len(target)) > _PHONETIC_SLACK:
+                        continue
+                    key = _key(said)
+                    if len(key) > len(target_key) + 1 or key[:1] != target_key[:1]:
+                        continue
+                    if not _has_sounds(key, target_key):
+                        continue  # a sound of the phrase is missing: "time is" (TMS) is not "tiramisu"
+                    if (
+                        difflib.SequenceMatcher(None, said, target, autojunk=False).ratio()
+                        < _PHONETIC_MIN_RATIO
+                    ):
+                        continue
+                    hits.add(value)
+    return next(iter(hits)) if len(hits) == 1 else None
 
 
 # --- booking ids -----------------------------------------------------------------------------------------
@@ -834,12 +891,26 @@ _LETTER_NAMES = {
     "em": "M", "en": "N", "pee": "P", "cue": "Q", "queue": "Q", "ess": "S", "tee": "T", "vee": "V",
     "ex": "X", "zed": "Z", "zee": "Z", "aitch": "H",
 }  # fmt: skip
+#: How recognisers write NATO words (Whisper: "julie" for juliet, "mic" for mike).
+_NATO_HEARD = {
+    "julie": "J", "juliette": "J", "julia": "J", "mic": "M", "charley": "C", "alfa": "A", "kilo": "K",
+    "keylo": "K", "sierra": "S", "siera": "S", "kebec": "Q", "quebecc": "Q", "foxtrott": "F",
+    "yanky": "Y", "zoolu": "Z", "whiskey": "W", "xray": "X",
+}  # fmt: skip
+#: NATO words Whisper splits in two ("fox trot", "x ray").
+_NATO_PAIRS = {("fox", "trot"): "F", ("x", "ray"): "X", ("ex", "ray"): "X"}
+#: Words heard for a digit, read as that digit only between characters of a spelled id ("b k 7 for m":
+#: "for" is 4). "a" is 8 only in an id spelled with NATO words, where a letter A would be "alpha" (there
+#: also before the first character: "it's a hotel quebec…" is 8HQ…).
+_ID_HOMOPHONES = {"for": "4", "four": "4", "fore": "4", "to": "2", "too": "2", "ate": "8"}
 _ID_CUES = ("id", "code", "reference", "number", "is", "booking", "confirmation")
 
 
 def _id_chars(word: str) -> str | None:
     if word in _NATO:
         return _NATO[word]
+    if word in _NATO_HEARD:
+        return _NATO_HEARD[word]
     if word in _LETTER_NAMES:
         return _LETTER_NAMES[word]
     if word in UNITS and UNITS[word] < 10:
@@ -865,12 +936,32 @@ def parse_booking_id(text: str, *, strict: bool = False) -> str | None:
         if cue < 0:
             return None
         words = words[cue + 1 :]
+    nato = sum(1 for w in words if w in _NATO or w in _NATO_HEARD) >= 2
     runs: list[str] = []
     current = ""
     repeat = 1
     i = 0
     while i < len(words):
         word = words[i]
+        pair = _NATO_PAIRS.get((word, words[i + 1])) if i + 1 < len(words) else None
+        if pair is not None:
+            current += pair * repeat
+            repeat = 1
+            i += 2
+            continue
+        following = words[i + 1] if i + 1 < len(words) else None
+        eight = word == "a" and nato  # "it's a hotel quebec…": a spelling in NATO words says "alpha" for A
+        if (
+            (current or eight)
+            and following is not None
+            and (word in _ID_HOMOPHONES or eight)
+            and _id_chars(following) is not None
+            and not (word == "for" and following in _NATO)
+        ):
+            current += ("8" if word == "a" else _ID_HOMOPHONES[word]) * repeat
+            repeat = 1
+            i += 1
+            continue
         if word in ("double", "triple") and i + 1 < len(words) and _id_chars(words[i + 1]):
             repeat = 2 if word == "double" else 3
             i += 1
@@ -924,6 +1015,37 @@ def option_time(value: str, label: str) -> time | None:
     return None
 
 
+#: "8:15" as Whisper writes it from some voices: "a15", "the a 30" ("eight" heard as "a"). Read only to
+#: pick among offered times, so it can only choose a time the agent just offered.
+#: "12 30", "8-15": an hour and its minutes written apart.
+_HOUR_MINUTES = re.compile(r"\b([01]?\d|2[0-3])[ -]([0-5]\d)\b")
+_EIGHT_AS_A = re.compile(r"(?:^|\b(?:the|at|about|say|maybe|um|uh)\s+)a[- ]?([0-5][05])\b")
+
+
+def option_at_time(text: str, labels: Sequence[str], values: Sequence[str]) -> int | None:
+    """The offered option at the time ``text`` says ("1230", "8-15", "12 30", "a15"), trying am and pm;
+    ``None`` when no time is said or not exactly one option is at it."""
+    lowered = text.lower()
+    readings = [parse_time(text)]
+    readings += [_clock(int(h), int(m)) for h, m in _HOUR_MINUTES.findall(lowered)]
+    readings += [time(8, int(m)) for m in _EIGHT_AS_A.findall(lowered)]
+    times = [option_time(str(v), str(label)) for v, label in zip(values, labels, strict=True)]
+    for wanted in readings:
+        if wanted is None:
+            continue
+        for candidate in (wanted, time((wanted.hour + 12) % 24, wanted.minute)):
+            hits = [i for i, t in enumerate(times) if t == candidate]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                return None
+    return None
+
+
+def _clock(hour: int, minute: int) -> time | None:
+    return time(hour, minute) if hour < 24 and minute < 60 else None
+
+
 def pick_option(text: str, labels: Sequence[str], values: Sequence[str]) -> int | None:
     """Which offered option the caller chose, as an index; ``None`` if unclear.
 
@@ -949,15 +1071,8 @@ def pick_option(text: str, labels: Sequence[str], values: Sequence[str]) -> int 
             span = number_at(words, k + 1)
             if span is not None and 1 <= span.value <= count:
                 return span.value - 1
-    wanted = parse_time(text)
-    if wanted is not None:
-        times = [option_time(str(v), str(label)) for v, label in zip(values, labels, strict=True)]
-        for candidate in (wanted, time((wanted.hour + 12) % 24, wanted.minute)):
-            hits = [i for i, t in enumerate(times) if t == candidate]
-            if len(hits) == 1:
-                return hits[0]
-            if len(hits) > 1:
-                return None
+    if parse_time(text) is not None or _EIGHT_AS_A.search(text.lower()):
+        return option_at_time(text, labels, values)
     label_words = [{w for w in tokens(str(label)) if w not in _LABEL_STOP} for label in labels]
     shared = set.intersection(*label_words) if label_words else set()
     said = set(words) - _LABEL_STOP

@@ -25,6 +25,7 @@ the flow's own phrases (intent examples, choices) on top of a generic phone-call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -170,6 +171,12 @@ class LocalEngine(InProcessModel):
         self._turn_started_at: int = 0
         self._turn_ended_at: float | None = None
         self._unsaid: list[CallTool] = []
+        #: A tool result said "pending approval": the next quoted line the call asks for is the hold phrase.
+        self._hold_due = False
+        #: The hold phrase being said; its sentences are dropped once the approval is decided.
+        self._hold: Say | None = None
+        #: Set when an operator's decision arrives: the hold phrase stops between sentences.
+        self._decided = asyncio.Event()
         self._open_turn: tuple[float, dict[str, Any]] | None = None
         self._voice = getattr(offline, "voice", "heart") if offline is not None else "heart"
         #: per caller turn: (recognition ms, confidence, ms from end of speech to first audio)
@@ -284,6 +291,7 @@ class LocalEngine(InProcessModel):
             if call_id in self._issued:  # not a replayed call from another engine
                 self._issued.discard(call_id)
                 self._pending.extend(self.dialogue.tool_result(str(call_id), str(item.get("output", ""))))
+                self._hold_due = self.dialogue.waiting == "approval"
             return
         if kind != "message":
             return
@@ -297,6 +305,7 @@ class LocalEngine(InProcessModel):
         if item.get("role") == "system":
             notice = parse_approval_notice(text)
             if notice is not None:
+                self._decided.set()
                 self._pending.extend(
                     self.dialogue.approval_decided(
                         notice.tool, notice.approved, notice.output, notice.message
@@ -326,6 +335,11 @@ class LocalEngine(InProcessModel):
         quoted = quoted_line(instructions)
         if quoted:
             lines.append(Say(quoted))
+            if self._hold_due:
+                self._hold_due = False
+                self._hold = lines[-1]
+                if self.dialogue is not None and self.dialogue.waiting == "approval":
+                    self._decided.clear()
         if not self._started and self.dialogue is not None:
             self._started = True
             self._pending.extend(self.dialogue.start())
@@ -345,8 +359,11 @@ class LocalEngine(InProcessModel):
             for index, action in enumerate(actions):
                 self._unsaid = [a for a in actions[index:] if isinstance(a, CallTool)]
                 if isinstance(action, Say):
+                    played_s = 0.0  # of this line's audio so far (the hold phrase waits for it)
                     for sentence in _SENTENCE.split(action.text.strip()):
-                        if not sentence:
+                        if not sentence or self._hold_outdated(action):
+                            continue
+                        if action is self._hold and await self._decided_within(played_s):
                             continue
                         assert self.resources is not None
                         audio = await asyncio.to_thread(self.resources.synthesizer.synthesize_mulaw, sentence)
@@ -356,6 +373,7 @@ class LocalEngine(InProcessModel):
                             self._open_turn = None
                             metrics["reply_ms"] = round((time.perf_counter() - ended_at) * 1000, 1)
                             self._report(metrics)
+                        played_s = len(audio) / 8000  # μ-law at 8 kHz: one byte a sample
                         await self.speak(state, sentence, [audio])
                 elif isinstance(action, CallTool):
                     self._issued.add(action.call_id)
@@ -365,6 +383,21 @@ class LocalEngine(InProcessModel):
 
         self._unsaid = []
         self.start_response(produce)
+
+    async def _decided_within(self, seconds: float) -> bool:
+        """Before the next sentence of the hold phrase: wait while the previous one plays (``seconds``;
+        audio goes out faster than it plays) or until the operator's decision arrives, whichever comes
+        first. Whether the hold is outdated, so its rest is not queued in front of "You're booked"."""
+        if seconds > 0 and not self._decided.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._decided.wait(), timeout=seconds)
+        return self._hold is not None and self._hold_outdated(self._hold)
+
+    def _hold_outdated(self, action: Say) -> bool:
+        """Whether ``action`` is the hold phrase ("… a staff member needs to approve this") and the operator
+        has decided since it was asked for: the decision came before (or while) it was spoken, and the
+        caller would hear "please stay on the line" right before "You're booked"."""
+        return action is self._hold and self.dialogue is not None and self.dialogue.waiting != "approval"
 
     def _report(self, metrics: dict[str, Any]) -> None:
         if self.call is not None:
