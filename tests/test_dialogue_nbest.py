@@ -3,7 +3,7 @@
 Whisper hands over its best reading and the beam's runner-ups (``Recognition.alternatives``). When a slot
 question is open and the best reading gives no value for it, a close runner-up that does is used, and its
 value is read back ("Tuesday the 10th, right?"), never acted on silently. The readings below are ones
-Whisper base produced on the phone path for the speech set's voices (notes-H7.md), e.g. "to z would work for
+Whisper base produced on the phone path for the speech set's voices, e.g. "to z would work for
 me" for "Tuesday would work for me".
 """
 

@@ -247,7 +247,7 @@ def test_short_turns_are_fast_and_long_turns_still_whole(
     assert all(2.0 <= len(t) / 16000 <= 3.2 for t in turns), [len(t) / 16000 for t in turns]
     recognizer.recognize(turns[0])
     short = statistics.median(_cpu_ms(recognizer, turns))
-    # ~330 ms of CPU per 2–3 s turn, ~0.25 s wall on an idle 2-core machine (notes-H1.md).
+    # ~330 ms of CPU per 2–3 s turn, ~0.25 s wall on an idle 2-core machine (docs/speech.md).
     assert short < 700, short
     with monkeypatch.context() as patch:
         patch.setattr(whisper, "SHORT_TURN_S", 0.0)  # every turn in the 30 s window
@@ -304,5 +304,5 @@ def test_alternatives_cost_no_accuracy_and_little_time(
         best_only = statistics.median(_cpu_ms(recognizer, turns))
         assert [recognizer.recognize(turn).text for turn in turns] == texts  # the same best reading
         assert all(recognizer.recognize(turn).alternatives == () for turn in turns)
-    # measured: the same CPU time (median 318 vs 317 ms per 2–3 s turn, notes-H7.md)
+    # measured: the same CPU time (median 318 vs 317 ms per 2–3 s turn)
     assert with_alternatives < 1.3 * best_only, (with_alternatives, best_only)

@@ -257,27 +257,33 @@ class LocalEngine(InProcessModel):
         if result is None:  # it failed: recognise the turn the usual way
             await self._recognise(item, audio, ended_at)
             return
-        assert self.dialogue is not None
-        self.emit(self.writer.transcription(item, result.text, result.audio_ms / 1000.0))
-        log.debug("heard %r (confidence %.2f, early)", result.text, result.confidence)
-        metrics = {
-            "asr_ms": round(result.decode_ms, 1),
-            "confidence": round(result.confidence, 3),
-            "early": True,
-        }
-        self.turn_metrics.append(metrics)
-        self._open_turn = (ended_at, metrics)  # the next audio we send answers this turn
-        self._queue(self.dialogue.heard(result.text, result.confidence, result.alternatives))
+        self._answer_turn(item, result, ended_at, early=True)
 
     async def _recognise(self, item: str, audio: bytes, ended_at: float) -> None:
-        assert self.resources is not None and self.dialogue is not None
+        assert self.resources is not None
         # Through the process-wide bounded queue: concurrent calls share the recogniser's workers.
         result = await self.resources.recognizer.recognize_async(audio)
+        self._answer_turn(item, result, ended_at, early=False)
+
+    def _answer_turn(self, item: str, result: Recognition, ended_at: float, *, early: bool) -> None:
+        """Report what the caller said and hand it to the dialogue; the next audio sent answers this turn."""
+        assert self.dialogue is not None
         self.emit(self.writer.transcription(item, result.text, result.audio_ms / 1000.0))
-        log.debug("heard %r (confidence %.2f, %.0f ms)", result.text, result.confidence, result.decode_ms)
-        metrics = {"asr_ms": round(result.decode_ms, 1), "confidence": round(result.confidence, 3)}
+        log.debug(
+            "heard %r (confidence %.2f, %.0f ms%s)",
+            result.text,
+            result.confidence,
+            result.decode_ms,
+            ", early" if early else "",
+        )
+        metrics: dict[str, Any] = {
+            "asr_ms": round(result.decode_ms, 1),
+            "confidence": round(result.confidence, 3),
+        }
+        if early:
+            metrics["early"] = True
         self.turn_metrics.append(metrics)
-        self._open_turn = (ended_at, metrics)  # the next audio we send answers this turn
+        self._open_turn = (ended_at, metrics)
         self._queue(self.dialogue.heard(result.text, result.confidence, result.alternatives))
 
     # ---- items from the call ----------------------------------------------------------------------------
