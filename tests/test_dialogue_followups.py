@@ -408,3 +408,19 @@ async def test_the_hold_phrase_stops_once_the_operator_has_decided() -> None:
     _, said = await driver.response(c.function_output(call_id, pending), c.response_create(HOLD))
     assert " ".join(said).startswith("One moment please, I'm checking that for you. A staff member needs")
     await driver.engine.close()
+
+
+@pytest.mark.parametrize(
+    ("heard", "expected"),
+    [("paujfq", "PAUJFQ"), ("it's paujfq", "PAUJFQ"), ("rcu-5m", "RCU5M"), ("x57xxb", "X57XXB")],
+)
+def test_an_id_whisper_wrote_as_one_token_is_read(heard: str, expected: str) -> None:
+    # From the scripted calls: flite kal spelled "P A U J F Q" and Whisper wrote "paujfq"; the agent asked
+    # again twice and the cancel never happened.
+    assert parse_booking_id(heard) == expected
+    assert parse_booking_id(heard, strict=True) is None  # strict reads only what follows a cue
+
+
+@pytest.mark.parametrize("heard", ["cancel it", "sure next time", "yes please go ahead", "hello there"])
+def test_plain_words_are_not_taken_for_a_written_id(heard: str) -> None:
+    assert parse_booking_id(heard) is None

@@ -984,7 +984,27 @@ def parse_booking_id(text: str, *, strict: bool = False) -> str | None:
     if current:
         runs.append(current)
     best = max(runs, key=len, default="")
-    return best if len(best) >= 3 else None
+    if len(best) >= 3:
+        return best
+    return None if strict else _written_id(text)
+
+
+def _written_id(text: str) -> str | None:
+    """An id Whisper wrote as one token ("paujfq", "rcu-5m") in a short answer: 4–8 letters and digits
+    that are not an English word (pocketsphinx's 134k-word dictionary decides), hyphens dropped."""
+    if len(text.split()) > 4:
+        return None
+    from ivr.speech.lm import dictionary_words  # the dictionary loads once, on the first such answer
+
+    known = dictionary_words()
+    found = [
+        word.replace("-", "")
+        for word in re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", text.lower())
+        if 4 <= len(word.replace("-", "")) <= 8
+        and (any(ch.isdigit() for ch in word) or word.replace("-", "") not in known)
+        and not (word.isdigit())
+    ]
+    return max(found, key=len).upper() if found else None
 
 
 # --- offers ----------------------------------------------------------------------------------------------
