@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -49,10 +50,30 @@ def _agent_turns(agent_mulaw: bytes) -> list[bytes]:
     return turns
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 async def test_demo_books_an_approved_appointment_by_voice(tmp_path: Path, redis_url: str) -> None:
     out = io.StringIO()
     options = DemoOptions(approve=True, out_dir=tmp_path, redis_url=redis_url)
-    result = await run_demo(options, out, _no_terminal)
+    # run_demo leaves the process's log levels alone (tests and benchmarks run several demos in one process;
+    # silencing "ivr" there leaked into every later test's logs): the calls' INFO lines still reach a handler.
+    ivr_log, records = logging.getLogger("ivr"), _Records()
+    saved = ivr_log.level
+    ivr_log.setLevel(logging.INFO)
+    ivr_log.addHandler(records)
+    try:
+        result = await run_demo(options, out, _no_terminal)
+    finally:
+        ivr_log.removeHandler(records)
+        ivr_log.setLevel(saved)
+    assert any(r.name.startswith("ivr.call") and r.levelno == logging.INFO for r in records.records)
     log = out.getvalue()
     summary = result.summary
     assert result.exit_code == 0, log

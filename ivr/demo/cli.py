@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -111,6 +112,11 @@ def run_cli(args: argparse.Namespace) -> int:
         out_dir=Path(args.out),
         redis_url=os.environ.get("REDIS_URL", ""),
     )
+    # The demo prints its own progress: the server's INFO lines would drown it. Set here, once per process,
+    # not in run_demo, which tests and benchmarks run several at a time in one process.
+    ivr_log = logging.getLogger("ivr")
+    ivr_log_level = ivr_log.level
+    ivr_log.setLevel(logging.WARNING)
     try:
         result = _run_until_signalled(run_demo(options, sys.stdout, _Terminal().ask))
     except FlowError as exc:
@@ -123,6 +129,8 @@ def run_cli(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + stopped.signum
+    finally:
+        ivr_log.setLevel(ivr_log_level)
     return result.exit_code
 
 

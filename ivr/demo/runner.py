@@ -158,9 +158,6 @@ async def _call(
     app_log.addFilter(not_for_the_demo)
     app = create_app(settings, flows)
     twilio_rest_stand_in(app, demo)
-    ivr_log = logging.getLogger("ivr")
-    ivr_log_level = ivr_log.level
-    ivr_log.setLevel(logging.WARNING)  # the demo prints its own progress; restored when it ends
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", ws_ping_interval=None))
     serving = asyncio.create_task(server._serve(sockets=[sock]))
     running: asyncio.Task[Any] | None = None
@@ -213,7 +210,6 @@ async def _call(
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(serving, 10)
-        ivr_log.setLevel(ivr_log_level)
         app_log.removeFilter(not_for_the_demo)
 
 
