@@ -255,6 +255,33 @@ def test_no_at_the_confirmation_clears_the_day_and_time(dental: Flow) -> None:
     assert says(confirm) == ["On Wednesday, March 11 I have 1:00 PM or 2:00 PM. Which would suit you?"]
 
 
+def test_a_booking_turned_down_twice_is_dropped_not_handed_over(dental: Flow) -> None:
+    """Two plain no's to "Shall I book it?" mean the caller does not want it: nothing is booked, nobody is
+    put through, and the stage prompt lets them start again (one value read back and denied twice still
+    gives up)."""
+    d = dialogue(dental)
+    d.start()
+    d.tool_result("local_1", patient())
+    d.heard("i'd like a cleaning", 0.9)
+    d.tool_result("local_2", MOVED)
+    ids = iter(range(3, 10))
+    for _ in range(2):
+        find = only_call(d.heard("tuesday", 0.9))
+        assert find.call_id == f"local_{next(ids)}"
+        d.tool_result(find.call_id, free_slots("cleaning", date(2026, 3, 10), "09:00", "10:30"))
+        assert says(d.heard("the first one", 0.9))[-1].endswith("Shall I book it?")
+        if _ == 0:
+            assert says(d.heard("no", 0.9)) == ["Which day would suit you?"]
+    dropped = d.heard("no", 0.9)
+    assert dropped == [
+        Say("All right, I'll leave that, then."),
+        Say("Would you like to book a new appointment, or cancel one?"),
+    ]
+    assert d.waiting == "caller" and d.stage == "booking"
+    again = d.heard("i'd like to book a cleaning", 0.9)
+    assert says(again) == ["Which day would suit you?"]  # the request can start over
+
+
 # --- approvals and errors ------------------------------------------------------------------------------
 
 

@@ -38,7 +38,11 @@ How a turn goes (docs/offline-dialogue.md has the flow author's view):
   without a success in between ends the call. "Repeat that" says the last turn again.
 * A read-back the caller denies (a "…, right?" check or the intent's confirmation) asks again once; the
   second no to the same slot runs the giveup steps (a transfer while open, the keypad after hours), since
-  the same mishearing would be read back for ever (:data:`READBACK_TRIES`).
+  the same mishearing would be read back for ever (:data:`READBACK_TRIES`). The confirmation of a request
+  of several slots ("…, under Maria. Shall I book it?") turned down twice with a plain no is different: the
+  cleared answers were asked again in between (a misheard value is corrected with "no, wednesday"), so the
+  caller does not want it. Nothing is done, ``phrases.dropped`` is said and the stage prompt follows;
+  nobody is put through.
 * A choice with ``times`` (dinner: 16:00-24:00) narrows its offer: an unfilled optional time argument of
   the offer's tool starts at the choice's times, and options outside them are not read out.
 * While a tool runs, what the caller says is kept (the latest utterance only) and handled as soon as the
@@ -214,6 +218,8 @@ class _Task:
     checking: tuple[Slot, SlotValue] | None = None
     #: How often the caller said no to a read-back of each slot (a check or the confirmation).
     rejected: dict[str, int] = field(default_factory=dict)
+    #: How often the caller said no to the confirmation of a request of several slots ("Shall I book it?").
+    declined: int = 0
 
 
 @dataclass
@@ -526,7 +532,16 @@ class Dialogue:
                 self._listen(out, prompt=True)
                 return
             names = [s.name for s in task.intent.slots] if clears is None else clears
-            if self._rejected(out, task, [n for n in names if n in task.values]):
+            filled = [n for n in names if n in task.values]
+            task.declined += len(task.intent.slots) > 1  # a summary of the request, not one value read back
+            if task.declined >= READBACK_TRIES:
+                # The whole request turned down twice: the caller does not want it (a mishearing would
+                # have been corrected in the answers asked again), so nothing is done; no hand-over.
+                self._task = None
+                self._say(out, self._render_or(self._offline.phrases.dropped))
+                self._listen(out, prompt=True)
+                return
+            if self._rejected(out, task, filled):
                 return
             self._clear(task, names)
             self._volunteer(task, text)

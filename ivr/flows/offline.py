@@ -354,6 +354,9 @@ class Phrases(Strict):
     giveup: Text = "I'm sorry, I'm having trouble understanding. Please call again later. Goodbye."
     #: Asked to confirm an answer heard with low confidence; ``{{ value }}`` is what was understood.
     check: Text = "{{ value }}, right?"
+    #: Said when the caller turns a whole request down a second time at its confirmation ("Shall I book
+    #: it?" → "no", twice): nothing is done and the stage prompt follows.
+    dropped: Text = "All right, I'll leave that, then."
 
 
 class StageOffline(Strict):
