@@ -8,7 +8,6 @@ phrase said after the operator had already approved. The strings are what Whispe
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,14 @@ import orjson
 import pytest
 
 from ivr.call.notices import approval_notice, say_line
-from ivr.dialogue import CallTool, Dialogue, Say
+from ivr.dialogue import CallTool, Dialogue
 from ivr.dialogue.manager import Action
 from ivr.dialogue.slots import parse_booking_id, parse_choice, parse_name
 from ivr.engines.local import LocalEngine, LocalResources
 from ivr.flows import FlowSet
 from ivr.realtime.dialect import ClientEvents
+from tests.support import dialogues
+from tests.support.dialogues import calls, dialogue, out, says
 
 ROOT = Path(__file__).resolve().parent.parent
 DENTAL_OPEN = datetime(2026, 3, 5, 15, 0, tzinfo=UTC)  # 09:00 in Chicago, a Thursday
@@ -30,36 +31,13 @@ DENTAL_CLOSED = datetime(2026, 3, 8, 15, 0, tzinfo=UTC)  # a Sunday
 EVENING = datetime(2026, 3, 5, 20, 0, tzinfo=UTC)  # 15:00 in New York, a Thursday
 
 
-@pytest.fixture(scope="module")
-def flows() -> FlowSet:
-    return FlowSet.load(ROOT / "flows")
-
-
-def dialogue(flows: FlowSet, flow_id: str, now: datetime) -> Dialogue:
-    flow = flows.get(flow_id)
-    assert flow is not None
-    context = flow.call_context(
-        caller_number="+15550001111", called_number="+15551230001", call_sid="CA1", now=now
-    )
-    return Dialogue(flow, context=context, today=now.astimezone(flow.zone).date())
-
-
-def says(actions: list[Action]) -> list[str]:
-    return [a.text for a in actions if isinstance(a, Say)]
-
-
-def calls(actions: list[Action]) -> list[CallTool]:
-    return [a for a in actions if isinstance(a, CallTool)]
+flows = dialogues.flows
 
 
 def only_call(actions: list[Action]) -> CallTool:
     found = calls(actions)
     assert len(found) == 1, actions
     return found[0]
-
-
-def out(data: dict[str, Any]) -> str:
-    return json.dumps(data)
 
 
 def offered(*starts: str) -> str:

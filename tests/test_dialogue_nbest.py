@@ -9,46 +9,19 @@ me" for "Tuesday would work for me".
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
-
-from ivr.dialogue import CallTool, Dialogue, Say
-from ivr.dialogue.manager import Action
+from ivr.dialogue import Dialogue
 from ivr.dialogue.nbest import CLOSE_RATIO, rescue
 from ivr.flows import FlowSet
+from tests.support import dialogues
+from tests.support.dialogues import calls, dialogue, out, says
 
-ROOT = Path(__file__).resolve().parent.parent
 DENTAL_OPEN = datetime(2026, 3, 5, 15, 0, tzinfo=UTC)  # 09:00 in Chicago, a Thursday
 EVENING = datetime(2026, 3, 5, 20, 0, tzinfo=UTC)  # 15:00 in New York, a Thursday
 
 
-@pytest.fixture(scope="module")
-def flows() -> FlowSet:
-    return FlowSet.load(ROOT / "flows")
-
-
-def dialogue(flows: FlowSet, flow_id: str, now: datetime) -> Dialogue:
-    flow = flows.get(flow_id)
-    assert flow is not None
-    context = flow.call_context(
-        caller_number="+15550001111", called_number="+15551230001", call_sid="CA1", now=now
-    )
-    return Dialogue(flow, context=context, today=now.astimezone(flow.zone).date())
-
-
-def says(actions: list[Action]) -> list[str]:
-    return [a.text for a in actions if isinstance(a, Say)]
-
-
-def calls(actions: list[Action]) -> list[CallTool]:
-    return [a for a in actions if isinstance(a, CallTool)]
-
-
-def out(data: dict[str, object]) -> str:
-    return json.dumps(data)
+flows = dialogues.flows
 
 
 def asking_day(flows: FlowSet) -> Dialogue:
