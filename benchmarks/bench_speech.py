@@ -416,9 +416,28 @@ def bench_set(engines: Sequence[str], verbose: bool, json_path: str | None) -> N
         )
     table("slot accuracy (the dialogue's parsers on the recognised text)", ["slot", *names], rows)
     rows = []
+    for kind in (*SLOT_KINDS, None):
+        counts = {n: runs[n].slot_counts(kind=kind, chosen=True) for n in names}
+        rows.append(
+            [kind or "all slots", *(f"{r / t:.3f} ({r}/{t})" if t else "-" for r, t in counts.values())]
+        )
+    table(
+        "slot accuracy with the dialogue's choice (a close runner-up, or a weekday heard as other words)",
+        ["slot", *names],
+        rows,
+    )
+    rows = []
     for voice in runs[names[0]].voices():
-        rows.append([voice, *(f"{runs[n].slot_accuracy(voice):.3f}" for n in names)])
-    table("slot accuracy per voice", ["voice", *names], rows)
+        rows.append(
+            [
+                voice,
+                *(
+                    f"{runs[n].slot_accuracy(voice):.3f} / {runs[n].slot_accuracy(voice, chosen=True):.3f}"
+                    for n in names
+                ),
+            ]
+        )
+    table("slot accuracy per voice (best text / with the dialogue's choice)", ["voice", *names], rows)
     rows = []
     for n in names:
         decode = sorted(r.decode_ms for r in runs[n].results)
@@ -439,6 +458,8 @@ def bench_set(engines: Sequence[str], verbose: bool, json_path: str | None) -> N
                 "real": real[n],
                 "slots": {k: runs[n].slot_accuracy(kind=k) for k in SLOT_KINDS}
                 | {"all": runs[n].slot_accuracy()},
+                "slots_with_choice": {k: runs[n].slot_accuracy(kind=k, chosen=True) for k in SLOT_KINDS}
+                | {"all": runs[n].slot_accuracy(chosen=True)},
                 "decode_ms_median": float(np.median([r.decode_ms for r in runs[n].results])),
             }
             for n in names

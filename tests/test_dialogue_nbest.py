@@ -15,26 +15,16 @@ from ivr.dialogue import Dialogue
 from ivr.dialogue.nbest import CLOSE_RATIO, rescue
 from ivr.flows import FlowSet
 from tests.support import dialogues
-from tests.support.dialogues import calls, dialogue, out, says
+from tests.support.dialogues import DENTAL_OPEN, calls, dental_asking_day, dialogue, out, says
 
-DENTAL_OPEN = datetime(2026, 3, 5, 15, 0, tzinfo=UTC)  # 09:00 in Chicago, a Thursday
 EVENING = datetime(2026, 3, 5, 20, 0, tzinfo=UTC)  # 15:00 in New York, a Thursday
 
 
 flows = dialogues.flows
 
 
-def asking_day(flows: FlowSet) -> Dialogue:
-    d = dialogue(flows, "dental-clinic", DENTAL_OPEN)
-    d.start()
-    d.tool_result("local_1", out({"found": False}))
-    [move] = calls(d.heard("hi i'd like to book a cleaning please", 0.9))
-    assert says(d.tool_result(move.call_id, out({"status": "ok"}))) == ["Which day would suit you?"]
-    return d
-
-
 def at_confirmation(flows: FlowSet) -> Dialogue:
-    d = asking_day(flows)
+    d = dental_asking_day(flows)
     [find] = calls(d.heard("tuesday would work for me", 0.9))
     starts = ("2026-03-10T09:00", "2026-03-10T10:30")
     d.tool_result(find.call_id, out({"slots": [{"start": s, "spoken": s} for s in starts]}))
@@ -76,7 +66,7 @@ def test_far_quiet_or_missing_alternatives_are_not_taken() -> None:
 
 
 def test_a_misheard_day_is_rescued_from_the_alternatives_and_read_back(flows: FlowSet) -> None:
-    d = asking_day(flows)
+    d = dental_asking_day(flows)
     heard = d.heard(
         "to z would work for me",
         0.6,
@@ -89,26 +79,26 @@ def test_a_misheard_day_is_rescued_from_the_alternatives_and_read_back(flows: Fl
 
 
 def test_a_rescued_day_the_caller_denies_is_asked_again(flows: FlowSet) -> None:
-    d = asking_day(flows)
+    d = dental_asking_day(flows)
     assert says(d.heard("qv", 0.29, [("tuesday", 0.27)])) == ["Tuesday the 10th, right?"]
     assert says(d.heard("no", 0.9)) == ["Which day would suit you?"]
 
 
 def test_without_alternatives_the_same_mishearing_is_asked_again(flows: FlowSet) -> None:
-    d = asking_day(flows)
-    heard = says(d.heard("to z would work for me", 0.6))
-    assert heard and "right?" not in heard[-1] and not calls(d.heard("to z would work for me", 0.6, ()))
+    d = dental_asking_day(flows)
+    heard = says(d.heard("whom they would work for me", 0.6))
+    assert heard and "right?" not in heard[-1] and not calls(d.heard("whom they would work for me", 0.6, ()))
 
 
 def test_a_best_reading_that_answers_wins_over_alternatives(flows: FlowSet) -> None:
-    d = asking_day(flows)
+    d = dental_asking_day(flows)
     [find] = calls(d.heard("thursday would work for me", 0.7, [("tuesday would work for me", 0.69)]))
     assert find.arguments["date"] == "2026-03-12"
 
 
 def test_an_alternative_far_below_the_best_is_not_taken(flows: FlowSet) -> None:
-    d = asking_day(flows)
-    heard = says(d.heard("to z would work for me", 0.7, [("tuesday would work for me", 0.3)]))
+    d = dental_asking_day(flows)
+    heard = says(d.heard("whom they would work for me", 0.7, [("tuesday would work for me", 0.3)]))
     assert heard and "Tuesday" not in heard[-1]
 
 

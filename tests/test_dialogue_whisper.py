@@ -349,10 +349,10 @@ def test_silence_words_heard_unsure_do_not_end_the_call(flows: FlowSet) -> None:
 
 def test_after_hours_failures_offer_the_keypad_instead_of_hanging_up(flows: FlowSet) -> None:
     d = _dental_asking_day(flows, DENTAL_CLOSED)
-    d.heard("purple monkey dishwasher", 0.9)
-    second = says(d.heard("purple monkey dishwasher", 0.9))
+    d.heard("purple elephant dishwasher", 0.9)
+    second = says(d.heard("purple elephant dishwasher", 0.9))
     assert "If it's easier, press 0 on your keypad for the front desk." in second
-    third = d.heard("purple monkey dishwasher", 0.9)
+    third = d.heard("purple elephant dishwasher", 0.9)
     assert d.waiting == "caller" and not any(isinstance(a, CallTool) for a in third)
     assert "press 0" in says(third)[0]
     assert not any("opening hours." in line and "call us back" in line for line in says(third))

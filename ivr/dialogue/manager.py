@@ -27,7 +27,9 @@ How a turn goes (docs/offline-dialogue.md has the flow author's view):
   asked for again, and a clean yes/no to a yes/no question is taken as said.
 * The recogniser's other readings of a turn (``alternatives``) are used when a slot question is open and
   the best reading gives no value for it: a close runner-up that does is taken as an unsure turn, so its
-  value is read back, never acted on silently (:mod:`ivr.dialogue.nbest`).
+  value is read back, never acted on silently (:mod:`ivr.dialogue.nbest`). For a day, a weekday heard as
+  other words ("to z would work for me") is the last resort, read back the same way
+  (:mod:`ivr.dialogue.soundalike`).
 * A caller may change a value already given, while another question is open or at the confirmation ("no,
   wednesday", "actually make it 3", "10:30 instead"): just that value changes, and an offer that depends
   on it is fetched again (:mod:`ivr.dialogue.corrections`).
@@ -63,6 +65,7 @@ from ivr.dialogue import corrections, filling, nbest
 from ivr.dialogue import slots as parse
 from ivr.dialogue.confidence import FLOOR_FRACTION, Calibration
 from ivr.dialogue.intents import STRONG, match_intent
+from ivr.dialogue.soundalike import weekday_sounding
 from ivr.dialogue.values import Missing, SlotValue, Values
 from ivr.dialogue.words import join_words, tokens
 from ivr.flows.model import Flow
@@ -439,9 +442,10 @@ class Dialogue:
     ) -> tuple[str, float] | None:
         """A close alternative reading that answers the open slot question when ``text`` gives nothing the
         dialogue can use (no value for the asked slot, for any other slot of the intent, nor a clear
-        request for another intent). Only for a slot question: not at a confirmation or a read-back."""
+        request for another intent); for a day, also a reading with a weekday heard as other words
+        (:mod:`ivr.dialogue.soundalike`). Only for a slot question: not at a confirmation or a read-back."""
         task = self._task
-        if not alternatives or task is None or task.asking is None:
+        if task is None or task.asking is None:
             return None
         if task.confirming or task.checking is not None or _is_repeat(tokens(text)):
             return None
@@ -456,7 +460,11 @@ class Dialogue:
         def answers(words: str) -> bool:
             return self._parse(asked, words, task, strict=False) is not None
 
-        return nbest.rescue(text, confidence, alternatives, answers, floor=self._calibration.floor)
+        floor = self._calibration.floor
+        found = nbest.rescue(text, confidence, alternatives, answers, floor=floor)
+        if found is None and asked.type == "date":  # "to z would work for me": a weekday heard as words
+            found = nbest.respell(text, confidence, alternatives, weekday_sounding, answers, floor=floor)
+        return found
 
     def _fits(self, text: str) -> bool:
         """Whether a turn heard with low confidence fits what the dialogue expects, so its words are used.

@@ -10,16 +10,17 @@ the flow's confidence floor).
 
 A value found this way was not the recogniser's first choice, so it is never acted on silently: the
 dialogue treats the turn as unsure and reads the value back ("Tuesday the 8th, right?"), where the caller
-can say yes or correct it. The choice is only made for an open slot question: at a confirmation a missing
-yes or no is asked again (acting on a runner-up "yes" would book what nobody agreed to), and with no
-question open the words are matched to intents as heard.
+can say yes or correct it. When no reading answers, :func:`respell` may still find one that does once a word
+run is read as what it sounds like (a weekday: :mod:`ivr.dialogue.soundalike`). The choice is only made for an
+open slot question: at a confirmation a missing yes or no is asked again (acting on a runner-up "yes" would
+book what nobody agreed to), and with no question open the words are matched to intents as heard.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-__all__ = ["CLOSE_RATIO", "rescue"]
+__all__ = ["CLOSE_RATIO", "rescue", "respell"]
 
 #: An alternative is considered only when its confidence is at least this fraction of the best reading's.
 #: Whisper's runner-ups for the same audio score 0.85–1.0 of the best when they differ by a word or two;
@@ -49,4 +50,32 @@ def rescue(
             continue
         if answers(alternative):
             return alternative, score
+    return None
+
+
+def respell(
+    text: str,
+    confidence: float,
+    alternatives: Sequence[tuple[str, float]],
+    sounding: Callable[[str], str | None],
+    answers: Callable[[str], bool],
+    *,
+    floor: float,
+) -> tuple[str, float] | None:
+    """The first of ``text`` and its close alternatives that answers once ``sounding`` rewrites it.
+
+    ``sounding(words)`` gives the words with a run replaced by what it sounds like ("to z would work for
+    me" → "tuesday would work for me") or ``None``. Readings are tried best first; each must be close
+    (:data:`CLOSE_RATIO`) and at least ``floor``, as in :func:`rescue`. Returns (rewritten text, its
+    reading's confidence) or ``None``.
+    """
+    if not text.strip():
+        return None
+    readings = [(text, confidence), *sorted(alternatives, key=lambda pair: -pair[1])]
+    for reading, score in readings:
+        if score < floor or score < CLOSE_RATIO * confidence:
+            continue
+        rewritten = sounding(reading)
+        if rewritten is not None and answers(rewritten):
+            return rewritten, score
     return None

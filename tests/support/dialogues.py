@@ -1,6 +1,6 @@
 """Driving the shipped flows' offline dialogue in tests: the flows fixture and small helpers over actions.
 
-Used by tests/test_dialogue_followups.py and tests/test_dialogue_nbest.py. A test module takes the fixture by
+Used by the tests of the offline dialogue (tests/test_dialogue_*.py). A test module takes the fixture by
 assigning it (``flows = dialogues.flows``), so it stays module-scoped: the flows load once per module.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,11 @@ from ivr.dialogue import CallTool, Dialogue, Say
 from ivr.dialogue.manager import Action
 from ivr.flows import FlowSet
 
-__all__ = ["calls", "dialogue", "flows", "out", "says"]
+__all__ = ["DENTAL_OPEN", "calls", "dental_asking_day", "dialogue", "flows", "out", "says"]
 
 ROOT = Path(__file__).resolve().parents[2]
+#: 09:00 in Chicago on a Thursday: the dental clinic is open.
+DENTAL_OPEN = datetime(2026, 3, 5, 15, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +54,14 @@ def calls(actions: list[Action]) -> list[CallTool]:
 def out(data: Mapping[str, Any]) -> str:
     """A tool's output as the dialogue receives it (JSON text)."""
     return json.dumps(data)
+
+
+def dental_asking_day(flows: FlowSet, now: datetime = DENTAL_OPEN) -> Dialogue:
+    """The dental flow, an unknown caller who asked to book a cleaning; "Which day would suit you?" is
+    open."""
+    d = dialogue(flows, "dental-clinic", now)
+    d.start()
+    d.tool_result("local_1", out({"found": False}))
+    [move] = calls(d.heard("hi i'd like to book a cleaning please", 0.9))
+    assert says(d.tool_result(move.call_id, out({"status": "ok"}))) == ["Which day would suit you?"]
+    return d

@@ -7,7 +7,12 @@ of :mod:`tests.support.voices` through the phone path, recognises it, and scores
   each number counts by its reading closest to the reference);
 * slots: the dialogue's own parsers (:mod:`ivr.dialogue.slots`) read the recognised text; the slot the line
   answers (``asked``) is read leniently, any other slot strictly (it needs a cue), as the dialogue does; a
-  slot counts as right when the parsed value equals the expected one.
+  slot counts as right when the parsed value equals the expected one;
+* slots with the dialogue's choice (:func:`dialogue_choice`): when the best text gives no value for the slot
+  the line answers, the reading the dialogue would use instead — a close runner-up from Whisper's beam
+  (:func:`ivr.dialogue.nbest.rescue`) or, for a day, a weekday heard as other words
+  (:func:`ivr.dialogue.nbest.respell` with :func:`ivr.dialogue.soundalike.weekday_sounding`); the value
+  found so is read back to the caller in a call, and counts here only when it is the expected one.
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ from typing import Any
 
 import yaml
 
+from ivr.dialogue import nbest
 from ivr.dialogue import slots as parse
+from ivr.dialogue.confidence import FLOOR_FRACTION
+from ivr.dialogue.soundalike import weekday_sounding
 from ivr.flows.loader import flow_files, load_flow
+from ivr.flows.offline import Offline
 from ivr.speech.wer import WordErrors, best_reading_errors
 from tests.support.voices import Voice, VoiceCache
 
@@ -33,6 +42,7 @@ __all__ = [
     "Line",
     "LineResult",
     "SetRun",
+    "dialogue_choice",
     "load_lines",
     "read_slots",
     "run_set",
@@ -141,6 +151,27 @@ def read_slots(line: Line, text: str, kinds: Iterable[str] | None = None) -> dic
     return found
 
 
+def dialogue_choice(
+    line: Line, text: str, confidence: float, alternatives: Sequence[tuple[str, float]]
+) -> str:
+    """The reading the dialogue would take for a line that answers ``asked``: ``text`` when it gives a
+    value for it, else a close runner-up that does, else (a day) ``text`` with a weekday heard as other
+    words; ``text`` when none does. The floor is the shipped default (``min_confidence`` × the floor
+    fraction), as in :meth:`ivr.dialogue.manager.Dialogue._rescue`."""
+    asked = line.asked
+    if asked not in SLOT_KINDS or asked == "yes_no":
+        return text
+
+    def answers(words: str) -> bool:
+        return read_slots(line, words, [asked])[asked] is not None
+
+    floor = Offline().min_confidence * FLOOR_FRACTION
+    found = nbest.rescue(text, confidence, alternatives, answers, floor=floor)
+    if found is None and asked == "day":
+        found = nbest.respell(text, confidence, alternatives, weekday_sounding, answers, floor=floor)
+    return text if found is None else found[0]
+
+
 def slots_right(line: Line, found: Mapping[str, Any]) -> dict[str, bool]:
     """Per expected slot: whether ``found`` holds the expected value (names compared case-insensitively)."""
     right = {}
@@ -163,6 +194,8 @@ class LineResult:
     slots: dict[str, Any]
     right: dict[str, bool]
     decode_ms: float
+    #: ``right`` for the reading the dialogue would take (:func:`dialogue_choice`).
+    right_chosen: dict[str, bool]
 
 
 @dataclass
@@ -179,20 +212,24 @@ class SetRun:
                 total = total + r.errors
         return total
 
-    def slot_counts(self, voice: str | None = None, kind: str | None = None) -> tuple[int, int]:
-        """(right, total) over expected slots."""
+    def slot_counts(
+        self, voice: str | None = None, kind: str | None = None, *, chosen: bool = False
+    ) -> tuple[int, int]:
+        """(right, total) over expected slots; ``chosen``: with the dialogue's choice of reading."""
         right = total = 0
         for r in self.results:
             if voice is not None and r.voice != voice:
                 continue
-            for k, ok in r.right.items():
+            for k, ok in (r.right_chosen if chosen else r.right).items():
                 if kind is None or k == kind:
                     total += 1
                     right += ok
         return right, total
 
-    def slot_accuracy(self, voice: str | None = None, kind: str | None = None) -> float:
-        right, total = self.slot_counts(voice, kind)
+    def slot_accuracy(
+        self, voice: str | None = None, kind: str | None = None, *, chosen: bool = False
+    ) -> float:
+        right, total = self.slot_counts(voice, kind, chosen=chosen)
         return right / total if total else 1.0
 
     def voices(self) -> list[str]:
@@ -206,10 +243,18 @@ class SetRun:
         for voice in self.voices():
             w = self.words(voice)
             right, total = self.slot_counts(voice)
-            rows.append(f"{voice}: words {w.accuracy:.3f} ({w.reference_words} words), slots {right}/{total}")
+            chosen, _ = self.slot_counts(voice, chosen=True)
+            rows.append(
+                f"{voice}: words {w.accuracy:.3f} ({w.reference_words} words), slots {right}/{total} "
+                f"({chosen} with the dialogue's choice)"
+            )
         w = self.words()
         right, total = self.slot_counts()
-        rows.append(f"all: words {w.accuracy:.3f} ({w.reference_words} words), slots {right}/{total}")
+        chosen, _ = self.slot_counts(chosen=True)
+        rows.append(
+            f"all: words {w.accuracy:.3f} ({w.reference_words} words), slots {right}/{total} "
+            f"({chosen} with the dialogue's choice)"
+        )
         return "\n".join(rows)
 
 
@@ -226,17 +271,20 @@ def run_set(
         for line in load_lines() if lines is None else lines:
             result = recognize(cache.pcm16(voice, line.text))
             text = result if isinstance(result, str) else result.text
+            confidence = float(getattr(result, "confidence", 0.0))
             found = read_slots(line, text)
+            chosen = dialogue_choice(line, text, confidence, tuple(getattr(result, "alternatives", ())))
             run.results.append(
                 LineResult(
                     voice.name,
                     line,
                     text,
-                    float(getattr(result, "confidence", 0.0)),
+                    confidence,
                     best_reading_errors(line.text, text),
                     found,
                     slots_right(line, found),
                     float(getattr(result, "decode_ms", 0.0)),
+                    slots_right(line, read_slots(line, chosen)),
                 )
             )
     run.seconds = time.perf_counter() - started
