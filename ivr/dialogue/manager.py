@@ -49,57 +49,41 @@ How a turn goes (docs/offline-dialogue.md has the flow author's view):
   the offer's tool starts at the choice's times, and options outside them are not read out.
 * While a tool runs, what the caller says is kept (the latest utterance only) and handled as soon as the
   dialogue listens again; while an approval is pending, the caller hears "Still checking, please hold on."
+
+The parts of :class:`Dialogue` live in their own modules: :mod:`ivr.dialogue.readbacks` (read-backs and
+corrections), :mod:`ivr.dialogue.slot_filling` (slots asked, offers), :mod:`ivr.dialogue.steps` (steps, tool
+results), :mod:`ivr.dialogue.failures` (asking again, giving up), each built on :mod:`ivr.dialogue.output`
+(lines said, tool calls). This module holds the events and the turns.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date, time
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from datetime import date
+from typing import Any
 
-from ivr.dialogue import corrections, filling, nbest
+from ivr.dialogue import nbest
 from ivr.dialogue import slots as parse
+from ivr.dialogue.actions import Action, CallTool, Say, Waiting, clean_text, decode_output
 from ivr.dialogue.confidence import FLOOR_FRACTION, Calibration
+from ivr.dialogue.failures import Failures
+from ivr.dialogue.from_flow import builtin_intents, opening_check
 from ivr.dialogue.intents import STRONG, match_intent
+from ivr.dialogue.readbacks import READBACK_TRIES as READBACK_TRIES
+from ivr.dialogue.readbacks import ReadBacks
+from ivr.dialogue.slot_filling import SlotFilling
 from ivr.dialogue.soundalike import weekday_sounding
-from ivr.dialogue.values import Missing, SlotValue, Values
-from ivr.dialogue.words import join_words, tokens
+from ivr.dialogue.state import Pending, Runner, Task
+from ivr.dialogue.steps import Steps
+from ivr.dialogue.words import tokens
 from ivr.flows.model import Flow
-from ivr.flows.offline import Intent, Offline, Phrases, Slot, Step
+from ivr.flows.offline import Intent, Offline, Slot
 
 __all__ = ["Action", "CallTool", "Dialogue", "Say", "Waiting"]
-
-
-@dataclass(frozen=True)
-class Say:
-    """Speak ``text`` to the caller."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class CallTool:
-    """Run tool ``name`` with ``arguments``; report its output with :meth:`Dialogue.tool_result`."""
-
-    call_id: str
-    name: str
-    arguments: dict[str, Any]
-
-
-Action = Say | CallTool
-Waiting = Literal["caller", "tool", "approval", "ended"]
 
 #: A turn below ``min_confidence`` but at least this fraction of it is used when its words fit what the
 #: dialogue expects (see :mod:`ivr.dialogue.confidence` and ``Dialogue._fits``).
 LOW_CONFIDENCE_FLOOR = FLOOR_FRACTION
-#: A template that is one placeholder and nothing else: ``{{ time }}``.
-_ONE_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-#: A slot whose read-back the caller denied this often is not read back again: the giveup steps run.
-READBACK_TRIES = 2
 
 _REPEAT_WHOLE = (
     ("pardon",),
@@ -132,121 +116,7 @@ def _is_repeat(words: list[str]) -> bool:
     return any(f" {part} " in joined for part in _REPEAT_PARTS)
 
 
-def _intent(data: dict[str, Any]) -> Intent:
-    return Intent.model_validate(data)
-
-
-def _builtin_intents(flow: Flow) -> list[Intent]:
-    """What a flow without an ``offline`` section understands: a person, and goodbye."""
-    types = {t.type for t in flow.tools}
-    out = []
-    if "transfer_to_human" in types:
-        out.append(
-            _intent(
-                {
-                    "id": "person",
-                    "examples": [
-                        "can I speak to a person",
-                        "put me through to someone",
-                        "a real person please",
-                    ],
-                    "keywords": ["person", "human", "operator", "someone", "agent", "representative"],
-                    "steps": [{"transfer": True}],
-                }
-            )
-        )
-    if "end_call" in types:
-        out.append(
-            _intent(
-                {
-                    "id": "goodbye",
-                    "examples": ["goodbye", "bye bye", "that's all thank you", "no thanks goodbye"],
-                    "keywords": ["goodbye", "bye"],
-                    "steps": [{"say": "Thank you for calling. Goodbye!"}, {"end_call": True}],
-                }
-            )
-        )
-    return out
-
-
-def _opening_check(flow: Flow) -> Callable[[time], bool] | None:
-    """Whether a time of day falls inside the flow's weekly opening hours (on any day)."""
-    hours = flow.opening_hours
-    if hours is None:
-        return None
-    ranges: list[tuple[int, int]] = []
-    for weekday in range(7):
-        for text in hours.weekly(weekday):
-            start, end = text.split("-")
-            ranges.append((_minutes(start), _minutes(end)))
-    if not ranges:
-        return None
-    return lambda moment: any(a <= moment.hour * 60 + moment.minute < b for a, b in ranges)
-
-
-def _minutes(text: str) -> int:
-    hours, minutes = text.split(":")
-    return int(hours) * 60 + int(minutes)
-
-
-def _decode(output: str | None) -> dict[str, Any]:
-    """A tool output as a dict; unreadable output is an error result."""
-    if output is None:
-        return {"error": {"type": "tool_failed", "message": "The tool returned nothing."}}
-    try:
-        data = json.loads(output)
-    except ValueError:
-        return {"error": {"type": "tool_failed", "message": "The tool's result could not be read."}}
-    if not isinstance(data, dict):
-        return {"error": {"type": "tool_failed", "message": "The tool's result is not an object."}}
-    return data
-
-
-def _clean(text: str) -> str:
-    return " ".join(text.split())
-
-
-@dataclass
-class _Task:
-    """An intent in progress: its filled slots, the question pending, options offered."""
-
-    intent: Intent
-    values: dict[str, SlotValue] = field(default_factory=dict)
-    asking: Slot | None = None
-    confirming: bool = False
-    options: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
-    #: A time the caller mentioned, used to pick an offer without asking when exactly one option fits.
-    hint: time | None = None
-    #: A value heard with low confidence, being confirmed ("Tuesday the 10th, right?").
-    checking: tuple[Slot, SlotValue] | None = None
-    #: How often the caller said no to a read-back of each slot (a check or the confirmation).
-    rejected: dict[str, int] = field(default_factory=dict)
-    #: How often the caller said no to the confirmation of a request of several slots ("Shall I book it?").
-    declined: int = 0
-
-
-@dataclass
-class _Runner:
-    """Steps being run, and what happens once they are done."""
-
-    steps: Sequence[Step]
-    after: Literal["start", "enter", "intent", "giveup"]
-    index: int = 0
-
-
-@dataclass(frozen=True)
-class _Pending:
-    """The tool call whose result the dialogue waits for, and what the result is for."""
-
-    call_id: str
-    tool: str
-    kind: Literal["step", "offer", "goto", "end"]
-    step: Step | None = None
-    slot: Slot | None = None
-    target: str | None = None
-
-
-class Dialogue:
+class Dialogue(ReadBacks, SlotFilling, Steps, Failures):
     """The dialogue of one call (see the module docstring)."""
 
     def __init__(
@@ -255,7 +125,7 @@ class Dialogue:
         """``context`` fills call values (``Flow.call_context``); ``today`` anchors dates ("tomorrow")."""
         self.flow = flow
         self._offline = flow.offline if flow.offline is not None else Offline()
-        self._global = list(flow.offline.intents) if flow.offline is not None else _builtin_intents(flow)
+        self._global = list(flow.offline.intents) if flow.offline is not None else builtin_intents(flow)
         self._context = dict(context)
         self._today = today
         self._stage: str | None = None
@@ -265,11 +135,11 @@ class Dialogue:
                 known = ", ".join(s.id for s in flow.stages)
                 raise ValueError(f"flow {flow.id!r} has no stage {start!r} (stages: {known})")
             self._stage = start
-        self._plausible = _opening_check(flow)
+        self._plausible = opening_check(flow)
         self._results: dict[str, Any] = {}
-        self._task: _Task | None = None
-        self._runner: _Runner | None = None
-        self._pending: _Pending | None = None
+        self._task: Task | None = None
+        self._runner: Runner | None = None
+        self._pending: Pending | None = None
         self._waiting: Waiting = "caller"
         self._failures = 0
         self._reask_turn = 0
@@ -316,7 +186,7 @@ class Dialogue:
         """Begin the call (after the greeting): ``on_start``, then the stage's ``on_enter`` and prompt."""
         out: list[Action] = []
         self._said = []
-        self._runner = _Runner(self._offline.on_start, "start")
+        self._runner = Runner(self._offline.on_start, "start")
         self._run(out)
         return self._finish(out)
 
@@ -332,7 +202,7 @@ class Dialogue:
             self._queued = (text, confidence, tuple(alternatives))
             return []
         if self._waiting == "approval":
-            return [Say(_clean(self._offline.phrases.still_checking))]
+            return [Say(clean_text(self._offline.phrases.still_checking))]
         out: list[Action] = []
         self._heard(out, text, confidence, alternatives)
         return self._finish(out)
@@ -342,7 +212,7 @@ class Dialogue:
         pending = self._pending
         if pending is None or call_id != pending.call_id:
             return []
-        data = _decode(output)
+        data = decode_output(output)
         if data.get("status") == "pending_approval":
             self._waiting = "approval"
             return []
@@ -363,7 +233,7 @@ class Dialogue:
         self._waiting = "tool"
         out: list[Action] = []
         if approved:
-            self._resume(out, pending, _decode(output))
+            self._resume(out, pending, decode_output(output))
         else:
             self._denied(out, message)
         return self._finish(out)
@@ -393,7 +263,7 @@ class Dialogue:
         self._pending = None
         self._replay = None
         self._said = []
-        self._runner = _Runner(self._stage_offline_on_enter(), "enter")
+        self._runner = Runner(self._stage_offline_on_enter(), "enter")
         self._run(out)
         return self._finish(out)
 
@@ -518,50 +388,7 @@ class Dialogue:
         ]
         return hits[0] if len(hits) == 1 else None
 
-    def _confirmation(self, out: list[Action], task: _Task, text: str, replay: bool) -> None:
-        if self._correct(task, text):  # "no, wednesday", "actually make it three": change just that
-            self._succeeded()
-            task.confirming = False
-            self._advance(out)
-            return
-        answer = parse.parse_yes_no(text)
-        if answer is True:
-            self._succeeded()
-            task.confirming = False
-            self._runner = _Runner(task.intent.steps, "intent")
-            self._run(out)
-            return
-        if answer is False:
-            self._succeeded()
-            task.confirming = False
-            clears = task.intent.confirm_no_clears
-            if clears == []:  # nothing to ask again: the caller dropped the request
-                self._task = None
-                self._listen(out, prompt=True)
-                return
-            names = [s.name for s in task.intent.slots] if clears is None else clears
-            filled = [n for n in names if n in task.values]
-            task.declined += len(task.intent.slots) > 1  # a summary of the request, not one value read back
-            if task.declined >= READBACK_TRIES:
-                # The whole request turned down twice: the caller does not want it (a mishearing would
-                # have been corrected in the answers asked again), so nothing is done; no hand-over.
-                self._task = None
-                self._say(out, self._render_or(self._offline.phrases.dropped))
-                self._listen(out, prompt=True)
-                return
-            if self._rejected(out, task, filled):
-                return
-            self._clear(task, names)
-            self._volunteer(task, text)
-            self._advance(out)
-            return
-        other = self._other(text, task)
-        if other is not None:
-            self._begin(out, other, text, replay)
-        else:
-            self._fail(out, "unclear")
-
-    def _answer(self, out: list[Action], task: _Task, slot: Slot, text: str, replay: bool) -> None:
+    def _answer(self, out: list[Action], task: Task, slot: Slot, text: str, replay: bool) -> None:
         other = self._other(text, task)
         if other is not None and slot.type in ("name", "text"):  # free answers cannot rule out a request
             self._begin(out, other, text, replay)
@@ -588,145 +415,8 @@ class Dialogue:
         else:
             self._fail(out, "unclear")
 
-    def _check(self, out: list[Action], task: _Task, slot: Slot, value: SlotValue) -> None:
-        """Confirm a value heard with low confidence instead of asking for it again."""
-        try:
-            text = self._check_text(slot, value)
-        except Missing:
-            self._fail(out, "low")
-            return
-        task.asking = slot
-        task.checking = (slot, value)
-        self._question(out, text)
-
-    def _check_text(self, slot: Slot, value: SlotValue) -> str:
-        return self._values({"value": filling.check_spoken(slot, value)}).text(self._offline.phrases.check)
-
-    def _check_answer(self, out: list[Action], task: _Task, text: str, replay: bool) -> None:
-        """The answer to "Tuesday the 10th, right?": yes takes the value, another value replaces it, no asks
-        the question again."""
-        assert task.checking is not None
-        slot, value = task.checking
-        answer = parse.parse_yes_no(text)
-        fresh = self._parse(slot, text, task, strict=False)
-        if fresh is not None and fresh.value != value.value:
-            task.checking = None
-            if self._unsure:
-                self._check(out, task, slot, fresh)
-                return
-            self._succeeded()
-            task.values[slot.name] = fresh
-            self._volunteer(task, text)
-            self._advance(out)
-            return
-        if answer is True or (fresh is not None and answer is None):
-            self._succeeded()
-            task.checking = None
-            task.values[slot.name] = value
-            self._advance(out)
-            return
-        if answer is False:
-            task.checking = None
-            if self._rejected(out, task, [slot.name]):
-                return
-            if not self._count_failure(out):
-                self._ask(out, task, slot)
-            return
-        other = self._other(text, task)
-        if other is not None:
-            self._begin(out, other, text, replay)
-        else:
-            self._fail(out, "unclear")
-
-    def _correct(self, task: _Task, text: str, *, skip: str | None = None) -> bool:
-        """Replace filled values the caller changed ("no, wednesday", "actually make it 3", "can we do
-        10:30 instead"); offers that depend on a changed value are fetched again. Whether anything
-        changed."""
-        cue = corrections.has_cue(text)
-        changed: list[str] = []
-        for slot in task.intent.slots:
-            current = task.values.get(slot.name)
-            if current is None or slot.name == skip or slot.type in ("offer", "yes_no", "text"):
-                continue
-            if slot.type == "choice" and not cue:
-                continue
-            value = self._parse(slot, text, task, strict=True)
-            if value is None and slot.type == "number":
-                number = corrections.replacing_number(text)
-                if number is not None:
-                    value = filling.read_slot(slot, str(number), today=self._today, plausible=None)
-            if value is None or value.value == current.value:
-                continue
-            if slot.type == "date" and not cue and corrections.same_weekday(current.value, value.value, text):
-                continue  # "tuesday at 9" about the tuesday already chosen
-            task.values[slot.name] = value
-            changed.append(slot.name)
-        for name in changed:
-            for offer in corrections.dependents(task.intent.slots, name):
-                task.values.pop(offer, None)
-                task.options.pop(offer, None)
-                task.hint = parse.parse_time(text, strict=True, plausible=self._plausible) or task.hint
-        moved = self._retime(task, text, skip=skip) if not changed else False
-        return bool(changed) or moved
-
-    def _retime(self, task: _Task, text: str, *, skip: str | None) -> bool:
-        """A new time for an offer already chosen ("actually, 10:30 instead"): the option at that time
-        when exactly one fits, else the offer is asked again."""
-        if not corrections.has_cue(text):
-            return False
-        wanted = parse.parse_time(text, strict=True, plausible=self._plausible)
-        if wanted is None:  # "actually 1230 instead", "no, 12 30": a bare clock only for an offered time
-            return self._repick(task, text, skip=skip)
-        moved = False
-        for slot in task.intent.slots:
-            current = task.values.get(slot.name)
-            if slot.type != "offer" or current is None or slot.name == skip:
-                continue
-            options = task.options.get(slot.name) or []
-            if parse.option_time(str(current.value), current.spoken) == wanted:
-                continue
-            picked = filling.hinted(slot, options, wanted)
-            if picked is None:
-                task.values.pop(slot.name, None)
-                task.hint = wanted
-            else:
-                task.values[slot.name] = picked
-            moved = True
-        return moved
-
-    def _repick(self, task: _Task, text: str, *, skip: str | None) -> bool:
-        """Another offered option, named by a time written as Whisper writes it ("1230", "12 30", "a15"),
-        which reads as a time only next to the options offered. Whether one was picked."""
-        for slot in task.intent.slots:
-            current = task.values.get(slot.name)
-            options = task.options.get(slot.name) or []
-            if slot.type != "offer" or current is None or slot.name == skip or not options:
-                continue
-            labels = [filling.option_label(slot, o) for o in options]
-            values = [str(filling.option_value(slot, o)) for o in options]
-            index = parse.option_at_time(text, labels, values)
-            if index is not None and values[index] != str(current.value):
-                task.values[slot.name] = filling.chosen(slot, options[index])
-                return True
-        return False
-
-    def _corrected(self, task: _Task, offer: Slot, text: str) -> bool:
-        """Whether the answer to an offer changed one of its inputs (its ``none_clears`` slots) instead."""
-        changed = False
-        for slot in task.intent.slots:
-            if slot.name not in offer.none_clears or slot.type == "offer":
-                continue
-            value = self._parse(slot, text, task, strict=True)
-            current = task.values.get(slot.name)
-            if value is not None and (current is None or current.value != value.value):
-                task.values[slot.name] = value
-                changed = True
-        if changed:
-            task.options.clear()
-        return changed
-
     def _begin(self, out: list[Action], intent: Intent, text: str, replay: bool) -> None:
-        self._task = task = _Task(intent)
+        self._task = task = Task(intent)
         if not replay:
             self._replay = text
         self._volunteer(task, text)
@@ -737,473 +427,8 @@ class Dialogue:
         local = list(stage.offline.intents) if stage is not None and stage.offline is not None else []
         return local + self._global
 
-    def _other(self, text: str, task: _Task) -> Intent | None:
+    def _other(self, text: str, task: Task) -> Intent | None:
         """Another intent the utterance clearly asks for, while ``task`` is asking something."""
         others = [i for i in self._intents() if i is not task.intent]
         match = match_intent(text, others, threshold=STRONG)
         return match.intent if match is not None else None
-
-    # -- slots ------------------------------------------------------------------------------------------
-
-    def _volunteer(self, task: _Task, text: str) -> None:
-        """Fill missing slots the caller mentioned without being asked (strict parsing)."""
-        for slot in task.intent.slots:
-            if slot.name in task.values or slot.type == "offer":
-                continue
-            value = self._parse(slot, text, task, strict=True)
-            if value is not None:
-                task.values[slot.name] = value
-        hint = parse.parse_time(text, strict=True, plausible=self._plausible)
-        if hint is not None:
-            task.hint = hint
-        for slot in task.intent.slots:  # "at 7.30": dinner, when the flow gives the choices' times
-            if slot.type == "choice" and slot.times and slot.name not in task.values and hint is not None:
-                picked = filling.choice_at(slot, hint)
-                if picked is not None:
-                    task.values[slot.name] = picked
-
-    def _parse(self, slot: Slot, text: str, task: _Task, *, strict: bool) -> SlotValue | None:
-        return filling.read_slot(
-            slot,
-            text,
-            today=self._today,
-            plausible=self._plausible,
-            options=task.options.get(slot.name) or [],
-            strict=strict,
-        )
-
-    def _clear(self, task: _Task, names: Sequence[str]) -> None:
-        for name in names:
-            task.values.pop(name, None)
-        task.options.clear()
-
-    def _default(self, slot: Slot, task: _Task) -> SlotValue | None:
-        assert slot.default is not None
-        try:
-            text = _clean(self._values().text(slot.default))
-        except Missing:
-            return None
-        if not text:
-            return None
-        if slot.type in ("name", "text"):
-            return SlotValue(text, text)
-        return self._parse(slot, text, task, strict=False)
-
-    def _advance(self, out: list[Action]) -> None:
-        """Ask for the next missing slot, fetch an offer, confirm, or run the steps."""
-        task = self._task
-        assert task is not None
-        task.asking = None
-        for slot in task.intent.slots:
-            if slot.name in task.values or slot.optional:
-                continue
-            if slot.default is not None:
-                value = self._default(slot, task)
-                if value is not None:
-                    task.values[slot.name] = value
-                    continue
-            if slot.type == "offer":
-                options = task.options.get(slot.name)
-                if options is None:
-                    self._fetch(out, slot)
-                    return
-                picked = filling.hinted(slot, options, task.hint)
-                if picked is not None:
-                    task.values[slot.name] = picked
-                    task.hint = None
-                    continue
-            self._ask(out, task, slot)
-            return
-        if task.intent.confirm is not None:
-            try:
-                text = self._values().text(task.intent.confirm)
-            except Missing:
-                self._abort(out, self._offline.phrases.missing)
-                return
-            task.confirming = True
-            self._question(out, text)
-            return
-        self._runner = _Runner(task.intent.steps, "intent")
-        self._run(out)
-
-    def _ask_text(self, task: _Task, slot: Slot) -> str:
-        assert slot.ask is not None
-        extra: dict[str, Any] = {}
-        if slot.type == "offer":
-            options = task.options.get(slot.name) or []
-            extra["options"] = join_words([filling.option_label(slot, o) for o in options], "or")
-        return self._values(extra).text(slot.ask)
-
-    def _ask(self, out: list[Action], task: _Task, slot: Slot) -> None:
-        try:
-            text = self._ask_text(task, slot)
-        except Missing:
-            self._abort(out, self._offline.phrases.missing)
-            return
-        task.asking = slot
-        self._question(out, text)
-
-    def _fetch(self, out: list[Action], slot: Slot) -> None:
-        assert slot.tool is not None
-        try:
-            arguments = self._arguments(slot.arguments)
-        except Missing:
-            self._abort(out, self._offline.phrases.missing)
-            return
-        self._narrow(arguments, slot)
-        self._call(out, slot.tool, arguments, "offer", slot=slot)
-
-    def _window(self) -> tuple[int, int] | None:
-        """The times of day of the choice the caller made, when it has ``times`` (dinner: 16:00-24:00)."""
-        task = self._task
-        if task is None:
-            return None
-        for slot in task.intent.slots:
-            value = task.values.get(slot.name)
-            if slot.type == "choice" and slot.times and value is not None:
-                span = filling.window(slot, value.value)
-                if span is not None:
-                    return span
-        return None
-
-    def _narrow(self, arguments: dict[str, Any], offer: Slot) -> None:
-        """An offer argument that is just an optional time slot the caller did not give ("after_time:
-        {{ time }}") starts at the chosen choice's times instead: dinner is searched from 16:00, so the
-        tool's first free times are not lunch times."""
-        task, span = self._task, self._window()
-        if task is None or span is None:
-            return
-        times = {s.name for s in task.intent.slots if s.type == "time" and s.name not in task.values}
-        for key, template in offer.arguments.items():
-            alone = _ONE_PLACEHOLDER.fullmatch(template.strip()) if isinstance(template, str) else None
-            if key not in arguments and alone is not None and alone.group(1) in times:
-                arguments[key] = f"{span[0] // 60:02d}:{span[0] % 60:02d}"
-
-    def _offer_result(self, out: list[Action], slot: Slot, data: Mapping[str, Any]) -> None:
-        task = self._task
-        if task is None:
-            self._listen(out, prompt=True)
-            return
-        if isinstance(data.get("error"), Mapping):
-            self._abort(out, self._offline.phrases.tool_error)
-            return
-        options = filling.usable_options(slot, data, within=self._window())
-        if options:
-            task.options[slot.name] = options
-            self._advance(out)
-            return
-        text = self._offline.phrases.none
-        if slot.none is not None:
-            with contextlib.suppress(Missing):
-                text = self._values().text(slot.none)
-        self._clear(task, slot.none_clears)
-        cleared = [s for s in task.intent.slots if s.name in slot.none_clears]
-        if cleared:
-            task.asking = cleared[0]
-            self._question(out, text)
-        else:
-            self._task = None
-            self._say(out, text)
-            self._listen(out, prompt=True)
-
-    # -- steps ------------------------------------------------------------------------------------------
-
-    def _run(self, out: list[Action]) -> None:
-        """Run steps until one waits for a tool, or they end."""
-        while self._runner is not None:
-            runner = self._runner
-            if runner.index >= len(runner.steps):
-                self._runner = None
-                self._after(out, runner.after)
-                return
-            step = runner.steps[runner.index]
-            runner.index += 1
-            values = self._values()
-            if step.when is not None and not values.condition(step.when):
-                continue
-            if step.unless is not None and values.condition(step.unless):
-                continue
-            if step.say is not None:
-                try:
-                    self._say(out, values.text(step.say))
-                except Missing:
-                    self._abort(out, self._offline.phrases.missing)
-                    return
-                continue
-            self._act(out, step)
-            return
-
-    def _act(self, out: list[Action], step: Step) -> None:
-        """A step that calls a tool (a declared tool, a stage move, hang-up or transfer)."""
-        if step.tool is not None:
-            try:
-                arguments = self._arguments(step.arguments)
-            except Missing:
-                self._abort(out, self._offline.phrases.missing)
-                return
-            config = self.flow.tool(step.tool)
-            ends = config is not None and config.type in ("end_call", "transfer_to_human")
-            self._call(out, step.tool, arguments, "end" if ends else "step", step=step)
-            if ends:
-                self._waiting = "ended"
-            return
-        if step.goto is not None:
-            if step.goto == self._stage:
-                self._run(out)
-                return
-            tool = self._transition_tool(step.goto)
-            if tool is None:  # the flow checks rule this out; stay safe anyway
-                self._abort(out, self._offline.phrases.tool_error)
-                return
-            self._call(out, tool, {"reason": self._reason()}, "goto", step=step, target=step.goto)
-            return
-        kind = "end_call" if step.end_call else "transfer_to_human"
-        name = next((t.name for t in self.flow.tools if t.type == kind), None)
-        if name is None:
-            self._abort(out, self._offline.phrases.tool_error)
-            return
-        self._call(out, name, {"reason": self._reason()}, "end", step=step)
-        self._waiting = "ended"
-
-    def _after(self, out: list[Action], after: str) -> None:
-        if after == "start":
-            self._runner = _Runner(self._stage_offline_on_enter(), "enter")
-            self._run(out)
-        elif after == "enter":
-            replay, self._replay = self._replay, None
-            if replay is not None:
-                self._hear(out, replay, replay=True)
-            else:
-                self._listen(out, prompt=True)
-        elif after == "intent":
-            self._task = None
-            self._listen(out, prompt=False)
-        else:  # giveup that did not end the call
-            self._failures = 0
-            self._task = None
-            self._listen(out, prompt=True)
-
-    def _resume(self, out: list[Action], pending: _Pending, data: Mapping[str, Any]) -> None:
-        """Carry on after a tool result (or an approved action's result)."""
-        error = data.get("error") if isinstance(data.get("error"), Mapping) else None
-        step = pending.step
-        if pending.kind == "offer":
-            assert pending.slot is not None
-            self._offer_result(out, pending.slot, data)
-        elif error is not None and not (step is not None and step.optional and pending.kind == "step"):
-            self._waiting = "caller"
-            text = self._offline.phrases.tool_error
-            if step is not None and step.on_error is not None:
-                with contextlib.suppress(Missing):
-                    text = self._values({"error": error}).text(step.on_error)
-            self._abort(out, text)
-        elif pending.kind == "end":
-            self._waiting = "ended"
-        elif pending.kind == "goto":
-            assert pending.target is not None
-            self._task = None
-            self._stage = pending.target
-            self._runner = _Runner(self._stage_offline_on_enter(), "enter")
-            self._run(out)
-        else:
-            if error is None and step is not None and step.as_ is not None:
-                self._results[step.as_] = dict(data)
-            self._run(out)
-
-    def _denied(self, out: list[Action], message: str) -> None:
-        phrases = self._offline.phrases
-        try:
-            text = self._values({"message": message} if message.strip() else {}).text(phrases.not_approved)
-        except Missing:
-            text = Phrases().not_approved
-        self._abort(out, text)
-
-    def _call(
-        self,
-        out: list[Action],
-        name: str,
-        arguments: dict[str, Any],
-        kind: Literal["step", "offer", "goto", "end"],
-        *,
-        step: Step | None = None,
-        slot: Slot | None = None,
-        target: str | None = None,
-    ) -> None:
-        """Ask the engine to run a tool, and wait for its result."""
-        self._calls += 1
-        call_id = f"local_{self._calls}"
-        self._pending = _Pending(call_id, name, kind, step, slot, target)
-        self._waiting = "tool"
-        out.append(CallTool(call_id, name, arguments))
-
-    def _arguments(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
-        task = self._task
-        optional = (
-            frozenset(s.name for s in task.intent.slots if s.optional) if task is not None else frozenset()
-        )
-        rendered = self._values().argument(dict(arguments), optional)
-        assert isinstance(rendered, dict)
-        return rendered
-
-    def _transition_tool(self, target: str) -> str | None:
-        stage = self.flow.stage(self._stage) if self._stage is not None else None
-        if stage is None:
-            return None
-        return next((t.tool for t in stage.transitions if t.to == target), None)
-
-    def _reason(self) -> str:
-        return f"offline dialogue: {self._task.intent.id}" if self._task is not None else "offline dialogue"
-
-    def _stage_offline_on_enter(self) -> Sequence[Step]:
-        stage = self.flow.stage(self._stage) if self._stage is not None else None
-        return stage.offline.on_enter if stage is not None and stage.offline is not None else ()
-
-    # -- speaking ---------------------------------------------------------------------------------------
-
-    def _values(self, extra: Mapping[str, Any] | None = None) -> Values:
-        context = dict(self._context)
-        if self._stage is not None:
-            context["stage"] = self._stage
-        slots = self._task.values if self._task is not None else {}
-        return Values(slots=slots, results=self._results, context=context, extra=extra)
-
-    def _say(self, out: list[Action], text: str, *, remember: bool = True) -> None:
-        text = _clean(text)
-        if not text:
-            return
-        out.append(Say(text))
-        if remember:
-            self._said.append(text)
-
-    def _question(self, out: list[Action], text: str) -> None:
-        self._say(out, text)
-        self._replay = None
-        self._waiting = "caller"
-
-    def _prompt(self) -> str | None:
-        stage = self.flow.stage(self._stage) if self._stage is not None else None
-        if stage is None or stage.offline is None or stage.offline.prompt is None:
-            return None
-        try:
-            return self._values().text(stage.offline.prompt)
-        except Missing:
-            return None
-
-    def _listen(self, out: list[Action], *, prompt: bool) -> None:
-        self._waiting = "caller"
-        text = self._prompt() if prompt else None
-        if text:
-            self._question(out, text)
-
-    def _abort(self, out: list[Action], text: str) -> None:
-        """Say ``text``, drop the intent and any remaining steps, say the stage prompt and listen."""
-        self._runner = None
-        self._task = None
-        self._pending = None
-        with contextlib.suppress(Missing):
-            text = self._values().text(text)
-        self._say(out, text)
-        self._listen(out, prompt=True)
-
-    def _greeting(self) -> str | None:
-        if self.flow.greeting is None:
-            return None
-        try:
-            return _clean(self.flow.render(self.flow.greeting, self._context))
-        except ValueError:
-            return None
-
-    # -- failures ---------------------------------------------------------------------------------------
-
-    def _succeeded(self) -> None:
-        self._failures = 0
-        self._forgive = False
-        self._gave_up = False
-
-    def _rejected(self, out: list[Action], task: _Task, names: Sequence[str]) -> bool:
-        """The caller said no to a read-back of ``names``. The second no to the same slot gives up on this
-        line (the giveup steps: a transfer, or the keypad): asking once more would read the same mishearing
-        back again, and the caller would loop until the call ends. Whether it gave up."""
-        for name in names:
-            task.rejected[name] = task.rejected.get(name, 0) + 1
-        if not any(task.rejected.get(name, 0) >= READBACK_TRIES for name in names):
-            return False
-        self._give_up(out)
-        return True
-
-    def _count_failure(self, out: list[Action]) -> bool:
-        """Count a failed turn; when it is one too many, run the giveup steps and return True.
-
-        Giveup steps that leave the call open (the flow offers the keypad or another try) are followed, if
-        the caller still cannot be understood, by the default giveup, which ends the call.
-        """
-        if self._forgive:
-            self._forgive = False
-        else:
-            self._failures += 1
-        if self._failures <= self._offline.max_reasks:
-            return False
-        self._give_up(out)
-        return True
-
-    def _give_up(self, out: list[Action]) -> None:
-        """Run the giveup steps (the default giveup, which ends the call, after a giveup that did not)."""
-        self._failures = 0
-        self._task = None
-        self._said = []
-        steps = self._default_giveup() if self._gave_up else self._giveup_steps()
-        self._gave_up = True
-        self._runner = _Runner(steps, "giveup")
-        self._run(out)
-
-    def _fail(self, out: list[Action], kind: Literal["low", "unclear", "no_match"]) -> None:
-        if self._count_failure(out):
-            return
-        self._waiting = "caller"
-        last_try = self._failures == self._offline.max_reasks and self._offline.keypad is not None
-        if kind == "low":
-            lines = self._offline.reask
-            line = lines[self._reask_turn % len(lines)]
-            self._reask_turn += 1
-            self._say(out, self._render_or(line), remember=False)
-        elif kind == "no_match":
-            self._say(out, self._render_or(self._offline.no_match), remember=False)
-        else:
-            self._say(out, self._render_or(self._offline.phrases.unclear), remember=False)
-        if last_try:
-            assert self._offline.keypad is not None
-            self._say(out, self._render_or(self._offline.keypad), remember=False)
-        if kind == "unclear":
-            question = self._pending_question()
-            if question:
-                self._say(out, question)
-
-    def _render_or(self, text: str) -> str:
-        try:
-            return self._values().text(text)
-        except Missing:
-            return text
-
-    def _pending_question(self) -> str | None:
-        task = self._task
-        try:
-            if task is not None and task.checking is not None:
-                return self._check_text(*task.checking)
-            if task is not None and task.confirming and task.intent.confirm is not None:
-                return self._values().text(task.intent.confirm)
-            if task is not None and task.asking is not None:
-                return self._ask_text(task, task.asking)
-        except Missing:
-            return None
-        return self._prompt()
-
-    def _giveup_steps(self) -> list[Step]:
-        if self._offline.giveup is not None:
-            return list(self._offline.giveup)
-        return self._default_giveup()
-
-    def _default_giveup(self) -> list[Step]:
-        steps = [Step.model_validate({"say": self._offline.phrases.giveup})]
-        if any(t.type == "end_call" for t in self.flow.tools):
-            steps.append(Step.model_validate({"end_call": True}))
-        return steps
