@@ -71,6 +71,7 @@ def _dental_booking(flows: FlowSet, first: str, now: datetime = DENTAL_OPEN) -> 
         ("golf papa a victor victor delta", "GP8VVD"),  # "eight" heard as "a" in a NATO spelling
         ("it's a hotel quebec alpha delta yankee", "8HQADY"),  # Piper joe's "8, hotel, quebec…"
         ("fox trot 2 x ray 3 5", "F2X35"),  # NATO words Whisper splits in two
+        ("it's 8 victor 5th november november 4th", "8V5NN4"),  # digits as ordinals, as flite slt's were
     ],
 )
 def test_booking_ids_spelled_as_whisper_writes_them(heard: str, expected: str) -> None:

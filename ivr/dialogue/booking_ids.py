@@ -1,10 +1,10 @@
 """Booking ids: letters and digits spelled out ("a b three k m seven", "alpha bravo 3 kilo mike 7").
 
-Reads recogniser text for a spelled id: letter names ("bee", "jay", "zed"), NATO words, digits, "double
-k", "b as in bravo", "m for mike". What Whisper writes for a spelled id: "julie" for juliet, "mic" for
-mike, "fox trot" in two words, "km" or "bcd" run together, "for"/"to"/"ate" for 4/2/8 between
-characters ("b k 7 for m"), "a" for 8 in a NATO spelling ("it's a hotel quebec …"), or the whole id as
-one token ("paujfq", "rcu-5m"), read when it is not an English word.
+Reads recogniser text for a spelled id: letter names ("bee", "jay", "zed"), NATO words, digits, "double k",
+"b as in bravo", "m for mike". What Whisper writes for a spelled id: "julie" for juliet, "mic" for mike,
+"5th" for a five said before a pause, "fox trot" in two words, "km" or "bcd" run together, "for"/"to"/"ate"
+for 4/2/8 between characters ("b k 7 for m"), "a" for 8 in a NATO spelling ("it's a hotel quebec …"), or the
+whole id as one token ("paujfq", "rcu-5m"), read when it is not an English word.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def _id_chars(word: str) -> str | None:
         return str(UNITS[word])
     if word == "oh":
         return "O"
+    if re.fullmatch(r"\d(?:st|nd|rd|th)", word):
+        return word[0]  # "victor 5th november": a digit said before a pause, written as an ordinal
     if re.fullmatch(r"[a-z0-9]+", word) and (len(word) == 1 or any(ch.isdigit() for ch in word)):
         return word.upper()
     if re.fullmatch(r"[b-df-hj-np-tv-z]{2,3}", word) and word not in ("mm", "hmm", "mhm", "hm", "nth"):
