@@ -303,7 +303,7 @@ async def test_find_slots_respects_hours_durations_bookings_and_notice(redis: Re
 
     checkups = output(await call(flow, ctx, action="find_slots", service="checkup"))
     assert starts(checkups) == ["11:15", "11:30", "13:00", "13:15", "13:30"]  # 11:45 would end after 12:00
-    assert checkups["slots"][0] == {"start": "2026-03-02T11:15", "spoken": "Monday, March 2 at 11:15"}
+    assert checkups["slots"][0] == {"start": "2026-03-02T11:15", "spoken": "Monday, March 2 at 11:15 AM"}
     assert checkups["duration_minutes"] == 30 and checkups["timezone"] == "America/Chicago"
     cleanings = output(await call(flow, ctx, action="find_slots", service="cleaning"))
     assert starts(cleanings) == ["13:00", "13:15", "13:30", "13:45", "14:00"]

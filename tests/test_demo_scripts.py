@@ -26,7 +26,7 @@ FLOWS = Path(__file__).resolve().parents[1] / "flows"
 GREETING = "Thanks for calling Bright Smile Dental, this is the virtual assistant. How can I help?"
 OFFER = "On Tuesday, December 8 I have 8:00 AM, 8:15 AM or 8:30 AM. Which would suit you?"
 READ_BACK = "So that's a cleaning on Tuesday, December 8 at 8:00 AM for Maria Gonzalez. Shall I book it?"
-BOOKED = "You're booked for Tuesday, December 8 at 08:00. Your booking id is J S V 4 X C."
+BOOKED = "You're booked for Tuesday, December 8 at 8:00 AM. Your booking id is J S V 4 X C."
 ANYTHING_ELSE = "Is there anything else I can help you with?"
 
 

@@ -174,7 +174,7 @@ def test_the_dental_demo_call_end_to_end(dental: Flow) -> None:
 
     done = d.approval_decided("appointments", True, booked("2026-03-10T09:00"), "")
     assert done == [
-        Say("You're booked for Tuesday, March 10 at 09:00. Your booking id is A B 3 K M 7."),
+        Say("You're booked for Tuesday, March 10 at 9:00 AM. Your booking id is A B 3 K M 7."),
         CallTool("local_5", "booking_done", {"reason": "offline dialogue: book"}),
     ]
     assert d.tool_result("local_5", MOVED) == [Say("Is there anything else I can help you with?")]

@@ -584,7 +584,7 @@ def test_cli_check_shows_stages_hours_approvals_and_datasets() -> None:
     ) in text
     assert "  hours    today (Monday 2026-03-02, America/Chicago): 08:00-12:00, 13:00-18:00; open now" in text
     assert (
-        "  hours    today (Monday 2026-03-02, America/New_York): closed; closed now, opens tomorrow at 12:00"
+        "  hours    today (Monday 2026-03-02, America/New_York): closed; closed now, opens tomorrow at noon"
     ) in text
     assert "reservations (booking) [approval when action == 'book' and party_size > 8]" in text
     assert "           after hours: message_and_hangup" in text

@@ -109,10 +109,10 @@ def test_next_opening(hours: OpeningHours) -> None:
 def test_describe_opening() -> None:
     now = at(2, 12, 30)
     assert describe_opening(at(2, 12, 30), now) == "now"
-    assert describe_opening(at(2, 13), now) == "today at 13:00"
-    assert describe_opening(at(3, 8), now) == "tomorrow at 08:00"
-    assert describe_opening(at(6, 8), now) == "Friday at 08:00"
-    assert describe_opening(at(17, 8), now) == "Tuesday, March 17 at 08:00"
+    assert describe_opening(at(2, 13), now) == "today at 1:00 PM"
+    assert describe_opening(at(3, 8), now) == "tomorrow at 8:00 AM"
+    assert describe_opening(at(6, 8), now) == "Friday at 8:00 AM"
+    assert describe_opening(at(17, 8), now) == "Tuesday, March 17 at 8:00 AM"
     assert describe_opening(None, now) == "not scheduled"
 
 
@@ -121,7 +121,7 @@ def test_call_context_has_open_now_next_opening_and_stage() -> None:
     context = flow.call_context(caller_number="+1", called_number="+2", call_sid="CA", now=at(2, 12, 30))
     assert (context["open_now"], context["next_opening"], context["stage"]) == (
         "no",
-        "today at 13:00",
+        "today at 1:00 PM",
         "main",
     )
     context = flow.call_context(caller_number="+1", called_number="+2", call_sid="CA", now=at(2, 9))
@@ -144,7 +144,7 @@ def test_after_hours_decision() -> None:
     decision = after_hours_decision(flow, at(2, 19))
     assert decision is not None
     context = flow.call_context(caller_number="+1", called_number="+2", call_sid="CA", now=at(2, 19))
-    assert flow.render(decision.message or "", context) == "We open again tomorrow at 08:00."
+    assert flow.render(decision.message or "", context) == "We open again tomorrow at 8:00 AM."
 
     transfer = parse(CLINIC + "after_hours: {action: transfer}\n")
     decision = after_hours_decision(transfer, at(2, 19))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import date, time
 
+from ivr.flows.hours import spoken_clock
+
 __all__ = ["spell", "spoken_date", "spoken_digits", "spoken_time"]
 
 
@@ -21,13 +23,8 @@ def spoken_date(day: date) -> str:
 
 
 def spoken_time(moment: time) -> str:
-    """``10:30 AM``, ``2:15 PM``, ``noon``, ``midnight``: how a time is said (speech reads the digits)."""
-    if moment == time(12, 0):
-        return "noon"
-    if moment == time(0, 0):
-        return "midnight"
-    hour = moment.hour % 12 or 12
-    return f"{hour}:{moment.minute:02d} {'AM' if moment.hour < 12 else 'PM'}"
+    """``10:30 AM``, ``2:15 PM``, ``noon``, ``midnight``: how a time is said (as the tools' labels say it)."""
+    return spoken_clock(moment)
 
 
 def spell(text: str) -> str:

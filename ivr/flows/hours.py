@@ -229,8 +229,19 @@ def after_hours_decision(flow: Flow, now: datetime) -> AfterHours | None:
     return after
 
 
+def spoken_clock(moment: time | datetime) -> str:
+    """``10:30 AM``, ``2:15 PM``, ``noon``, ``midnight``: a time of day as it is said to a caller (speech
+    reads the digits)."""
+    if (moment.hour, moment.minute) == (12, 0):
+        return "noon"
+    if (moment.hour, moment.minute) == (0, 0):
+        return "midnight"
+    hour = moment.hour % 12 or 12
+    return f"{hour}:{moment.minute:02d} {'AM' if moment.hour < 12 else 'PM'}"
+
+
 def describe_opening(opening: datetime | None, now: datetime) -> str:
-    """How a person would say when the line opens: ``now``, ``today at 13:00``, ``Monday at 08:00``, ...
+    """How a person would say when the line opens: ``now``, ``today at 1:00 PM``, ``Monday at 8:00 AM``, ...
 
     ``opening`` is in the schedule's zone (as :meth:`OpeningHours.next_opening` returns it).
     """
@@ -240,7 +251,7 @@ def describe_opening(opening: datetime | None, now: datetime) -> str:
     if opening <= now:
         return "now"
     days = (opening.date() - now.date()).days
-    clock = opening.strftime("%H:%M")
+    clock = spoken_clock(opening)
     if days == 0:
         return f"today at {clock}"
     if days == 1:

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
-from ivr.flows.hours import DAY_NAMES, OpeningHours
+from ivr.flows.hours import DAY_NAMES, OpeningHours, spoken_clock
 
 
 @dataclass(frozen=True)
@@ -174,13 +174,11 @@ def format_local(moment: datetime) -> str:
 
 
 def spoken(moment: datetime) -> str:
-    """``Tuesday, March 3 at 09:30``: a label the model can read out.
+    """``Tuesday, March 3 at 9:30 AM``: a label the model, or the offline voice, can read out to a caller.
 
-    A repeated wall time says which one: ``at 01:30 EDT, before the clocks go back``.
+    A repeated wall time says which one: ``at 1:30 AM EDT, before the clocks go back``.
     """
-    label = (
-        f"{DAY_NAMES[moment.weekday()]}, {moment.strftime('%B')} {moment.day} at {moment.strftime('%H:%M')}"
-    )
+    label = f"{DAY_NAMES[moment.weekday()]}, {moment.strftime('%B')} {moment.day} at {spoken_clock(moment)}"
     if moment.tzinfo is not None and is_repeated(moment):
         first = moment.utcoffset() == moment.replace(fold=0).utcoffset()
         label += f" {moment.tzname()}, {'before' if first else 'after'} the clocks go back"
