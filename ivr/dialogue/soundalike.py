@@ -20,9 +20,9 @@ December 8, right?"), so a wrong guess costs the caller one "no".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import cache
-from itertools import product
 
 from ivr.dialogue.words import ORDINALS, TENS, UNITS, WEEKDAYS, tokens
 
@@ -31,7 +31,10 @@ __all__ = [
     "INDEL",
     "MARGIN",
     "MAX_DISTANCE",
+    "MAX_RUN",
+    "MAX_WORDS",
     "VOWEL_SWAP",
+    "load",
     "phone_distance",
     "weekday_sounding",
 ]
@@ -45,6 +48,8 @@ MAX_DISTANCE = 0.25
 MARGIN = 0.1
 #: The longest run of words compared with a weekday.
 MAX_RUN = 3
+#: Longer readings are not searched (each costs ~2 ms of CPU per word in the event loop).
+MAX_WORDS = 10
 
 _VOWELS = frozenset(
     ["AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"]
@@ -109,15 +114,22 @@ def _spoken_words(token: str) -> list[str] | None:
 
 
 def _pronunciations(words: Sequence[str]) -> list[tuple[str, ...]] | None:
-    """Every pronunciation of a run of words (each word's first two variants), or None if one is unknown."""
+    """The pronunciation of a run of words (each word's first, most common, variant), or None if one is
+    unknown. Later variants add weak forms ("the" as "thee") that made common phrases sound like weekdays
+    ("to the" as Tuesday)."""
     table = _table()
-    choices = []
+    phones: list[str] = []
     for word in words:
         variants = table.get(word)
         if not variants:
             return None
-        choices.append([tuple(v.split()) for v in variants[:2]])
-    return [tuple(phone for part in combo for phone in part) for combo in product(*choices)]
+        phones.extend(variants[0].split())
+    return [tuple(phones)]
+
+
+def load() -> None:
+    """Read the pronunciation table now (~0.2 s, once per process) instead of on the first guess."""
+    _weekday_phones()
 
 
 @cache
@@ -126,11 +138,27 @@ def _weekday_phones() -> dict[str, list[tuple[str, ...]]]:
     return {day: [tuple(v.split()) for v in table[day]] for day in WEEKDAYS}
 
 
+#: Distances above this are never needed exactly: such a run is neither taken nor a close runner-up.
+_RELEVANT = MAX_DISTANCE + MARGIN
+#: Runs of more phones than this are beyond :data:`_RELEVANT` of every weekday on length alone (the longest
+#: weekday, "wednesday", has 6 phones: 4 more cost at least 2.8 > 0.35 × 6).
+_LONGEST_RUN = 9
+
+
 def _closest(phones: list[tuple[str, ...]]) -> tuple[str, float, float]:
-    """The weekday closest to any of ``phones``: (weekday, its distance per phone, the runner-up's)."""
+    """The weekday closest to any of ``phones``: (weekday, its distance per phone, the runner-up's).
+
+    A pair whose lengths alone put it beyond :data:`_RELEVANT` (each phone of difference costs at least
+    :data:`INDEL`) scores infinity without being computed: most runs of a long sentence are skipped so.
+    """
     scores = []
     for day, targets in _weekday_phones().items():
-        best = min(phone_distance(p, t) / len(t) for p in phones for t in targets)
+        best = math.inf
+        for target in targets:
+            for heard in phones:
+                if abs(len(heard) - len(target)) * INDEL > _RELEVANT * len(target):
+                    continue
+                best = min(best, phone_distance(heard, target) / len(target))
         scores.append((best, day))
     scores.sort()
     (first, day), (second, _) = scores[0], scores[1]
@@ -140,10 +168,13 @@ def _closest(phones: list[tuple[str, ...]]) -> tuple[str, float, float]:
 def weekday_sounding(text: str) -> str | None:
     """``text`` with the run of words that sounds like one weekday replaced by it, or None.
 
-    None when the text already names a day (a weekday, "today", "tomorrow", "this week"…), when no run
-    is within :data:`MAX_DISTANCE`, or when two weekdays are about as close (:data:`MARGIN`).
+    None when the text has more than :data:`MAX_WORDS` words or already names a day (a weekday, "today",
+    "tomorrow", "this week"…), when no run is within :data:`MAX_DISTANCE`, or when two weekdays are about
+    as close (:data:`MARGIN`).
     """
     words = tokens(text)
+    if len(words) > MAX_WORDS:
+        return None  # an answer to "which day?" is short; a long sentence that named no day named none
     if any(word in WEEKDAYS or word in _DATE_WORDS for word in words):
         return None  # the turn names a day already: the date parser reads it, or nothing should
     spoken: list[list[str] | None] = [_spoken_words(word) for word in words]
@@ -158,6 +189,8 @@ def weekday_sounding(text: str) -> str | None:
             phones = _pronunciations([w for part in parts if part is not None for w in part])
             if phones is None:
                 break
+            if min(len(p) for p in phones) > _LONGEST_RUN:
+                break  # longer runs only grow: none can come close to a weekday
             day, distance, runner_up = _closest(phones)
             close = distance <= MAX_DISTANCE + 1e-9 and runner_up - distance >= MARGIN - 1e-9
             if close and (best is None or distance < best[0]):

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from ..call.notices import parse_approval_notice, quoted_line
+from ..dialogue import soundalike
 from ..dialogue.manager import Action, CallTool, Dialogue, Say
 from ..speech.asr import Recognition
 from ..speech.endpointing import EndpointingPolicy
@@ -112,6 +113,7 @@ class LocalResources:
             # (chosen, or the degraded fallback) gets a language model from the flow's phrases.
             recognizer = shared_recognizer(sentences=flow_phrases(flow), on_status=on_status)
             recognizer.load()
+            soundalike.load()  # the pronunciation table, read here rather than on a call's first guess
             resources = cls(recognizer, synthesizer, time.perf_counter() - started)
             _RESOURCES[key] = resources
             log.info(
