@@ -330,11 +330,11 @@ class Dialogue(ReadBacks, SlotFilling, Steps, Failures):
         def answers(words: str) -> bool:
             return self._parse(asked, words, task, strict=False) is not None
 
-        floor = self._calibration.floor
-        found = nbest.rescue(text, confidence, alternatives, answers, floor=floor)
-        if found is None and asked.type == "date":  # "to z would work for me": a weekday heard as words
-            found = nbest.respell(text, confidence, alternatives, weekday_sounding, answers, floor=floor)
-        return found
+        # For a day, "to z would work for me" may still be a weekday heard as other words.
+        sounding = weekday_sounding if asked.type == "date" else None
+        return nbest.choose(
+            text, confidence, alternatives, answers, floor=self._calibration.floor, sounding=sounding
+        )
 
     def _fits(self, text: str) -> bool:
         """Whether a turn heard with low confidence fits what the dialogue expects, so its words are used.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-__all__ = ["CLOSE_RATIO", "rescue", "respell"]
+__all__ = ["CLOSE_RATIO", "choose", "rescue", "respell"]
 
 #: An alternative is considered only when its confidence is at least this fraction of the best reading's.
 #: Whisper's runner-ups for the same audio score 0.85–1.0 of the best when they differ by a word or two;
@@ -79,3 +79,21 @@ def respell(
         if rewritten is not None and answers(rewritten):
             return rewritten, score
     return None
+
+
+def choose(
+    text: str,
+    confidence: float,
+    alternatives: Sequence[tuple[str, float]],
+    answers: Callable[[str], bool],
+    *,
+    floor: float,
+    sounding: Callable[[str], str | None] | None = None,
+) -> tuple[str, float] | None:
+    """The reading to use instead of ``text``: a close runner-up that answers (:func:`rescue`), else, when
+    ``sounding`` is given, a reading that answers once rewritten by it (:func:`respell`); ``None`` keeps
+    ``text``. The dialogue's choice for an open slot question; the speech set scores the same."""
+    found = rescue(text, confidence, alternatives, answers, floor=floor)
+    if found is None and sounding is not None:
+        found = respell(text, confidence, alternatives, sounding, answers, floor=floor)
+    return found

@@ -94,11 +94,7 @@ class ReadBacks(Output):
             self._volunteer(task, text)
             self._advance(out)
             return
-        other = self._other(text, task)
-        if other is not None:
-            self._begin(out, other, text, replay)
-        else:
-            self._fail(out, "unclear")
+        self._elsewhere(out, task, text, replay)
 
     def _check(self, out: list[Action], task: Task, slot: Slot, value: SlotValue) -> None:
         """Confirm a value heard with low confidence instead of asking for it again."""
@@ -144,6 +140,10 @@ class ReadBacks(Output):
             if not self._count_failure(out):
                 self._ask(out, task, slot)
             return
+        self._elsewhere(out, task, text, replay)
+
+    def _elsewhere(self, out: list[Action], task: Task, text: str, replay: bool) -> None:
+        """Neither yes, no nor a value: another request of the caller's, else the question again."""
         other = self._other(text, task)
         if other is not None:
             self._begin(out, other, text, replay)

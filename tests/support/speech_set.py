@@ -10,8 +10,8 @@ of :mod:`tests.support.voices` through the phone path, recognises it, and scores
   slot counts as right when the parsed value equals the expected one;
 * slots with the dialogue's choice (:func:`dialogue_choice`): when the best text gives no value for the slot
   the line answers, the reading the dialogue would use instead — a close runner-up from Whisper's beam
-  (:func:`ivr.dialogue.nbest.rescue`) or, for a day, a weekday heard as other words
-  (:func:`ivr.dialogue.nbest.respell` with :func:`ivr.dialogue.soundalike.weekday_sounding`); the value
+  or, for a day, a weekday heard as other words (:func:`ivr.dialogue.nbest.choose`, as the dialogue
+  calls it, with :func:`ivr.dialogue.soundalike.weekday_sounding`); the value
   found so is read back to the caller in a call, and counts here only when it is the expected one.
 """
 
@@ -166,9 +166,8 @@ def dialogue_choice(
         return read_slots(line, words, [asked])[asked] is not None
 
     floor = Offline().min_confidence * FLOOR_FRACTION
-    found = nbest.rescue(text, confidence, alternatives, answers, floor=floor)
-    if found is None and asked == "day":
-        found = nbest.respell(text, confidence, alternatives, weekday_sounding, answers, floor=floor)
+    sounding = weekday_sounding if asked == "day" else None
+    found = nbest.choose(text, confidence, alternatives, answers, floor=floor, sounding=sounding)
     return text if found is None else found[0]
 
 
