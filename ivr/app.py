@@ -318,6 +318,31 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
                 raise HTTPException(403, "invalid or missing X-Twilio-Signature")
         return form
 
+    def _record_after_hours(
+        form: ImmutableMultiDict[str, str], flow_id: str, said: str, outcome: str
+    ) -> None:
+        """A call answered without a media stream (the flow is closed) is in the console's history all the
+        same: its record, what it was told, and ``outcome`` (``after-hours`` or ``transferred``)."""
+        calls = state.services.calls
+        if calls is None:
+            return
+        record = CallRecord(
+            call_sid=form.get("CallSid", ""),
+            account_sid=form.get("AccountSid", ""),
+            flow_id=flow_id,
+            caller=form.get("From", ""),
+            called=form.get("To", ""),
+            engine="none",
+            stage="after_hours",
+        )
+        calls.call_started(record.summary())
+        if said:
+            calls.transcript(record.call_sid, "agent", said)
+        record.outcome = outcome
+        record.ended_at = time.time()
+        record.duration_s = 0.0
+        calls.call_ended(record.call_sid, record.summary())
+
     @app.post("/twilio/voice")
     async def voice(request: Request) -> Response:
         form = await signed_form(request, "/twilio/voice")
@@ -343,9 +368,12 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
             )
             message = flow.render(closed.message, context) if closed.message else None
             log.info("call=%s after hours for flow %s: %s", call_sid, flow.id, closed.action)
-            if closed.action == "transfer" and closed.number:
-                return Response(dial(closed.number, message), media_type="application/xml")
-            return Response(say_and_hang_up(message or DRAINING_MESSAGE), media_type="application/xml")
+            transfer = closed.action == "transfer" and bool(closed.number)
+            said = message or ("" if transfer else DRAINING_MESSAGE)
+            _record_after_hours(form, flow.id, said, "transferred" if transfer else "after-hours")
+            if transfer:
+                return Response(dial(closed.number or "", message), media_type="application/xml")
+            return Response(say_and_hang_up(said), media_type="application/xml")
         binding = StreamBinding(call_sid, flow.id, caller, called)
         params = {**binding.parameters(), TOKEN_PARAMETER: state.admission.tokens.issue(binding, time.time())}
         if state.services.calls is not None:

@@ -218,6 +218,21 @@ async def test_after_hours_calls_get_the_flow_message(
     assert "We are closed right now." in response.text
     assert "<Hangup" in response.text and "<Connect>" not in response.text
     assert fake_realtime.sessions == []
+    # The call is in the history all the same: ended, with what it was told, the number masked beside it.
+    keys = KeySchema(redis_prefix)
+    sid = params["CallSid"]
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        record = await client.hgetall(keys.call(sid))
+        lines = await client.xrange(keys.transcript(sid))
+        active = await client.zscore(keys.active_calls(), sid)
+        recent = await client.zscore(keys.recent_calls(), sid)
+    finally:
+        await client.aclose()
+    assert record["outcome"] == "after-hours" and record["engine"] == "none", record
+    assert record["caller_masked"] == "+1********01" and record["ended_at"], record
+    assert [f["role"] for _id, f in lines] == ["agent"] and lines[0][1]["text"].startswith("We are closed")
+    assert active is None and recent is not None
 
 
 @pytest.mark.slow

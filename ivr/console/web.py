@@ -55,6 +55,7 @@ OUTCOMES = (
     "instance-restart",
     "instance-lost",
     "server-shutdown",
+    "after-hours",
 )
 PER_PAGE = 50
 EXPORT_PER_PAGE = 200

@@ -23,6 +23,7 @@ import uvicorn
 
 from ..app import create_app, startup_warnings
 from ..caller.client import CallEndedError, CallOptions, SimulatedCall
+from ..caller.twilio_side import SayHangup, TwimlError, parse_twiml
 from ..engines.local import LocalResources
 from ..flows import Flow, FlowSet
 from ..settings import Settings
@@ -200,6 +201,12 @@ async def _call(
         result = await running
         conversation.cancel()
         await asyncio.gather(conversation, return_exceptions=True)
+        closed = _said_before_hanging_up(result.twiml)
+        if closed is not None:
+            # The flow answered without a media stream (after hours: message_and_hangup); what Twilio would
+            # have said is the agent's only line, and the goal (e.g. "hear the office hours") is judged on it.
+            progress(f"the line answered without a media stream and hung up, saying: {closed!r}")
+            demo.agent_lines.append(closed)
         return await _report(options, flow, settings, demo, call, result, progress)
     finally:
         # Stopped early (Ctrl-C, SIGTERM): end the call's tasks before the server, quietly.
@@ -211,6 +218,17 @@ async def _call(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(serving, 10)
         app_log.removeFilter(not_for_the_demo)
+
+
+def _said_before_hanging_up(twiml: str) -> str | None:
+    """The text of TwiML that says something and hangs up instead of streaming; ``None`` otherwise."""
+    if not twiml:
+        return None
+    try:
+        instruction = parse_twiml(twiml)
+    except TwimlError:
+        return None
+    return instruction.text if isinstance(instruction, SayHangup) and instruction.text else None
 
 
 async def _report(
