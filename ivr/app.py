@@ -21,7 +21,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +40,7 @@ from .call.registry import CallRecord, CallRegistry
 from .call.session import CallSession
 from .console.auth import Auth
 from .console.commands import Action
+from .console.operators import Operator
 from .console.web import console_router
 from .flows import FlowSet
 from .flows.hours import after_hours_decision
@@ -113,6 +114,9 @@ class AppState:
         self.admission = StreamAdmission(
             settings, self.metrics.registry, count=self.count, services=self.services, live=self.sessions
         )
+        #: Set by the server running the app (:class:`ivr.server.DrainingServer`): start its SIGTERM drain.
+        self.drain_hook: Callable[[], None] | None = None
+        self._drain_task: asyncio.Future[bool] | None = None
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -151,6 +155,21 @@ class AppState:
             await session.operator_hangup(by)
         else:
             await session.operator_transfer(by)
+
+    def request_drain(self) -> bool:
+        """Start draining as SIGTERM does (``POST /api/drain``, ``ivr drain``); False if already draining.
+
+        Under ``ivr serve`` the server drains and then exits, exactly as after SIGTERM (:attr:`drain_hook`);
+        an app served some other way drains and keeps serving its health and operator endpoints.
+        """
+        if self.calls.draining or self._drain_task is not None:
+            return False
+        if self.drain_hook is not None:
+            self.drain_hook()
+        else:
+            self._drain_task = asyncio.ensure_future(self.drain(self.settings.drain_timeout_s))
+        self.calls.draining = True  # /readyz answers 503 from now on, whoever runs the drain
+        return True
 
     async def drain(self, timeout: float) -> bool:
         """Stop taking calls; let live ones finish, then end the rest. True if all ended on their own."""
@@ -480,6 +499,23 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         if not settings.metrics_public:
             await viewer(request)
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    admin = Depends(state.auth.require("admin"))
+
+    @app.post("/api/drain", status_code=202)
+    async def start_drain(operator: Operator = admin) -> dict[str, Any]:
+        """Drain this instance as SIGTERM would (a Kubernetes preStop runs ``ivr drain``): /readyz turns 503,
+        new calls are refused politely, live ones go on up to IVR_DRAIN_TIMEOUT; then ``ivr serve`` exits."""
+        started = state.request_drain()
+        if started:
+            log.info("drain requested by operator %s", operator.name)
+        return {
+            "status": "draining",
+            "started": started,
+            "instance": state.services.instance_id,
+            "live_calls": len(state.calls.live),
+            "drain_timeout_s": settings.drain_timeout_s,
+        }
 
     @app.get("/api/calls", dependencies=[Depends(viewer)])
     async def list_calls() -> dict[str, Any]:

@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .caller.cli import register as register_call
     from .console.operators_cli import register as register_operators
     from .demo.cli import register as register_demo
+    from .drain_cli import register as register_drain
     from .flows.cli import register as register_flows
     from .tools.data_cli import register as register_data
 
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_approvals(sub)
     register_operators(sub)
     register_data(sub)
+    register_drain(sub)
     return parser
 
 

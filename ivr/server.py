@@ -31,6 +31,13 @@ class DrainingServer(uvicorn.Server):
         self._drain_timeout = drain_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        state.drain_hook = self._drain_requested  # POST /api/drain (``ivr drain``) drains as SIGTERM does
+
+    def _drain_requested(self) -> None:
+        """Called on the event loop by :meth:`AppState.request_drain`."""
+        if self._drain_task is None and not self.should_exit:
+            log.info("drain requested over the API: draining (SIGTERM stops now)")
+            self._start_drain()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
