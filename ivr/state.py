@@ -130,7 +130,11 @@ class RedisServices:
                 # may call a peer lost: after a Redis outage every heartbeat is stale, and the peers need
                 # that long to beat again before anyone may judge them.
                 if now - beating_since >= self.settings.instance_lost_after_s:
-                    await self.calls.take_over_lost(self.settings.instance_lost_after_s)
+                    taken = await self.calls.take_over_lost(self.settings.instance_lost_after_s)
+                    # Their undecided approvals close now, not at the sweeper's next pass (it stays the
+                    # backstop should this instance die between the two steps; abandoning is idempotent).
+                    for sid in (sid for sids in taken.values() for sid in sids):
+                        await self.approvals.abandon_call(sid, instance_id=self.instance_id)
             except (aioredis.RedisError, OSError) as exc:
                 beating_since = None
                 log.warning("Redis housekeeping failed (%s); retrying", exc)

@@ -220,3 +220,32 @@ async def test_calls_started_just_after_the_last_heartbeat_are_taken_over_too(
         writer=ResilientWriter(redis_client), clock=_clock([t0 + 20]),
     )  # fmt: skip
     assert await survivor.take_over_lost(LOST_AFTER) == {"node-d": ["CAjust"]}
+
+
+async def test_a_call_another_instance_carries_now_is_not_ended_with_its_old_owner(
+    redis_client: aioredis.Redis, redis_keys: KeySchema
+) -> None:
+    """CAmoved's record names node-b as its holder (the call moved there); node-a dies holding CAstay and a
+    stale entry for CAmoved. The takeover ends CAstay, frees its context, and leaves CAmoved running."""
+    t0 = 1_767_225_600.0
+    old = await _instance(redis_client, redis_keys, "node-a", [t0], ["CAstay", "CAmoved"])
+    for sid in ("CAstay", "CAmoved"):
+        await old.save_context(sid, {"caller": "+15550100001", "flow_id": "desk"})
+    await redis_client.hset(redis_keys.call("CAmoved"), "instance_id", "node-b")
+    await old.writer.stop(1)
+    survivor = CallStore(
+        redis_client,
+        redis_keys,
+        instance_id="node-s",
+        retention_s=RETENTION,
+        writer=ResilientWriter(redis_client),
+        clock=_clock([t0 + 20]),
+    )
+    assert await survivor.take_over_lost(LOST_AFTER) == {"node-a": ["CAstay"]}
+    stay, moved = await survivor.get_call("CAstay"), await survivor.get_call("CAmoved")
+    assert stay is not None and stay["outcome"] == LOST_OUTCOME
+    assert moved is not None and moved["outcome"] == "in-progress" and moved["instance_id"] == "node-b"
+    assert await survivor.load_context("CAstay") is None, "the ended call's context (numbers) is freed"
+    assert await survivor.load_context("CAmoved") is not None
+    assert await redis_client.smembers(redis_keys.instance_calls("node-a")) == set()
+    assert await _global_ends(redis_client, redis_keys, "CAmoved") == 0

@@ -153,15 +153,16 @@ async def _end_orphan(
         async with redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(call_key)
-                current, started_raw, flow_id, tail = await pipe.hmget(
-                    call_key, ["outcome", "started_at", "flow_id", "caller_tail"]
+                current, started_raw, flow_id, tail, holder = await pipe.hmget(
+                    call_key, ["outcome", "started_at", "flow_id", "caller_tail", "instance_id"]
                 )
                 started = to_float(started_raw)
                 if started_before is not None and started is not None and started > started_before:
                     await pipe.unwatch()
                     return False  # started by a newer run of its instance: live, leave it be
-                if current not in (None, "in-progress"):
-                    # Already ended (its owner finished it, or another survivor won): just tidy the index.
+                if current not in (None, "in-progress") or holder not in (None, owner):
+                    # Already ended (its owner finished it, or another survivor won), or another instance
+                    # carries the call now: not this owner's to end; just tidy the owner's index.
                     pipe.multi()
                     pipe.srem(keys.instance_calls(owner), sid)
                     await pipe.execute()
@@ -192,6 +193,9 @@ async def _end_orphan(
                     *append_event_args(keys.call_events(sid), keys.events(), entry_id, entry, retention_s),
                 )
                 expire_call(pipe, keys, sid, retention_s)
+                # The webhook's context (caller and called numbers) only serves a live call's media socket.
+                # The stream's claim stays until its TTL: a replayed start must still find the sid taken.
+                pipe.delete(keys.context(sid))
                 await pipe.execute()
                 return True
             except WatchError:
