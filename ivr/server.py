@@ -31,12 +31,13 @@ class DrainingServer(uvicorn.Server):
         self._drain_timeout = drain_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._signalled = False  # a first SIGTERM/SIGINT arrived
         state.drain_hook = self._drain_requested  # POST /api/drain (``ivr drain``) drains as SIGTERM does
 
     def _drain_requested(self) -> None:
         """Called on the event loop by :meth:`AppState.request_drain`."""
         if self._drain_task is None and not self.should_exit:
-            log.info("drain requested over the API: draining (SIGTERM stops now)")
+            log.info("drain requested over the API: draining")
             self._start_drain()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -49,9 +50,16 @@ class DrainingServer(uvicorn.Server):
             self._log_started_message(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_task is None and not self.should_exit and self._loop is not None:
-            log.info("signal %d: draining (send it again to stop now)", sig)
-            self._loop.call_soon_threadsafe(self._start_drain)
+        # The first signal drains; a second one stops at once. A drain asked for over the API (`ivr drain`
+        # in a Kubernetes preStop hook, which SIGTERM follows) is not a signal: the SIGTERM after it lets
+        # the drain go on.
+        if not self._signalled and not self.should_exit and self._loop is not None:
+            self._signalled = True
+            if self._drain_task is None:
+                log.info("signal %d: draining (send it again to stop now)", sig)
+                self._loop.call_soon_threadsafe(self._start_drain)
+            else:
+                log.info("signal %d: already draining (send it again to stop now)", sig)
             return
         super().handle_exit(sig, frame)
 

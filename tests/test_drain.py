@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import sys
 from types import SimpleNamespace
 
@@ -100,7 +101,8 @@ async def test_ivr_drain_gives_up_waiting_while_a_call_is_live(fake_realtime: Fa
 async def test_ivr_drain_waits_for_the_last_call_then_the_server_exits(
     fake_realtime: FakeRealtimeServer,
 ) -> None:
-    """The Kubernetes preStop path, with real processes: `ivr drain --wait` beside `ivr serve`."""
+    """The Kubernetes preStop path, with real processes: `ivr drain --wait` beside `ivr serve`, then the
+    SIGTERM that follows preStop, which must not cut the call the drain is waiting for."""
     fake_realtime.default_replies = [Reply(text="Hello.", audio_ms=300)]
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -133,6 +135,9 @@ async def test_ivr_drain_waits_for_the_last_call_then_the_server_exits(
         await server.wait_line("drain requested over the API")
         async with httpx.AsyncClient(base_url=base) as http:
             assert (await http.get("/readyz")).status_code == 503
+        # Kubernetes sends SIGTERM when preStop returns (or its time is up): the drain goes on, not a stop.
+        proc.send_signal(signal.SIGTERM)
+        await server.wait_line("already draining")
         before = len(session.input_audio)
         await session.wait_input_audio(before + 16000)  # the call goes on while the drain waits for it
         assert drainer.returncode is None and proc.returncode is None
