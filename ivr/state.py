@@ -26,6 +26,7 @@ from .call.registry import CallRecord, EventSink
 from .console.commands import CommandHandler, CommandListener
 from .console.operators import OperatorStore
 from .settings import Settings
+from .store.client import describe_redis_url, open_redis
 from .store.embedded import EmbeddedRedis, ensure_redis
 from .store.indexes import HEARTBEAT_INTERVAL_S
 from .store.keys import KeySchema
@@ -74,7 +75,7 @@ class RedisServices:
     async def start(self) -> None:
         self.url, self.embedded = await ensure_redis(self.settings.redis_url)
         retention_s = int(self.settings.retention_days * 86400)
-        self.redis = aioredis.Redis.from_url(
+        self.redis = open_redis(
             self.url,
             decode_responses=True,
             socket_timeout=SOCKET_TIMEOUT_S,
@@ -229,8 +230,5 @@ class RedisServices:
 
 
 def _safe(url: str) -> str:
-    """A Redis URL without its password."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """A Redis URL without its passwords (a Sentinel URL as its sentinels and service)."""
+    return describe_redis_url(url)

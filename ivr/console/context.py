@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ivr.console.render import environment
 from ivr.console.sse import SseHub
+from ivr.store.client import open_redis
 
 if TYPE_CHECKING:
     from ivr.app import AppState
@@ -215,7 +216,7 @@ class ConsoleContext:
     def _hub_client(self) -> aioredis.Redis:
         """The hub's own client: its blocking XREADs must not hold the shared client's connections."""
         self.services_ready()
-        return aioredis.Redis.from_url(
+        return open_redis(
             self.state.services.url,
             decode_responses=True,
             socket_timeout=HUB_BLOCK_MS / 1000 + 5.0,

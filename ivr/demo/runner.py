@@ -240,7 +240,7 @@ async def _report(
     result: Any,
     progress: Progress,
 ) -> DemoResult:
-    import redis.asyncio as aioredis
+    from ..store.client import open_redis
 
     keys = KeySchema(settings.redis_prefix)
     script = demo.script
@@ -254,7 +254,7 @@ async def _report(
         open_now=hours.is_open(datetime.now(UTC)) if hours is not None else None,
         agent_lines=demo.agent_lines,
     )
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = open_redis(settings.redis_url, decode_responses=True)
     try:
         verdict = await check_goal(script.goal, observed, client, keys)
         record = await client.hgetall(keys.call(call.call_sid))
@@ -286,6 +286,8 @@ async def _report(
         "call_sid": call.call_sid,
         "outcome": record.get("outcome") or getattr(result, "ended_by", None),
         "end_reason": getattr(result, "ended_by", None),
+        # False when the flow answered without one (after hours: its message, then a hang-up)
+        "media_stream": bool(getattr(result, "stream_sid", "")),
         "duration_s": round(seconds, 1),
         "bookings": booked,
         "approvals": demo.approvals,

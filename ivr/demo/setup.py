@@ -64,9 +64,9 @@ class NotForTheDemo(logging.Filter):
 
 
 async def load_datasets(flows: FlowSet, redis_url: str, keys: KeySchema, progress: Progress) -> None:
-    import redis.asyncio as aioredis
+    from ..store.client import open_redis
 
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = open_redis(redis_url, decode_responses=True)
     try:
         for spec in ds.collect(flows):
             report = await ds.load(client, keys, spec, progress=lambda n: None, warn=progress)
@@ -79,8 +79,7 @@ async def seed_booking(
     flow: Flow, service: str, options: DemoOptions, redis_url: str, keys: KeySchema
 ) -> str:
     """Book the first free slot for the caller through the flow's own booking tool (for cancel and move)."""
-    import redis.asyncio as aioredis
-
+    from ..store.client import open_redis
     from ..tools.booking import BookingTool
     from ..tools.registry import ToolContext
 
@@ -92,7 +91,7 @@ async def seed_booking(
         def request_hangup(self, reason: str) -> None: ...
         def request_transfer(self, number: str, announcement: str | None) -> None: ...
 
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = open_redis(redis_url, decode_responses=True)
     try:
         ctx = ToolContext(
             call_sid="CA" + secrets.token_hex(16),

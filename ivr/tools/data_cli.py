@@ -13,15 +13,16 @@ import asyncio
 import sys
 from pathlib import Path
 from typing import TextIO
-from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ivr.flows.errors import FlowError
 from ivr.flows.flowset import FlowSet
 from ivr.help_format import ParagraphHelpFormatter
+from ivr.redis_url import RedisURLError
+from ivr.redis_url import masked as _masked
 from ivr.settings import Settings, SettingsError
+from ivr.store.client import open_redis
 from ivr.store.keys import KeySchema, KeySchemaError
 from ivr.tools import datasets as ds
 
@@ -76,13 +77,8 @@ def load_command(args: argparse.Namespace) -> int:
 
 
 def masked(url: str) -> str:
-    """The Redis URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The Redis URL without its passwords, for messages (also a Sentinel URL's ``sentinel_password``)."""
+    return _masked(url)
 
 
 async def load_all(path: Path, only: str | None, settings: Settings, *, out: TextIO, err: TextIO) -> int:
@@ -120,7 +116,14 @@ async def load_all(path: Path, only: str | None, settings: Settings, *, out: Tex
         print(f"no lookup datasets are declared by the flows in {path}", file=out)
         return 0
 
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        client = open_redis(settings.redis_url, decode_responses=True)
+    except RedisURLError as exc:
+        print(f"error: {exc}", file=err)
+        return 2
+    except ValueError as exc:
+        print(f"error: REDIS_URL={masked(settings.redis_url)!r} is not a valid Redis URL ({exc})", file=err)
+        return 2
     failed = 0
     try:
         for spec in specs:
