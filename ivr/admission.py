@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from .limits import FailureLimiter
 from .settings import Settings
 from .state import RedisServices
+from .store import reattach
 from .store.keys import KeySchemaError
 from .telephony import media_stream as tw
 from .telephony.stream_token import (
@@ -42,6 +43,8 @@ log = logging.getLogger("ivr.app")
 
 #: Longest wait for Redis to confirm a stream claim (beyond it, this instance's own claim holds).
 STREAM_CLAIM_TIMEOUT_S = 0.5
+#: Seconds a resumed stream waits for Redis to hand it the call (the caller hears silence meanwhile).
+ADOPT_TIMEOUT_S = 2.0
 #: A stream claim outlives its token by this much (clocks of a fleet's hosts drift a little).
 CLAIM_LEEWAY_S = 30.0
 
@@ -108,17 +111,19 @@ class StreamAdmission:
         wait = self.limiter.retry_after(client, time.monotonic())
         return None if wait is None else max(1, math.ceil(wait))
 
-    async def claim(self, call_sid: str, until: float) -> bool:
-        """Claim ``call_sid`` for one stream: here (always) and in Redis (when up), until ``until`` (wall
-        clock). False when it was claimed already, on this instance or any other."""
+    async def claim(self, call_sid: str, until: float, resume: int = 0) -> bool:
+        """Claim ``call_sid`` for one stream (its ``resume``-th resumed one when > 0): here (always) and in
+        Redis (when up), until ``until`` (wall clock). False when it was claimed already, on this instance or
+        any other."""
         now = time.time()
-        if not self.claims.claim(call_sid, until, now):
+        if not self.claims.claim(f"{call_sid}/{resume}" if resume else call_sid, until, now):
             return False
         redis = self.services.redis
         if redis is None:
             return True
         try:
-            key = self.services.keys.stream_claim(call_sid)
+            keys = self.services.keys
+            key = keys.resumed_stream_claim(call_sid, resume) if resume else keys.stream_claim(call_sid)
             # The caller is waiting for the greeting: a Redis that does not answer must not delay it.
             async with asyncio.timeout(STREAM_CLAIM_TIMEOUT_S):
                 claimed = await redis.set(
@@ -145,8 +150,10 @@ class StreamAdmission:
         """
         now = time.time()
         verdict = self.tokens.verify(start.custom_parameters, start.call_sid, now)
+        resume = 0
         if isinstance(verdict, StreamBinding):
             params = verdict.parameters()
+            resume = verdict.resume
             until = self.tokens.expires_at(start.custom_parameters[TOKEN_PARAMETER]) + CLAIM_LEEWAY_S
         elif self.settings.verify_signatures:
             return verdict
@@ -168,9 +175,26 @@ class StreamAdmission:
             until = now + self.settings.stream_token_ttl_s + CLAIM_LEEWAY_S
         if start.call_sid in self._live:
             return Refusal("replayed", "this call sid is live on this instance")
-        if not await self.claim(start.call_sid, until):
+        if not await self.claim(start.call_sid, until, resume):
             return Refusal("replayed", "this call sid already had its media stream")
+        if resume:
+            return await self._adopt(start.call_sid, resume, params)
         return params
+
+    async def _adopt(self, call_sid: str, resume: int, params: dict[str, str]) -> dict[str, str] | Refusal:
+        """A resumed stream: take the call over from the instance it dropped with (ivr.store.reattach)."""
+        redis, me = self.services.redis, self.services.instance_id
+        if redis is None or not me:
+            return Refusal("not_resumable", "resuming a call needs Redis")
+        try:
+            async with asyncio.timeout(ADOPT_TIMEOUT_S):
+                adoption = await reattach.adopt(redis, self.services.keys, call_sid, me, resume)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return Refusal("not_resumable", f"Redis did not answer ({exc or type(exc).__name__})")
+        if not adoption.adopted:
+            return Refusal("not_resumable", f"stream {resume} cannot resume the call: {adoption.why}")
+        log.info("call=%s resumed here (stream %d; it was on %s)", call_sid, resume, adoption.previous or "?")
+        return {**params, "resumed_from": adoption.previous}
 
 
 def client_address(address: Any) -> str:

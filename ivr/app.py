@@ -21,7 +21,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +37,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from .admission import StreamAdmission, client_address
 from .approvals.api import approvals_router
 from .call.registry import CallRecord, CallRegistry
+from .call.resume import Resumed, history_from_store
 from .call.session import CallSession
 from .console.auth import Auth
 from .console.commands import Action
@@ -49,15 +50,18 @@ from .logs import mask_number, redact
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .settings import Settings
 from .state import RedisServices
+from .store import reattach
+from .store.keys import KeySchema, KeySchemaError
 from .telephony import media_stream as tw
 from .telephony.rest import CallController
 from .telephony.signature import SignatureChecker
 from .telephony.stream_token import (
+    RESUME_PARAMETER,
     TOKEN_PARAMETER,
     Refusal,
     StreamBinding,
 )
-from .telephony.twiml import connect_stream, dial, say_and_hang_up
+from .telephony.twiml import connect_stream, dial, hang_up, say_and_hang_up
 from .tools.datasets import load_missing as load_missing_datasets
 
 log = logging.getLogger("ivr.app")
@@ -66,6 +70,11 @@ log = logging.getLogger("ivr.app")
 START_TIMEOUT_S = 10.0
 DRAINING_MESSAGE = "Sorry, we can't take your call right now. Please call again in a minute. Goodbye."
 _TERMINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+#: Seconds a resumed call waits for its history from Redis (the caller hears silence meanwhile).
+RESUME_READ_TIMEOUT_S = 2.0
+#: Seconds the ``<Connect action>`` handler waits for a live holder of the call to mark it closed on purpose
+#: (an instance whose own socket dropped marks it within milliseconds; a killed one never does).
+CLOSE_MARK_WAIT_S = 1.0
 #: Ended calls whose record and events stay in this instance's memory (the rest are read from Redis).
 KEEP_ENDED_CALLS = 50
 #: A bootstrap admin token shorter than this draws a start-up warning.
@@ -408,8 +417,64 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
                 log.warning(
                     "call=%s context not saved to Redis (%s); relying on stream parameters", call_sid, exc
                 )
-        twiml = connect_stream(settings.media_stream_url, params)
+        twiml = connect_stream(settings.media_stream_url, params, action=stream_ended_url())
         return Response(twiml, media_type="application/xml")
+
+    def stream_ended_url() -> str | None:
+        """The ``<Connect action>`` Twilio requests when a stream ends (None: IVR_RESUME_CALLS=false)."""
+        return settings.public_url + "/twilio/stream-ended" if settings.resume_calls else None
+
+    @app.post("/twilio/stream-ended")
+    async def stream_ended(request: Request) -> Response:
+        """Twilio's ``<Connect action>``: a call's media stream ended. A call ended on purpose (or over, or
+        unknown) is hung up; one whose stream dropped with its instance gets its next stream, which the
+        instance receiving it resumes from Redis (docs/reliability.md, "A call outlives its instance")."""
+        form = await signed_form(request, "/twilio/stream-ended")
+        call_sid = form.get("CallSid", "")
+        if not call_sid:
+            raise HTTPException(400, "webhook is missing CallSid")
+        hang_up_now = Response(hang_up(), media_type="application/xml")
+        if form.get("CallStatus", "") in _TERMINAL_STATUSES or call_sid in state.sessions:
+            return hang_up_now  # over, or ended here on purpose (this instance still finishing it)
+        services = state.services
+        if services.redis is None or not settings.resume_calls:
+            return hang_up_now
+        try:
+            resumable = await _next_stream(services.redis, services.keys, call_sid)
+        except (RedisError, OSError, TimeoutError, KeySchemaError) as exc:
+            log.warning("call=%s stream ended; not resumed: Redis did not answer (%s)", call_sid, exc)
+            return hang_up_now
+        if isinstance(resumable, str):
+            log.info("call=%s stream ended; not resumed: %s", call_sid, resumable)
+            return hang_up_now
+        binding = StreamBinding(
+            call_sid, resumable.flow_id, resumable.caller, resumable.called, resume=resumable.number
+        )
+        params = {**binding.parameters(), TOKEN_PARAMETER: state.admission.tokens.issue(binding, time.time())}
+        log.warning(
+            "call=%s its media stream dropped with the instance carrying it: resuming it (stream %d)",
+            call_sid,
+            resumable.number,
+        )
+        state.count("calls_resumed")
+        return Response(
+            connect_stream(settings.media_stream_url, params, action=stream_ended_url()),
+            media_type="application/xml",
+        )
+
+    async def _next_stream(redis: Any, keys: KeySchema, call_sid: str) -> reattach.Resumable | str:
+        """Issue the call's next stream, unless it was closed on purpose. While the instance holding it still
+        beats, that instance may be about to mark it closed (its socket dropped, not itself): give it a
+        moment."""
+        deadline = time.monotonic() + CLOSE_MARK_WAIT_S
+        async with asyncio.timeout(CLOSE_MARK_WAIT_S + 2.0):
+            while await reattach.holder_alive(
+                redis, keys, call_sid, now=time.time(), lost_after_s=settings.instance_lost_after_s
+            ) and not await reattach.closed(redis, keys, call_sid):
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
+            return await reattach.issue_resume(redis, keys, call_sid, now=time.time())
 
     @app.post("/twilio/status")
     async def status(request: Request) -> Response:
@@ -646,10 +711,54 @@ async def _await_start(ws: WebSocket, state: AppState) -> tw.Start | None:
         return None
 
 
+#: Stream ``<Parameter>``s that are not the flow's call context.
+_NOT_CONTEXT = frozenset({"flow", "caller", "called", RESUME_PARAMETER, "resumed_from"})
+
+
+def _releaser(state: AppState, call_sid: str) -> Callable[[], Awaitable[bool]] | None:
+    """What marks the call closed on purpose in Redis when it ends here (ivr.store.reattach.release)."""
+    services = state.services
+    redis, me = services.redis, services.instance_id
+    if redis is None or not me or not state.settings.resume_calls:
+        return None
+    keys = services.keys
+
+    async def release() -> bool:
+        return await reattach.release(redis, keys, call_sid, me)
+
+    return release
+
+
+async def _resumed(state: AppState, call_sid: str, params: dict[str, str]) -> Resumed:
+    """A call adopted from an instance that died: its stage, start and conversation, from Redis."""
+    number = int(params.get(RESUME_PARAMETER, "0") or 0)
+    previous = params.get("resumed_from", "")
+    calls = state.services.calls
+    if calls is None:
+        return Resumed(number, previous)
+    try:
+        async with asyncio.timeout(RESUME_READ_TIMEOUT_S):
+            stored = await calls.get_call(call_sid) or {}
+            transcript = await calls.get_transcript(call_sid)
+            events = await calls.get_events(call_sid)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("call=%s resumed without its history: Redis did not answer (%s)", call_sid, exc)
+        return Resumed(number, previous)
+    started = stored.get("started_at")
+    return Resumed(
+        number,
+        previous,
+        history=history_from_store(transcript, events),
+        stage=str(stored.get("stage") or "") or None,
+        started_at=float(started) if isinstance(started, int | float) else None,
+    )
+
+
 async def _run_call(ws: WebSocket, start: tw.Start, state: AppState, params: dict[str, str]) -> None:
     started_at = time.perf_counter()  # Twilio's start is in: the greeting's time to first audio runs from now
     settings = state.settings
     flow = state.flows.get(params.get("flow", "")) or state.flows.for_number(params.get("called", ""))
+    resumed = await _resumed(state, start.call_sid, params) if params.get(RESUME_PARAMETER) else None
     record = CallRecord(
         call_sid=start.call_sid,
         account_sid=start.account_sid,
@@ -658,13 +767,15 @@ async def _run_call(ws: WebSocket, start: tw.Start, state: AppState, params: dic
         caller=params.get("caller", ""),
         called=params.get("called", ""),
     )
+    if resumed is not None and resumed.started_at:
+        record.started_at = resumed.started_at
     feed = state.calls.open(record, state.services.sink(record) if state.services.calls else None)
     context = flow.call_context(
         caller_number=record.caller,
         called_number=record.called,
         call_sid=record.call_sid,
         now=datetime.now(UTC),
-        parameters={k: v for k, v in params.items() if k not in ("flow", "caller", "called")},
+        parameters={k: v for k, v in params.items() if k not in _NOT_CONTEXT},
     )
 
     async def send(text: str) -> None:
@@ -693,6 +804,8 @@ async def _run_call(ws: WebSocket, start: tw.Start, state: AppState, params: dic
             keys=services.keys if services.redis is not None else None,
             metrics=state.metrics,
             started_at=started_at,
+            resumed=resumed,
+            release=_releaser(state, start.call_sid),
         )
     except ValueError as exc:  # a flow whose settings the model session cannot take
         log.error("call=%s cannot start: %s", start.call_sid, exc)
@@ -704,6 +817,10 @@ async def _run_call(ws: WebSocket, start: tw.Start, state: AppState, params: dic
         await close(1011)
         return
     state.sessions[start.call_sid] = session
+    if resumed is not None and state.services.calls is not None:
+        state.services.calls.call_updated(
+            start.call_sid, {"stream_sid": start.stream_sid, "model": record.model, "engine": record.engine}
+        )
     try:
         await session.begin()
         # Whoever ends the call from elsewhere (hang-up, status callback, drain) also closes this socket,

@@ -124,6 +124,8 @@ class Settings:
     operator_token: str = ""
     #: Serve GET /metrics without an operator token (for a Prometheus on a private network).
     metrics_public: bool = False
+    #: A call whose media stream dropped with its instance is resumed on another (``<Connect action>``).
+    resume_calls: bool = True
     #: Key of the per-call media-stream tokens (docs/security.md); empty: derived from twilio_auth_token.
     stream_secret: str = ""
     #: How long a stream token from the voice webhook stays valid (and a call sid stays claimed).
@@ -174,6 +176,7 @@ class Settings:
             twilio_api_base=(env.get("IVR_TWILIO_API_BASE", "") or "https://api.twilio.com").rstrip("/"),
             operator_token=env.get("IVR_OPERATOR_TOKEN", ""),
             metrics_public=_bool(env, "IVR_METRICS_PUBLIC", False),
+            resume_calls=_bool(env, "IVR_RESUME_CALLS", True),
             stream_secret=env.get("IVR_STREAM_SECRET", ""),
             stream_token_ttl_s=_float(env, "IVR_STREAM_TOKEN_TTL", 120.0, minimum=1.0),
             max_body_bytes=_int(env, "IVR_MAX_BODY_BYTES", 64 * 1024, minimum=1024),

@@ -216,7 +216,7 @@ async def test_after_hours_calls_get_the_flow_message(
             )
     assert response.status_code == 200
     assert "We are closed right now." in response.text
-    assert "<Hangup" in response.text and "<Connect>" not in response.text
+    assert "<Hangup" in response.text and "<Connect" not in response.text
     assert fake_realtime.sessions == []
     # The call is in the history all the same: ended, with what it was told, the number masked beside it.
     keys = KeySchema(redis_prefix)

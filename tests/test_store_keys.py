@@ -20,6 +20,8 @@ SNAPSHOT = {
     "call_events": "ivr:call:{sid}:events",
     "context": "ivr:call:{sid}:context",
     "stream_claim": "ivr:call:{sid}:stream",
+    "resumed_stream_claim": "ivr:call:{sid}:stream:{n}",
+    "call_link": "ivr:call:{sid}:link",
     "call_approvals": "ivr:call:{sid}:approvals",
     "events": "ivr:events",
     "active_calls": "ivr:calls:active",

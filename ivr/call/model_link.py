@@ -49,6 +49,7 @@ from ..telephony import media_stream as tw
 from ..telephony.twiml import say_and_hang_up
 from .conversation import Conversation
 from .notices import say_line
+from .resume import resumed_instructions
 
 if TYPE_CHECKING:
     from .session import CallSession
@@ -163,6 +164,17 @@ class ModelLink:
         self._replayed_calls: set[str] = set()
         #: Tool outputs that came while no socket was open: (call_id, name, arguments, output).
         self._pending_outputs: list[tuple[str, str, str, str]] = []
+        #: A call resumed here after its instance died: the first socket replays and says the notice.
+        self._resumed_notice = False
+
+    def resume_from(self, history: list[tuple[str, ...]]) -> None:
+        """Start from a conversation rebuilt from Redis (a call resumed on this instance): the first socket
+        replays it, and the agent says the resumed notice instead of the greeting."""
+        for entry in history:
+            self.history.append(entry)
+        self._opened = 1
+        self._greeted = True
+        self._resumed_notice = True
 
     # ------------------------------------------------------------------ sending
 
@@ -293,7 +305,9 @@ class ModelLink:
             if replay:
                 await call.audio.new_session()
                 self.response_in_flight, self.current_response = False, None
-                if planned:  # counted in model_rollovers when it was retired
+                if self._resumed_notice:
+                    call.log.info("resumed call: replayed %d history items", len(self.history))
+                elif planned:  # counted in model_rollovers when it was retired
                     call.feed.emit("model.rolled_over")
                     call.log.info("model session rolled over; replayed %d history items", len(self.history))
                 elif not self.fell_back or self._fallback_announced:
@@ -311,6 +325,9 @@ class ModelLink:
             if self.fell_back and not self._fallback_announced:
                 self._fallback_announced = self._greeted = True  # the local engine opens the conversation
                 await self.request_response(say_line(FALLBACK_NOTICE))
+            elif self._resumed_notice:
+                self._resumed_notice = False
+                await self.request_response(resumed_instructions())
             elif not self._greeted:
                 await self._greet()
             elif resume is not None and not self.response_in_flight:

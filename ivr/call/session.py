@@ -43,6 +43,7 @@ from .model_link import FALLBACK_AFTER_ATTEMPTS, FALLBACK_NOTICE, ModelLink, ses
 from .playback import MarkKind
 from .pricing import estimate_cost_usd
 from .registry import CallFeed, CallRecord
+from .resume import Resumed
 from .tools_runner import ToolRunner
 
 __all__ = [
@@ -52,6 +53,11 @@ __all__ = [
     "CallControlRefused",
     "CallSession",
 ]
+
+
+#: Seconds the end of a call waits for Redis to mark it closed (the caller already hung up or is being
+#: hung up on; a Redis that does not answer must not hold the end of the call).
+RELEASE_TIMEOUT_S = 0.5
 
 
 class CallSession:
@@ -74,9 +80,16 @@ class CallSession:
         keys: KeySchema | None = None,
         metrics: Metrics | None = None,
         started_at: float | None = None,
+        resumed: Resumed | None = None,
+        release: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """``metrics``: the app's Prometheus metrics (None in unit tests); ``started_at``: the
-        ``time.perf_counter()`` reading when Twilio's ``start`` arrived (the greeting is timed from it)."""
+        ``time.perf_counter()`` reading when Twilio's ``start`` arrived (the greeting is timed from it).
+        ``resumed``: the call was carried over from an instance that died (ivr.call.resume).
+        ``release``: marks the call closed on purpose in Redis before it ends here; False when another
+        instance holds the call now (ivr.store.reattach), and then its end is not written from here."""
+        self.resumed = resumed
+        self._release = release
         self.settings = settings
         self.flow = flow
         self.record = record
@@ -105,7 +118,14 @@ class CallSession:
 
         self.context = context
         self.tools = registry_for_flow(flow)
-        self.state = FlowState(flow, context, definitions=self.tools.realtime_tools())
+        self.state = FlowState(
+            flow,
+            context,
+            definitions=self.tools.realtime_tools(),
+            stage=resumed.stage
+            if resumed is not None and resumed.stage and flow.stage(resumed.stage)
+            else None,
+        )
         record.stage = self.state.stage
         self.session_config = session_config(flow, self.state)
         self.gate = gate
@@ -133,6 +153,8 @@ class CallSession:
         )
 
         self.link = ModelLink(self)
+        if resumed is not None:
+            self.link.resume_from(resumed.history)
         self.audio = AudioOut(self, send_twilio)
         self.runner = ToolRunner(self)
         self.actions = CallActions(self)
@@ -160,14 +182,31 @@ class CallSession:
 
     async def begin(self) -> None:
         """Open the model session and greet. Called once, right after Twilio's ``start``."""
-        self.feed.emit(
-            "call.started",
-            flow=self.flow.id,
-            model=self.model,
-            dialect=self.dialect,
-            audio=self.audio_mode,
-            caller=mask_number(self.record.caller),
-        )
+        resumed = self.resumed
+        if resumed is None:
+            self.feed.emit(
+                "call.started",
+                flow=self.flow.id,
+                model=self.model,
+                dialect=self.dialect,
+                audio=self.audio_mode,
+                caller=mask_number(self.record.caller),
+            )
+        else:
+            self.feed.emit(
+                "call.resumed",
+                stream=resumed.number,
+                previous_instance=resumed.previous,
+                stream_sid=self.stream_sid,
+                replayed=len(resumed.history),
+            )
+            self.log.warning(
+                "call resumed here (stream %d) after instance %s dropped it; %d lines replayed",
+                resumed.number,
+                resumed.previous or "?",
+                len(resumed.history),
+            )
+            self.spawn(self.runner.await_pending_approvals(), "approvals-resumed")
         self.meter.call_started()
         self.log.info(
             "call started: flow=%s from=%s to=%s model=%s dialect=%s audio=%s",
@@ -178,7 +217,9 @@ class CallSession:
             self.dialect,
             self.audio_mode,
         )
-        limit = self.flow.limits.max_call_seconds
+        limit = float(self.flow.limits.max_call_seconds or 0)
+        if limit and resumed is not None and resumed.started_at:
+            limit = max(1.0, limit - (time.time() - resumed.started_at))  # the call's limit, not the stream's
         if limit:
             self.call_later(limit, self.actions.on_time_limit)
         self.spawn(self.link.run(), "model")
@@ -196,6 +237,9 @@ class CallSession:
             if task is not current:
                 task.cancel()
         self.audio.release_lines()
+        if not await self._still_ours():
+            self.log.info("call ended here, but another instance carries it on: its end is not written here")
+            return
         await self.runner.abandon_pending()  # undecided approvals of this call can no longer be decided
         self.record.outcome = outcome if self.record.outcome == "in-progress" else self.record.outcome
         self.meter.call_ended(self.record.outcome)
@@ -216,6 +260,18 @@ class CallSession:
             self.record.usage.get("total_tokens", 0),
             self.record.counters,
         )
+
+    async def _still_ours(self) -> bool:
+        """Mark the call closed on purpose (no resume after this stream); False if another instance holds
+        it now. Redis trouble counts as ours (the end is written as before)."""
+        if self._release is None:
+            return True
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                return await self._release()
+        except Exception as exc:  # Redis down or slow: write the end as usual
+            self.log.warning("could not mark the call closed in Redis (%s)", redact(repr(exc)))
+            return True
 
     async def end(self, outcome: str, code: int = 1000) -> None:
         """Finish the call from our side and close Twilio's socket (which ends a ``<Connect><Stream>``)."""

@@ -228,6 +228,23 @@ class ToolRunner:
         await gate.executed(approval, ok=outcome.ok, error_type=outcome.error_type)
         return outcome
 
+    async def await_pending_approvals(self) -> None:
+        """A call resumed here: wait for the decisions its previous instance was waiting for, and carry each
+        out as that instance would have (run the action once, or tell the model no)."""
+        call = self.call
+        if call.gate is None:
+            return
+        try:
+            requests = await call.gate.store.for_call(call.call_sid)
+        except (RedisError, OSError) as exc:
+            call.log.warning("resumed call: its approval requests could not be read (Redis: %s)", exc)
+            return
+        for approval in requests:
+            if approval.status in ("pending", "approved") and approval.id not in self._awaiting:
+                self._awaiting.add(approval.id)
+                self._asked_approval = True  # abandoned with the call if it ends undecided
+                call.spawn(self._await_approval(approval), "approval")
+
     async def abandon_pending(self) -> None:
         """The call ended: its undecided approval requests become ``abandoned`` (audited), so nobody can
         approve an action that nothing would carry out. Waits at most :data:`ABANDON_WAIT_S`."""

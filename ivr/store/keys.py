@@ -18,6 +18,8 @@ KEY_TYPES: dict[str, str] = {
     "call_events": "stream",
     "context": "hash",
     "stream_claim": "string",
+    "resumed_stream_claim": "string",
+    "call_link": "hash",
     "call_approvals": "set",
     "events": "stream",
     "active_calls": "zset",
@@ -135,6 +137,16 @@ class KeySchema:
     def stream_claim(self, sid: str) -> str:
         """String with a TTL: the instance that took the call's one media stream (a sid streams once)."""
         return f"{self.prefix}call:{_id('call sid', sid)}:stream"
+
+    def resumed_stream_claim(self, sid: str, n: object) -> str:
+        """String with a TTL: the instance that took the call's ``n``-th resumed stream (taken once)."""
+        return f"{self.prefix}call:{_id('call sid', sid)}:stream:{n}"
+
+    def call_link(self, sid: str) -> str:
+        """Hash: the call's link to Twilio: ``closed_by`` (the instance that ended the call on purpose),
+        ``resumes`` (resumed streams issued), ``adopted`` (the last one taken over), ``stream_lost_at``
+        (when the last stream dropped)."""
+        return f"{self.prefix}call:{_id('call sid', sid)}:link"
 
     def call_approvals(self, sid: str) -> str:
         """Set: ids of the approval requests made during this call."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "BOUND_PARAMETERS",
+    "RESUME_PARAMETER",
     "TOKEN_PARAMETER",
     "OnceClaims",
     "Refusal",
@@ -35,9 +36,13 @@ __all__ = [
 
 #: The TwiML ``<Parameter>`` carrying the token.
 TOKEN_PARAMETER = "ivr_token"
+#: The ``<Parameter>`` numbering a resumed call's stream (absent on the first stream; bound by v2 tokens).
+RESUME_PARAMETER = "ivr_resume"
 #: The ``<Parameter>``s the token covers (with the call sid and the expiry).
 BOUND_PARAMETERS = ("flow", "caller", "called")
+#: v1: the first stream of a call; v2: a resumed stream, whose number the token binds as well.
 _VERSION = "v1"
+_RESUME_VERSION = "v2"
 _KEY_LABEL = b"ivr media-stream token v1"
 #: Base64url of a SHA-256 digest without padding.
 _MAC_CHARS = 43
@@ -51,9 +56,15 @@ class StreamBinding:
     flow: str
     caller: str
     called: str
+    #: 0 for the call's first stream; n for the stream that resumes it the n-th time (after its stream
+    #: dropped with the instance carrying it: the ``<Connect action>`` handler issues the next one).
+    resume: int = 0
 
     def parameters(self) -> dict[str, str]:
-        return {"flow": self.flow, "caller": self.caller, "called": self.called}
+        params = {"flow": self.flow, "caller": self.caller, "called": self.called}
+        if self.resume:
+            params[RESUME_PARAMETER] = str(self.resume)
+        return params
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +90,8 @@ def derive_key(stream_secret: str, auth_token: str) -> bytes | None:
 
 def _message(binding: StreamBinding, expires_at: int) -> bytes:
     """Length-prefixed fields: no value can shift bytes into its neighbour (``a|b``,``c`` ≠ ``a``,``b|c``)."""
-    parts = (_VERSION, binding.call_sid, binding.flow, binding.caller, binding.called, str(expires_at))
+    parts: tuple[str, ...] = (binding.call_sid, binding.flow, binding.caller, binding.called, str(expires_at))
+    parts = (_RESUME_VERSION, *parts, str(binding.resume)) if binding.resume else (_VERSION, *parts)
     return b"".join(b"%d:%s;" % (len(p.encode("utf-8")), p.encode("utf-8")) for p in parts)
 
 
@@ -100,7 +112,8 @@ class StreamTokens:
 
     def issue(self, binding: StreamBinding, now: float) -> str:
         expires_at = int(now + self.ttl_s)
-        return f"{_VERSION}.{expires_at}.{self._mac(binding, expires_at)}"
+        version = _RESUME_VERSION if binding.resume else _VERSION
+        return f"{version}.{expires_at}.{self._mac(binding, expires_at)}"
 
     @staticmethod
     def expires_at(token: str) -> int:
@@ -117,8 +130,20 @@ class StreamTokens:
             expires_at, mac = _split(token)
         except ValueError as exc:
             return Refusal("malformed_token", str(exc))
+        resume = 0
+        if token.startswith(_RESUME_VERSION + "."):
+            number = parameters.get(RESUME_PARAMETER, "")
+            if not (number.isascii() and number.isdigit() and 0 < len(number) < 4 and int(number) > 0):
+                return Refusal(
+                    "malformed_token", f"a v2 token needs a positive {RESUME_PARAMETER} <Parameter>"
+                )
+            resume = int(number)
         binding = StreamBinding(
-            call_sid, parameters.get("flow", ""), parameters.get("caller", ""), parameters.get("called", "")
+            call_sid,
+            parameters.get("flow", ""),
+            parameters.get("caller", ""),
+            parameters.get("called", ""),
+            resume,
         )
         if not hmac.compare_digest(mac, self._mac(binding, expires_at)):
             return Refusal(
@@ -132,8 +157,8 @@ class StreamTokens:
 def _split(token: str) -> tuple[int, str]:
     version, _, rest = token.partition(".")
     expiry, _, mac = rest.partition(".")
-    if version != _VERSION:
-        raise ValueError(f"token version is not {_VERSION}")
+    if version not in (_VERSION, _RESUME_VERSION):
+        raise ValueError(f"token version is not {_VERSION} or {_RESUME_VERSION}")
     if not expiry.isascii() or not expiry.isdigit() or len(expiry) > 12:
         raise ValueError("token expiry is not a number of seconds")
     if len(mac) != _MAC_CHARS:

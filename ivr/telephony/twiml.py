@@ -14,12 +14,16 @@ class TwimlError(ValueError):
     pass
 
 
-def connect_stream(stream_url: str, parameters: Mapping[str, str]) -> str:
-    """``<Connect><Stream url>`` with the call context as ``<Parameter>``s (Twilio forbids a query string)."""
+def connect_stream(stream_url: str, parameters: Mapping[str, str], action: str | None = None) -> str:
+    """``<Connect><Stream url>`` with the call context as ``<Parameter>``s (Twilio forbids a query string).
+
+    ``action``: the absolute URL Twilio POSTs to when the stream ends (``<Connect action method="POST">``);
+    its answer is the call's next TwiML (a resumed stream, or a hang-up).
+    """
     if "?" in stream_url:
         raise TwimlError(f"stream URL {stream_url!r} must not carry a query string; use <Parameter>s")
     response = VoiceResponse()
-    connect = Connect()
+    connect = Connect(action=action, method="POST") if action else Connect()
     stream = connect.stream(url=stream_url)
     for name, value in parameters.items():
         if len(name) + len(value) >= MAX_PARAMETER_CHARS:
@@ -50,3 +54,10 @@ def dial(number: str, announcement: str | None = None, caller_id: str | None = N
 
 def empty() -> str:
     return str(VoiceResponse())
+
+
+def hang_up() -> str:
+    """``<Hangup/>``: the answer to a ``<Connect action>`` request for a call that is over."""
+    response = VoiceResponse()
+    response.hangup()
+    return str(response)
