@@ -283,11 +283,82 @@ def test_parse_twiml_say_hangup() -> None:
     assert parse_twiml(r.to_xml()) == SayHangup("We are restarting, please call back.")
 
 
+def test_parse_twiml_empty_response_is_a_hang_up() -> None:
+    assert parse_twiml("<Response/>") == SayHangup("")
+    assert parse_twiml(str(VoiceResponse())) == SayHangup("")
+    r = VoiceResponse()
+    r.hangup()
+    assert parse_twiml(str(r)) == SayHangup("")
+
+
+def _connect_with_action(**connect_kwargs: str) -> str:
+    r = VoiceResponse()
+    c = Connect(**connect_kwargs)
+    c.stream(url="wss://agent.example.com/twilio/media").parameter(name="gen", value="1")
+    r.append(c)
+    return str(r)
+
+
+def test_parse_twiml_connect_action_and_method() -> None:
+    xml = _connect_with_action(action="https://agent.example.com/twilio/stream-ended", method="POST")
+    assert parse_twiml(xml) == StreamInstruction(
+        "wss://agent.example.com/twilio/media",
+        {"gen": "1"},
+        (),
+        "https://agent.example.com/twilio/stream-ended",
+        "POST",
+    )
+    # the method defaults to POST; Twilio also allows GET (any case is read as the upper-case method)
+    plain = parse_twiml(_connect_with_action(action="https://agent.example.com/next"))
+    assert isinstance(plain, StreamInstruction)
+    assert (plain.action, plain.method) == ("https://agent.example.com/next", "POST")
+    got = parse_twiml(_connect_with_action(action="https://agent.example.com/next", method="get"))
+    assert isinstance(got, StreamInstruction) and got.method == "GET"
+    # no action: the call ends with the stream
+    none = parse_twiml(_connect_with_action())
+    assert isinstance(none, StreamInstruction) and none.action is None and none.method == "POST"
+
+
+@pytest.mark.parametrize(
+    ("action", "document_url", "expected"),
+    [
+        (
+            "/twilio/stream-ended",
+            "https://a.example.com/twilio/voice",
+            "https://a.example.com/twilio/stream-ended",
+        ),
+        (
+            "stream-ended?x=1",
+            "https://a.example.com/twilio/voice",
+            "https://a.example.com/twilio/stream-ended?x=1",
+        ),
+        ("../up", "https://a.example.com/twilio/voice", "https://a.example.com/up"),
+        ("https://b.example.com/x", "https://a.example.com/twilio/voice", "https://b.example.com/x"),
+    ],
+)
+def test_parse_twiml_relative_action_resolves_against_the_document(
+    action: str, document_url: str, expected: str
+) -> None:
+    result = parse_twiml(_connect_with_action(action=action), document_url)
+    assert isinstance(result, StreamInstruction)
+    assert result.action == expected
+
+
 @pytest.mark.parametrize(
     ("xml", "fragment"),
     [
         ("<Response><Dial>+15550000000</Dial></Response>", "no <Connect><Stream> (found <Dial>"),
-        ("<Response/>", "found nothing"),
+        ("<Response><Pause/></Response>", "no <Connect><Stream> (found <Pause>"),
+        ('<Response><Connect method="PUT"><Stream url="wss://x/y"/></Connect></Response>', "method='PUT'"),
+        (
+            '<Response><Connect action="/next"><Stream url="wss://x/y"/></Connect></Response>',
+            "is relative and the TwiML's own URL is unknown",
+        ),
+        (
+            '<Response><Connect action="ftp://x/next"><Stream url="wss://x/y"/></Connect></Response>',
+            "must be an http(s) URL",
+        ),
+        ('<Response><Connect action=""><Stream url="wss://x/y"/></Connect></Response>', "is empty"),
         ("<Response><Connect/></Response>", "<Connect> has no <Stream>"),
         ("not xml at all", "not XML TwiML"),
         ("<Foo/>", "root element is <Foo>"),

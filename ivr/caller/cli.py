@@ -421,6 +421,10 @@ def _finish(
         )
         if verbose:
             out(f"  marks echoed {result.marks_echoed}, clears {result.clears}")
+    if result.legs > 1:  # the call moved on to new media streams (<Connect action>); the silence heard
+        gaps = result.gaps_ms(heard=True)
+        silence = f", silence between them {', '.join(f'{g:.0f}' for g in gaps)} ms" if gaps else ""
+        out(f"  media streams: {result.legs}{silence}")
     for line in written + notes:
         out(f"  {line}")
     problems = result.errors + write_errors

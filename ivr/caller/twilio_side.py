@@ -7,7 +7,9 @@ in :mod:`ivr.caller.client` only moves bytes and ticks the clock.
 
 Wire facts come from PROTOCOLS.md §5.1 (TwiML) and §6 (Media Streams messages): every number travels as a
 string except ``sampleRate``/``channels``; ``connected`` has no sequence number; ``start`` is sequence 1; the
-sequence number increases across *all* later messages; media ``chunk`` counts from 1.
+sequence number increases across *all* later messages; media ``chunk`` counts from 1. All of these are per
+stream: when a ``<Connect action>`` answers with another ``<Connect><Stream>``, the same call gets a new
+stream (new ``MZ…`` sid) whose numbering starts again — one :class:`TwilioStreamSimulator` per stream.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 __all__ = [
+    "ACTION_METHODS",
     "BYTES_PER_MS",
     "DTMF_DIGITS",
     "FRAME_BYTES",
@@ -410,18 +413,32 @@ class TwimlError(ValueError):
     """The webhook's TwiML is not something Twilio would act on as a media stream."""
 
 
+#: HTTP methods Twilio accepts for a ``<Connect action>`` request.
+ACTION_METHODS = ("POST", "GET")
+
+
 @dataclass(frozen=True)
 class StreamInstruction:
-    """``<Connect><Stream url=…>`` with its ``<Parameter>`` values (and any ``<Say>`` spoken before)."""
+    """``<Connect><Stream url=…>`` with its ``<Parameter>`` values (and any ``<Say>`` spoken before).
+
+    ``action`` is the ``<Connect action=…>`` URL, made absolute, that Twilio requests with ``method`` once the
+    stream ends (None: the ``<Connect>`` has no action and the call ends with the stream).
+    """
 
     url: str
     parameters: dict[str, str] = field(default_factory=dict)
     says: tuple[str, ...] = ()
+    action: str | None = None
+    method: str = "POST"
 
 
 @dataclass(frozen=True)
 class SayHangup:
-    """TwiML without a stream (e.g. the server is draining): what Twilio would say before hanging up."""
+    """TwiML without a stream: what Twilio would say before hanging up.
+
+    E.g. a draining server's ``<Say>…<Hangup/>``, a ``<Hangup/>`` answer to a ``<Connect action>`` request,
+    or an empty ``<Response/>`` (nothing left to do ends the call: ``text`` is empty).
+    """
 
     text: str
 
@@ -430,12 +447,17 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def parse_twiml(xml: str | bytes) -> StreamInstruction | SayHangup:
-    """Interpret a webhook response the way Twilio does for a bidirectional stream.
+def parse_twiml(xml: str | bytes, document_url: str | None = None) -> StreamInstruction | SayHangup:
+    """Interpret a webhook (or ``<Connect action>``) response the way Twilio does for a bidirectional stream.
+
+    ``document_url`` is the URL the TwiML was fetched from: a relative ``<Connect action>`` is resolved
+    against it, as Twilio does. An empty ``<Response/>`` ends the call (a :class:`SayHangup` with no text).
 
     Raises :class:`TwimlError` naming the problem: not XML, no ``<Response>``, no ``<Connect><Stream>`` (and
     nothing to say), a stream URL Twilio refuses (scheme other than wss/ws, a query string), a ``<Connect>``
-    track other than ``inbound_track``, or a ``<Parameter>`` without name/value.
+    track other than ``inbound_track``, a ``<Parameter>`` without name/value, a ``<Connect method>`` other
+    than POST or GET, or an action URL that is not http(s) (or is relative with no ``document_url`` to
+    resolve it against).
     """
     try:
         root = ET.fromstring(xml)
@@ -454,16 +476,43 @@ def parse_twiml(xml: str | bytes) -> StreamInstruction | SayHangup:
             streams = [child for child in verb if _local(child.tag) == "Stream"]
             if not streams:
                 raise TwimlError("<Connect> has no <Stream>; a media stream needs <Connect><Stream url=…>")
-            return _stream_instruction(streams[0], tuple(says))
+            action, method = _connect_action(verb, document_url)
+            return _stream_instruction(streams[0], tuple(says), action, method)
         elif name == "Hangup":
             break
-    if says or "Hangup" in verbs:
+    if says or "Hangup" in verbs or not verbs:
         return SayHangup(" ".join(s for s in says if s))
-    found = ", ".join(f"<{v}>" for v in verbs) or "nothing"
+    found = ", ".join(f"<{v}>" for v in verbs)
     raise TwimlError(f"TwiML has no <Connect><Stream> (found {found} inside <Response>)")
 
 
-def _stream_instruction(stream: ET.Element, says: tuple[str, ...]) -> StreamInstruction:
+def _connect_action(connect: ET.Element, document_url: str | None) -> tuple[str | None, str]:
+    """The ``<Connect>``'s absolute ``action`` URL (or None) and its upper-case ``method``."""
+    raw_method = connect.get("method")
+    method = "POST" if raw_method is None else raw_method.strip().upper()
+    if method not in ACTION_METHODS:
+        raise TwimlError(f"<Connect method={raw_method!r}>: Twilio requests the action with POST or GET only")
+    action = connect.get("action")
+    if action is None:
+        return None, method
+    action = action.strip()
+    if not action:
+        raise TwimlError("<Connect action=''> is empty; leave the attribute out or give a URL")
+    if not urlsplit(action).scheme:
+        if document_url is None:
+            raise TwimlError(
+                f"<Connect action={action!r}> is relative and the TwiML's own URL is unknown to resolve it"
+            )
+        action = urljoin(document_url, action)
+    parts = urlsplit(action)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise TwimlError(f"<Connect action={action!r}> must be an http(s) URL")
+    return action, method
+
+
+def _stream_instruction(
+    stream: ET.Element, says: tuple[str, ...], action: str | None, method: str
+) -> StreamInstruction:
     url = stream.get("url")
     if not url:
         raise TwimlError("<Stream> has no url attribute")
@@ -487,4 +536,4 @@ def _stream_instruction(stream: ET.Element, says: tuple[str, ...]) -> StreamInst
         if name is None or value is None:
             raise TwimlError(f"<Parameter> needs both name and value, got {child.attrib!r}")
         parameters[name] = value
-    return StreamInstruction(url, parameters, says)
+    return StreamInstruction(url, parameters, says, action, method)

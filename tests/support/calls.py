@@ -15,7 +15,7 @@ from ivr.caller.client import CallOptions, CallResult, SimulatedCall
 from ivr.settings import Settings
 from tests.support.fake_realtime import FakeRealtimeServer
 from tests.support.fake_twilio_rest import FakeTwilioRest
-from tests.support.oracles import ProtocolViolation, check_from_twilio, check_to_twilio
+from tests.support.oracles import ProtocolViolation, TwilioCallSequence, check_from_twilio, check_to_twilio
 from tests.support.server import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -28,21 +28,28 @@ from tests.support.server import (
 
 @dataclass
 class TwilioOracle:
-    """Observer for :class:`SimulatedCall`: validates every frame, remembers marks the caller echoed."""
+    """Observer for :class:`SimulatedCall`: validates every frame, remembers marks the caller echoed.
+
+    Each frame is checked alone (:func:`check_from_twilio` / :func:`check_to_twilio`) and in order
+    (:class:`TwilioCallSequence`: per-stream numbering, one CallSid, the app answering on the open stream),
+    so a call that re-attaches to new streams is held to Twilio's rules on every one of them.
+    """
 
     violations: list[str] = field(default_factory=list)
     marks_echoed: list[str] = field(default_factory=list)
     mark_echoed: asyncio.Event = field(default_factory=asyncio.Event)
+    sequence: TwilioCallSequence = field(default_factory=TwilioCallSequence)
 
     def __call__(self, direction: str, raw: str) -> None:
         try:
             if direction == "sent":
                 message = check_from_twilio(raw)
+                self.sequence.from_twilio(message)
                 if message.event == "mark":
                     self.marks_echoed.append(message.mark.name)
                     self.mark_echoed.set()
             else:
-                check_to_twilio(raw)
+                self.sequence.to_twilio(check_to_twilio(raw))
         except ProtocolViolation as exc:
             self.violations.append(f"{direction}: {exc} in {raw[:120]}")
 

@@ -32,6 +32,7 @@ __all__ = [
     "FromTwilio",
     "ProtocolViolation",
     "ToTwilio",
+    "TwilioCallSequence",
     "check",
     "check_client_event",
     "check_from_twilio",
@@ -438,3 +439,104 @@ def check_from_twilio(raw: str | bytes | Mapping[str, Any]) -> InboundMessage:
 def check_to_twilio(raw: str | bytes | Mapping[str, Any]) -> OutboundMessage:
     """Validate a message the app sends to Twilio on a bidirectional stream; returns the typed message."""
     return _check_twilio(ToTwilio, raw)
+
+
+class TwilioCallSequence:
+    """Checks one call's Twilio frames *in order*, across every media stream the call has.
+
+    The models above check each frame alone; what they cannot see is the order Twilio keeps on each stream
+    (PROTOCOLS.md §6): ``connected`` opens a stream (a new WebSocket), ``start`` follows with sequence
+    number 1 and a stream sid never used before in the call, every later message numbers on by one, media
+    ``chunk`` counts from 1 with non-decreasing ``timestamp``, nothing follows ``stop``, and every stream of
+    the call carries the same CallSid and AccountSid. A call may have several streams (a ``<Connect action>``
+    answering with another ``<Connect><Stream>``); each has its own numbering. Frames the app sends back must
+    name the stream that is open. Feed it validated messages; it raises :class:`ProtocolViolation`.
+    """
+
+    def __init__(self) -> None:
+        #: stream sids in the order their ``start`` was seen
+        self.stream_sids: list[str] = []
+        self.call_sid: str | None = None
+        self.account_sid: str | None = None
+        self._state = "none"  # none → connected → started → stopped, per stream
+        self._sequence = 0
+        self._chunk = 0
+        self._timestamp = -1
+
+    @property
+    def current_stream_sid(self) -> str | None:
+        return self.stream_sids[-1] if self._state in ("started", "stopped") else None
+
+    def from_twilio(self, message: InboundMessage) -> None:
+        """One message Twilio sent to the app (already validated by :func:`check_from_twilio`)."""
+        if isinstance(message, Connected):
+            self._state, self._sequence, self._chunk, self._timestamp = "connected", 0, 0, -1
+            return
+        if isinstance(message, Start):
+            self._start(message)
+            return
+        if self._state != "started":
+            raise ProtocolViolation(
+                f"{message.event!r} on a stream that is {self._state!r}: "
+                "Twilio sends it only between start and stop"
+            )
+        if message.streamSid != self.stream_sids[-1]:
+            raise ProtocolViolation(
+                f"{message.event!r} names stream {message.streamSid}, "
+                f"but the open stream is {self.stream_sids[-1]}"
+            )
+        self._next_sequence(message.event, message.sequenceNumber)
+        if isinstance(message, InMedia):
+            chunk, timestamp = int(message.media.chunk), int(message.media.timestamp)
+            if chunk != self._chunk + 1:
+                raise ProtocolViolation(
+                    f"media chunk {chunk} after chunk {self._chunk}: chunks count up by one"
+                )
+            if timestamp < self._timestamp:
+                raise ProtocolViolation(f"media timestamp {timestamp} went back from {self._timestamp}")
+            self._chunk, self._timestamp = chunk, timestamp
+        elif isinstance(message, Stop):
+            self._same_call(message.stop.callSid, message.stop.accountSid, "stop")
+            self._state = "stopped"
+
+    def to_twilio(self, message: OutboundMessage) -> None:
+        """One message the app sent on the open stream (already validated by :func:`check_to_twilio`)."""
+        current = self.current_stream_sid
+        if current is None:
+            raise ProtocolViolation(f"{message.event!r} from the app before any stream started")
+        if message.streamSid != current:
+            raise ProtocolViolation(
+                f"{message.event!r} from the app names stream {message.streamSid}, "
+                f"but the open stream is {current}"
+            )
+
+    def _start(self, message: Start) -> None:
+        if self._state != "connected":
+            raise ProtocolViolation(f"start on a stream that is {self._state!r}: it must follow connected")
+        if message.sequenceNumber != "1":
+            raise ProtocolViolation(f"start has sequenceNumber {message.sequenceNumber}; it is always 1")
+        sid = message.start.streamSid
+        if message.streamSid != sid:
+            raise ProtocolViolation(
+                f"start: streamSid {message.streamSid} differs from start.streamSid {sid}"
+            )
+        if sid in self.stream_sids:
+            raise ProtocolViolation(f"start: stream sid {sid} was already used in this call")
+        self._same_call(message.start.callSid, message.start.accountSid, "start")
+        self.stream_sids.append(sid)
+        self._state, self._sequence = "started", 1
+
+    def _same_call(self, call_sid: str, account_sid: str, where: str) -> None:
+        if self.call_sid is None:
+            self.call_sid, self.account_sid = call_sid, account_sid
+        elif (call_sid, account_sid) != (self.call_sid, self.account_sid):
+            raise ProtocolViolation(
+                f"{where}: call {call_sid} / account {account_sid} differs from this call's "
+                f"{self.call_sid} / {self.account_sid}"
+            )
+
+    def _next_sequence(self, event: str, value: str) -> None:
+        number = int(value)
+        if number != self._sequence + 1:
+            raise ProtocolViolation(f"{event!r} has sequenceNumber {number} after {self._sequence}")
+        self._sequence = number
