@@ -74,7 +74,7 @@ _TERMINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
 RESUME_READ_TIMEOUT_S = 2.0
 #: Seconds the ``<Connect action>`` handler waits for a live holder of the call to mark it closed on purpose
 #: (an instance whose own socket dropped marks it within milliseconds; a killed one never does).
-CLOSE_MARK_WAIT_S = 1.0
+CLOSE_MARK_WAIT_S = 0.5
 #: Ended calls whose record and events stay in this instance's memory (the rest are read from Redis).
 KEEP_ENDED_CALLS = 50
 #: A bootstrap admin token shorter than this draws a start-up warning.

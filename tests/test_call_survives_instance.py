@@ -1,0 +1,207 @@
+"""A call outlives the instance carrying it: two `ivr serve` processes, one Redis, SIGKILL mid-answer.
+
+The simulated caller stands for Twilio: when the media stream drops it requests the `<Connect action>` URL
+(through the load balancer's pool, where the dead instance refuses connections) and follows the answer onto a
+new stream. The surviving instance takes the call over and resumes it from Redis: the model session it opens
+replays what was said, the agent says one sentence, and the conversation goes on; the call is ended once, by
+the survivor, when the caller hangs up. The silence the caller heard is printed (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from ivr.call.resume import RESUMED_NOTICE
+from ivr.store.keys import KeySchema
+from tests.support.calls import LiveCall, place_call
+from tests.support.fake_realtime import FakeRealtimeServer, FakeSession, Reply
+from tests.support.process import ServerProcess, free_port, serve_env
+from tests.support.redis import redis_prefix, redis_url
+from tests.support.server import TEST_FLOWS
+
+__all__ = ["redis_prefix", "redis_url"]
+
+PUBLIC = "http://ivr.test"  # the load balancer's origin: Twilio signs its URLs; both instances sit behind it
+GREETING = Reply(text="Hello, thanks for calling the desk.", audio_ms=600)
+#: Paced like a real model (100 ms of audio every 100 ms): still speaking when its instance is killed.
+LONG_ANSWER = Reply(
+    text="We are open Monday to Friday from nine to five, and on Saturdays from ten until two.",
+    audio_ms=6000,
+    delta_interval_s=0.1,
+)
+QUESTION = "What are your opening hours?"
+
+
+async def _start(
+    fake: FakeRealtimeServer, redis_url: str, prefix: str, name: str
+) -> tuple[ServerProcess, str]:
+    port = free_port()
+    env = serve_env(
+        fake.url,
+        REDIS_URL=redis_url,
+        IVR_REDIS_PREFIX=prefix,
+        IVR_PUBLIC_URL=PUBLIC,
+        IVR_INSTANCE_ID=name,
+        IVR_STREAM_SECRET="s" * 40,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ivr",
+        "serve",
+        "--port",
+        str(port),
+        "--flows",
+        str(TEST_FLOWS),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    server = ServerProcess(proc)
+    await server.wait_line("Uvicorn running on", timeout=60)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _replayed(session: FakeSession) -> list[tuple[str, str]]:
+    """(role, text) of every message item the app created on ``session``, in the order sent."""
+    out = []
+    for event in session.received:
+        if event["type"] == "conversation.item.create" and event["item"]["type"] == "message":
+            item = event["item"]
+            out.append((item["role"], "".join(part.get("text", "") for part in item["content"])))
+    return out
+
+
+async def _until(what: str, check: Any, timeout: float = 10.0) -> Any:
+    """Poll Redis-side state (written by another process: there is no event to await here)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_a_call_goes_on_after_its_instance_is_killed_mid_answer(
+    fake_realtime: FakeRealtimeServer, redis_url: str, redis_prefix: str
+) -> None:
+    fake_realtime.default_replies = [GREETING, LONG_ANSWER]
+    keys = KeySchema(redis_prefix)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await _run(fake_realtime, client, keys, redis_url, redis_prefix)
+    finally:
+        await client.aclose()
+
+
+async def _run(
+    fake_realtime: FakeRealtimeServer,
+    client: aioredis.Redis,
+    keys: KeySchema,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    a, a_url = await _start(fake_realtime, redis_url, redis_prefix, "node-a")
+    b, b_url = await _start(fake_realtime, redis_url, redis_prefix, "node-b")
+    live: LiveCall | None = None
+    try:
+        live = await place_call(
+            SimpleNamespace(base_url=a_url),  # type: ignore[arg-type]
+            public_url=PUBLIC,
+            backends=(a_url, b_url),
+            duration_s=60.0,
+        )
+        sid = live.call.call_sid
+        first = await fake_realtime.next_session()
+        await first.wait_response_done()  # the greeting
+        await first.user_said(QUESTION)
+        await first.respond()  # server VAD answers the turn: the long answer, paced like speech
+        # The answer is playing; what was said so far has reached Redis (A's writer flushes in batches).
+        await live.wait_media(len(live.media()) + 10, timeout=10)
+        transcript = keys.transcript(sid)
+        for line in (GREETING.text, QUESTION):  # an agent line is written once the caller heard it
+            await _until(f"{line!r} in Redis", lambda line=line: _has_line(client, transcript, line))
+        assert await client.hget(keys.call(sid), "instance_id") == "node-a"
+
+        a.proc.kill()  # SIGKILL: no drain, no flush, no goodbye
+        killed_at = time.monotonic()
+        await a.proc.wait()
+
+        try:
+            leg = await live.call.wait_stream(2, timeout=20)
+        except Exception:
+            print("instance B said:", *b.lines[-30:], sep="\n  ")
+            raise
+        resumed_after = time.monotonic() - killed_at
+        second = await fake_realtime.next_session()
+        create = await second.wait_for(
+            "response.create", lambda e: RESUMED_NOTICE in str(e.get("response", {}).get("instructions", ""))
+        )
+        assert create is not None
+        replayed = _replayed(second)
+        assert ("user", QUESTION) in replayed, replayed
+        assert ("assistant", GREETING.text) in replayed, replayed
+        before = len(live.media())
+        await live.wait_media(before + 5, timeout=10)  # the agent speaks again, on the new stream
+
+        async def heard() -> bool:  # the caller's 20 ms playback ticks: no event to await
+            return leg.first_heard_at is not None
+
+        await _until("the caller hearing the agent on the new stream", heard)
+        assert leg.stream_sid and live.call.current_stream_sid == leg.stream_sid
+
+        record = await client.hgetall(keys.call(sid))
+        assert record["instance_id"] == "node-b" and record["outcome"] == "in-progress", record
+        assert await client.sismember(keys.instance_calls("node-b"), sid)
+        assert not await client.sismember(keys.instance_calls("node-a"), sid)
+
+        # The conversation goes on, on B.
+        await second.wait_response_done(timeout=10)
+        await second.user_said("Thanks, that's all.")
+        result = await live.hang_up()
+        live = None
+    finally:
+        if live is not None:
+            await live.call.hang_up()
+        for server in (a, b):
+            if server.proc.returncode is None:
+                server.proc.kill()
+                await server.proc.wait()
+            await server._reader
+
+    assert len(result.streams) == 2, result.streams
+    assert result.streams[0].stream_sid != result.streams[1].stream_sid
+    gaps, heard_gaps = result.gaps_ms(), result.gaps_ms(heard=True)
+    assert len(gaps) == 1 and 0 < gaps[0] < 5_000, (gaps, result.streams)
+    assert len(heard_gaps) == 1 and 0 < heard_gaps[0] < 5_000, (heard_gaps, result.streams)
+    print(
+        f"\nSIGKILL → stream 2 after {resumed_after:.2f} s; the caller heard {heard_gaps[0]:.0f} ms silence "
+        f"(agent audio received: last on stream 1 → first on stream 2, {gaps[0]:.0f} ms)"
+    )
+    ended = await _until("the call's end in Redis", lambda: _outcome(client, keys, sid), timeout=15)
+    assert ended == "caller-hung-up" or ended == "completed", ended
+    events = await client.xrange(keys.call_events(sid))
+    kinds = [fields["type"] for _id, fields in events]
+    assert kinds.count("call.started") == 1 and kinds.count("call.resumed") == 1, kinds
+    assert kinds.count("call.ended") == 1, kinds
+    lines = [fields["text"] for _id, fields in await client.xrange(keys.transcript(sid))]
+    assert lines.count(QUESTION) == 1, lines  # not doubled by the move
+    assert not any("Traceback" in line for line in b.lines), b.lines
+
+
+async def _has_line(client: aioredis.Redis, key: str, text: str) -> bool:
+    return any(fields.get("text") == text for _id, fields in await client.xrange(key))
+
+
+async def _outcome(client: aioredis.Redis, keys: KeySchema, sid: str) -> str | None:
+    outcome = await client.hget(keys.call(sid), "outcome")
+    return outcome if outcome and outcome != "in-progress" else None
