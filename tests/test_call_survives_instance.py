@@ -10,11 +10,14 @@ the survivor, when the caller hangs up. The silence the caller heard is printed 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -25,6 +28,8 @@ from tests.support.fake_realtime import FakeRealtimeServer, FakeSession, Reply
 from tests.support.process import ServerProcess, free_port, serve_env
 from tests.support.redis import redis_prefix, redis_url
 from tests.support.server import TEST_FLOWS
+from tests.test_call_state_e2e import AUTH, CLINIC, _pending_booking
+from tests.test_call_state_e2e import GREETING as CLINIC_GREETING
 
 __all__ = ["redis_prefix", "redis_url"]
 
@@ -40,7 +45,7 @@ QUESTION = "What are your opening hours?"
 
 
 async def _start(
-    fake: FakeRealtimeServer, redis_url: str, prefix: str, name: str
+    fake: FakeRealtimeServer, redis_url: str, prefix: str, name: str, flows: Path = TEST_FLOWS
 ) -> tuple[ServerProcess, str]:
     port = free_port()
     env = serve_env(
@@ -59,7 +64,7 @@ async def _start(
         "--port",
         str(port),
         "--flows",
-        str(TEST_FLOWS),
+        str(flows),
         env=env,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -140,6 +145,8 @@ async def _run(
             leg = await live.call.wait_stream(2, timeout=20)
         except Exception:
             print("instance B said:", *b.lines[-30:], sep="\n  ")
+            if live.task.done():
+                print("caller:", live.task.result().errors, live.task.result().streams)
             raise
         resumed_after = time.monotonic() - killed_at
         second = await fake_realtime.next_session()
@@ -205,3 +212,79 @@ async def _has_line(client: aioredis.Redis, key: str, text: str) -> bool:
 async def _outcome(client: aioredis.Redis, keys: KeySchema, sid: str) -> str | None:
     outcome = await client.hget(keys.call(sid), "outcome")
     return outcome if outcome and outcome != "in-progress" else None
+
+
+@pytest.mark.slow
+async def test_an_approval_pending_when_the_instance_died_is_decided_and_run_once_on_the_survivor(
+    fake_realtime: FakeRealtimeServer, redis_url: str, redis_prefix: str
+) -> None:
+    fake_realtime.default_replies = [CLINIC_GREETING]
+    keys = KeySchema(redis_prefix)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    a, a_url = await _start(fake_realtime, redis_url, redis_prefix, "node-a", CLINIC)
+    b, b_url = await _start(fake_realtime, redis_url, redis_prefix, "node-b", CLINIC)
+    live: LiveCall | None = None
+    try:
+        live = await place_call(
+            SimpleNamespace(base_url=a_url),  # type: ignore[arg-type]
+            public_url=PUBLIC,
+            backends=(a_url, b_url),
+            to_number="+15550100004",
+            duration_s=60.0,
+        )
+        sid = live.call.call_sid
+        first = await fake_realtime.next_session()
+        _start_at, pending = await _pending_booking(first)
+        aid = pending["approval_id"]
+        assert await client.hget(keys.approval(aid), "status") == "pending"
+
+        a.proc.kill()
+        await a.proc.wait()
+        try:
+            await live.call.wait_stream(2, timeout=20)
+        except Exception:
+            print("instance B said:", *b.lines[-30:], sep="\n  ")
+            if live.task.done():
+                print("caller:", live.task.result().errors, live.task.result().streams)
+            raise
+        second = await fake_realtime.next_session()
+        await second.wait_for(
+            "response.create", lambda e: RESUMED_NOTICE in str(e.get("response", {}).get("instructions", ""))
+        )
+        notes = [text for role, text in _replayed(second) if role == "system"]
+        assert any("approve" in note and "appointments" in note for note in notes), notes
+        assert await client.hget(keys.call(sid), "instance_id") == "node-b"
+
+        async with httpx.AsyncClient(base_url=b_url, headers=AUTH) as http:
+            decided = await http.post(
+                f"/api/approvals/{aid}", json={"decision": "approve", "operator": "alice"}
+            )
+        assert decided.status_code == 200, decided.text
+        news = await second.wait_for(
+            "conversation.item.create",
+            lambda e: e["item"].get("role") == "system" and "approved" in json.dumps(e),
+            timeout=10,
+        )
+        assert news
+        approval = await _until(
+            "the approved booking to run",
+            lambda: _executed(client, keys, aid),
+        )
+        assert approval["outcome"] == "ok" and approval["claimed_by"] == "instance:node-b", approval
+        assert await client.zcard(keys.calendar_bookings("test-clinic")) == 1  # booked once
+        await live.hang_up()
+        live = None
+    finally:
+        if live is not None:
+            await live.call.hang_up()
+        for server in (a, b):
+            if server.proc.returncode is None:
+                server.proc.kill()
+                await server.proc.wait()
+            await server._reader
+        await client.aclose()
+
+
+async def _executed(client: aioredis.Redis, keys: KeySchema, aid: str) -> dict[str, str] | None:
+    approval = await client.hgetall(keys.approval(aid))
+    return approval if approval.get("executed_at") else None

@@ -123,17 +123,22 @@ class Router:
     ) -> httpx.Response:
         """Send one request for the public ``url`` to the first target that accepts the connection.
 
-        Only connection failures (refused, reset or timed out while connecting) move on to the next target:
-        once a backend has the request, its answer — whatever the status — is the answer, as with a load
-        balancer. Raises the last :class:`httpx.HTTPError` when no target accepted. With ``stream=True`` the
-        caller must ``aclose()`` the response.
+        Only connection failures move on to the next target: refused, reset or timed out while connecting,
+        or, behind several backends, a kept-alive connection the backend dropped before answering (it died:
+        a load balancer's health checks would have taken it out, and Twilio's request would reach another).
+        Once a backend answers, its answer — whatever the status — is the answer, as with a load balancer.
+        Raises the last :class:`httpx.HTTPError` when no target accepted. With ``stream=True`` the caller must
+        ``aclose()`` the response.
         """
         targets = self.http_targets(url)
+        retried: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
+        if self.backends:
+            retried += (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
         for i, target in enumerate(targets):
             request = http.build_request(method, target, **kwargs)
             try:
                 return await http.send(request, stream=stream)
-            except (httpx.ConnectError, httpx.ConnectTimeout):
+            except retried:
                 if i == len(targets) - 1:
                     raise
         raise AssertionError("unreachable: http_targets() is never empty")
