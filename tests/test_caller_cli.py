@@ -418,3 +418,32 @@ async def test_out_naming_a_folder_fails_before_calling(tmp_path: Path) -> None:
         f"error: --out {tmp_path} is a folder; give the name of the WAV file to write, e.g. "
         "ivr-call-agent.wav"
     ]
+
+
+async def test_backends_behind_one_public_url_take_the_call_from_the_first_that_answers(
+    tmp_path: Path,
+) -> None:
+    """`--backend` twice, the first a closed port (and the URL argument too): the webhook and the stream
+    reach the second backend only through the routing, and the signatures still cover the public URL
+    (FakeIvr checks them against it)."""
+    import socket
+
+    async def script(conn: MediaConn) -> None:
+        await conn.media(b"\x30" * 160)
+        await conn.ws.close(code=1000)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"  # bound, never listening: refused
+        lines: list[str] = []
+        async with serve(FakeIvr(script=script)) as fake:
+            args = parser().parse_args(
+                [
+                    *("call", dead, "--auth-token", AUTH_TOKEN, "--token", "", "--duration", "5"),
+                    *("--public-url", fake.base_url, "--backend", dead, "--backend", fake.base_url),
+                ]
+            )
+            code = await run_call(args, out=lines.append)
+    assert code == 0, lines
+    assert fake.conn.got.frames, "the stream reached the second backend"
+    assert any(f.msg["event"] == "start" for f in fake.conn.got.frames)

@@ -240,7 +240,12 @@ class ToolRunner:
             call.log.warning("resumed call: its approval requests could not be read (Redis: %s)", exc)
             return
         for approval in requests:
-            if approval.status in ("pending", "approved") and approval.id not in self._awaiting:
+            # Pending, or approved but not yet taken to run (its instance died in between); an action
+            # already claimed was carried out (or is being) by the instance that claimed it.
+            waiting = approval.status == "pending" or (
+                approval.status == "approved" and approval.claimed_at is None
+            )
+            if waiting and approval.id not in self._awaiting:
                 self._awaiting.add(approval.id)
                 self._asked_approval = True  # abandoned with the call if it ends undecided
                 call.spawn(self._await_approval(approval), "approval")

@@ -171,6 +171,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "(when IVR_PUBLIC_URL is a public address but the server runs here)",
     )
     parser.add_argument(
+        "--backend",
+        metavar="URL",
+        action="append",
+        default=[],
+        dest="backends",
+        help="an instance behind --public-url (repeat for each, e.g. http://127.0.0.1:8001): every request "
+        "and stream goes to the first that accepts it, as through a load balancer; try stopping the one "
+        "carrying the call and watch it resume on another",
+    )
+    parser.add_argument(
         "--token",
         metavar="TOKEN",
         help="an operator's token, needed to show the live transcript (default $IVR_OPERATOR_TOKEN)",
@@ -288,6 +298,7 @@ async def run_call(
         dtmf=list(args.dtmf),
         duration_s=duration_s,
         connect_to=args.connect_to,
+        backends=tuple(args.backends),
         operator_token=args.token,
         on_event=None if args.quiet else print_event,
     )
