@@ -70,6 +70,10 @@ log = logging.getLogger("ivr.app")
 START_TIMEOUT_S = 10.0
 DRAINING_MESSAGE = "Sorry, we can't take your call right now. Please call again in a minute. Goodbye."
 _TERMINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+#: Seconds a draining instance stays up, after closing its last streams, for Twilio's <Connect action>.
+ACTION_GRACE_S = 3.0
+#: Seconds a draining instance waits for its writes to reach Redis before it hands its calls over.
+HAND_OVER_FLUSH_S = 2.0
 #: Seconds a resumed call waits for its history from Redis (the caller hears silence meanwhile).
 RESUME_READ_TIMEOUT_S = 2.0
 #: Seconds the ``<Connect action>`` handler waits for a live holder of the call to mark it closed on purpose
@@ -125,6 +129,8 @@ class AppState:
         )
         #: Set by the server running the app (:class:`ivr.server.DrainingServer`): start its SIGTERM drain.
         self.drain_hook: Callable[[], None] | None = None
+        #: Calls whose stream the drain closed: set once their ``<Connect action>`` was answered here.
+        self.actions_answered: dict[str, asyncio.Event] = {}
         self._drain_task: asyncio.Future[bool] | None = None
 
     def count(self, name: str) -> None:
@@ -181,16 +187,64 @@ class AppState:
         return True
 
     async def drain(self, timeout: float) -> bool:
-        """Stop taking calls; let live ones finish, then end the rest. True if all ended on their own."""
+        """Stop taking calls; let live ones finish, then hand the rest over to other instances (or end them).
+        True if all ended on their own."""
         self.calls.draining = True
         self.services.beat_now()  # the fleet page shows the draining at once
         log.info("draining: %d live call(s), waiting up to %.0f s", len(self.calls.live), timeout)
         finished = await self.calls.wait_idle(timeout)
         if not finished:
-            log.warning("drain timeout: ending %d call(s) still live", len(self.sessions))
-            for session in list(self.sessions.values()):
-                await session.end("server-shutdown", 1001)
+            sessions = list(self.sessions.values())
+            answered = {session.call_sid: self._expect_action(session.call_sid) for session in sessions}
+            if await self.can_hand_over():
+                log.warning("drain timeout: handing %d live call(s) over to other instances", len(sessions))
+                await self.hand_over(sessions)
+            else:
+                log.warning("drain timeout: ending %d call(s) still live", len(sessions))
+                for session in sessions:
+                    await session.end("server-shutdown", 1001)
+            # Twilio asks the <Connect action> of each closed stream what next: stay up to answer it, when
+            # it comes here (a call handed over usually asks another instance).
+            if answered and self.settings.resume_calls:
+                pending = [asyncio.ensure_future(event.wait()) for event in answered.values()]
+                await asyncio.wait(pending, timeout=ACTION_GRACE_S)
+                for waiter in pending:
+                    waiter.cancel()
         return finished
+
+    def _expect_action(self, call_sid: str) -> asyncio.Event:
+        event = self.actions_answered.setdefault(call_sid, asyncio.Event())
+        return event
+
+    async def can_hand_over(self) -> bool:
+        """Live calls can move to another instance: resuming is on, the calls' state is in Redis, and
+        another instance beats and is not draining itself (with none, handing over would leave Twilio's
+        ``<Connect action>`` request without an answer)."""
+        services = self.services
+        redis, me = services.redis, services.instance_id
+        if not (self.settings.resume_calls and redis is not None and me):
+            return False
+        try:
+            async with asyncio.timeout(2.0):
+                since = time.time() - self.settings.instance_lost_after_s
+                peers = await redis.zrangebyscore(services.keys.instances(), since, "+inf")
+                for peer in peers:
+                    if peer != me and await redis.hget(services.keys.instance(peer), "draining") != "true":
+                        return True
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("drain: cannot see the other instances (%s); ending the calls instead", exc)
+        return False
+
+    async def hand_over(self, sessions: list[CallSession]) -> None:
+        """Close the streams of ``sessions`` without ending their calls: Twilio's ``<Connect action>`` then
+        has another instance resume each (ivr.store.reattach). What they said is flushed to Redis first."""
+        for session in sessions:
+            await session.detach()
+        writer = self.services.writer
+        if writer is not None:
+            await writer.flush(HAND_OVER_FLUSH_S)
+        for session in sessions:
+            await session.close_stream(1000)
 
 
 def startup_warnings(settings: Settings) -> list[str]:
@@ -433,8 +487,17 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         call_sid = form.get("CallSid", "")
         if not call_sid:
             raise HTTPException(400, "webhook is missing CallSid")
+        try:
+            return await _after_stream(call_sid, form.get("CallStatus", ""))
+        finally:
+            answered = state.actions_answered.pop(call_sid, None)
+            if answered is not None:
+                answered.set()  # a draining instance may exit now
+
+    async def _after_stream(call_sid: str, call_status: str) -> Response:
         hang_up_now = Response(hang_up(), media_type="application/xml")
-        if form.get("CallStatus", "") in _TERMINAL_STATUSES or call_sid in state.sessions:
+        here = state.sessions.get(call_sid)
+        if call_status in _TERMINAL_STATUSES or (here is not None and not here.handed_over):
             return hang_up_now  # over, or ended here on purpose (this instance still finishing it)
         services = state.services
         if services.redis is None or not settings.resume_calls:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,12 @@ QUESTION = "What are your opening hours?"
 
 
 async def _start(
-    fake: FakeRealtimeServer, redis_url: str, prefix: str, name: str, flows: Path = TEST_FLOWS
+    fake: FakeRealtimeServer,
+    redis_url: str,
+    prefix: str,
+    name: str,
+    flows: Path = TEST_FLOWS,
+    **extra: str,
 ) -> tuple[ServerProcess, str]:
     port = free_port()
     env = serve_env(
@@ -55,6 +61,7 @@ async def _start(
         IVR_PUBLIC_URL=PUBLIC,
         IVR_INSTANCE_ID=name,
         IVR_STREAM_SECRET="s" * 40,
+        **extra,
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -288,3 +295,97 @@ async def test_an_approval_pending_when_the_instance_died_is_decided_and_run_onc
 async def _executed(client: aioredis.Redis, keys: KeySchema, aid: str) -> dict[str, str] | None:
     approval = await client.hgetall(keys.approval(aid))
     return approval if approval.get("executed_at") else None
+
+
+@pytest.mark.slow
+async def test_a_call_outlasting_the_drain_is_handed_over_not_cut(
+    fake_realtime: FakeRealtimeServer, redis_url: str, redis_prefix: str
+) -> None:
+    """A rolling upgrade with a short drain: SIGTERM to A, whose call is still going when IVR_DRAIN_TIMEOUT
+    (1 s) runs out. A closes the stream without ending the call; the caller follows `<Connect action>` to B
+    (A's /readyz says 503), B resumes the call; A exits cleanly; the call ends once, when the caller hangs
+    up."""
+    fake_realtime.default_replies = [GREETING, LONG_ANSWER]
+    keys = KeySchema(redis_prefix)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    a, a_url = await _start(fake_realtime, redis_url, redis_prefix, "node-a", IVR_DRAIN_TIMEOUT="1")
+    b, b_url = await _start(fake_realtime, redis_url, redis_prefix, "node-b")
+    live: LiveCall | None = None
+    try:
+        live = await place_call(
+            SimpleNamespace(base_url=a_url),  # type: ignore[arg-type]
+            public_url=PUBLIC,
+            backends=(a_url, b_url),
+            duration_s=60.0,
+        )
+        sid = live.call.call_sid
+        first = await fake_realtime.next_session()
+        await first.wait_response_done()
+        await first.user_said(QUESTION)
+        await first.respond()
+        await live.wait_media(len(live.media()) + 5, timeout=10)
+
+        a.proc.send_signal(signal.SIGTERM)
+        await a.wait_line("handing 1 live call(s) over", timeout=15)
+        await live.call.wait_stream(2, timeout=20)
+        second = await fake_realtime.next_session()
+        await second.wait_for(
+            "response.create", lambda e: RESUMED_NOTICE in str(e.get("response", {}).get("instructions", ""))
+        )
+        assert ("user", QUESTION) in _replayed(second)
+        assert await asyncio.wait_for(a.proc.wait(), 20) == 0  # A drained and exited on its own
+        assert await client.hget(keys.call(sid), "instance_id") == "node-b"
+        assert await client.hget(keys.call(sid), "outcome") == "in-progress"
+        await second.wait_response_done(timeout=10)
+        result = await live.hang_up()
+        live = None
+        assert len(result.streams) == 2 and result.streams[0].how_ended == "server-closed", result.streams
+        ended = await _until("the call's end in Redis", lambda: _outcome(client, keys, sid), timeout=15)
+        assert ended in ("caller-hung-up", "completed"), ended
+        kinds = [fields["type"] for _id, fields in await client.xrange(keys.call_events(sid))]
+        assert kinds.count("call.ended") == 1 and kinds.count("call.resumed") == 1, kinds
+        assert not any("Traceback" in line for line in a.lines + b.lines)
+    finally:
+        if live is not None:
+            await live.call.hang_up()
+        for server in (a, b):
+            if server.proc.returncode is None:
+                server.proc.kill()
+                await server.proc.wait()
+            await server._reader
+        await client.aclose()
+
+
+@pytest.mark.slow
+async def test_with_no_other_instance_the_drain_ends_the_call_and_answers_its_action(
+    fake_realtime: FakeRealtimeServer, redis_url: str, redis_prefix: str
+) -> None:
+    """Alone, a draining instance has nobody to hand its call to: it ends it (`server-shutdown`) and stays up
+    until Twilio's `<Connect action>` request got its `<Hangup/>` (an unanswered action would make Twilio
+    play an application error to the caller)."""
+    fake_realtime.default_replies = [GREETING, LONG_ANSWER]
+    keys = KeySchema(redis_prefix)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    a, a_url = await _start(fake_realtime, redis_url, redis_prefix, "node-a", IVR_DRAIN_TIMEOUT="1")
+    try:
+        live = await place_call(
+            SimpleNamespace(base_url=a_url),  # type: ignore[arg-type]
+            public_url=PUBLIC,
+            backends=(a_url,),
+            duration_s=60.0,
+        )
+        sid = live.call.call_sid
+        await (await fake_realtime.next_session()).wait_response_done()
+        a.proc.send_signal(signal.SIGTERM)
+        await a.wait_line("ending 1 call(s) still live", timeout=15)
+        result = await live.result(timeout=15)
+        assert result.ended_by == "server" and len(result.streams) == 1, result
+        assert result.streams[0].action_status == 200  # answered, by the instance still up for it
+        assert await asyncio.wait_for(a.proc.wait(), 20) == 0
+        assert await client.hget(keys.call(sid), "outcome") == "server-shutdown"
+    finally:
+        if a.proc.returncode is None:
+            a.proc.kill()
+            await a.proc.wait()
+        await a._reader
+        await client.aclose()

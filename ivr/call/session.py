@@ -90,6 +90,8 @@ class CallSession:
         instance holds the call now (ivr.store.reattach), and then its end is not written from here."""
         self.resumed = resumed
         self._release = release
+        #: This instance is going away and let another carry the call on (:meth:`detach`).
+        self.handed_over = False
         self.settings = settings
         self.flow = flow
         self.record = record
@@ -237,6 +239,9 @@ class CallSession:
             if task is not current:
                 task.cancel()
         self.audio.release_lines()
+        if self.handed_over:
+            self.log.info("call handed over: another instance resumes it from Redis")
+            return
         if not await self._still_ours():
             self.log.info("call ended here, but another instance carries it on: its end is not written here")
             return
@@ -272,6 +277,18 @@ class CallSession:
         except Exception as exc:  # Redis down or slow: write the end as usual
             self.log.warning("could not mark the call closed in Redis (%s)", redact(repr(exc)))
             return True
+
+    async def detach(self) -> None:
+        """Stop carrying the call here without ending it (a drain ran out of time): the model socket and
+        tasks stop, the call is not marked closed and its end is not written, its approvals stay pending.
+        :meth:`close_stream` then ends the stream, and Twilio's ``<Connect action>`` has another instance
+        resume the call."""
+        self.handed_over = True
+        await self.finish("handed-over")
+
+    async def close_stream(self, code: int = 1000) -> None:
+        """Close Twilio's socket (after :meth:`detach` or :meth:`finish`)."""
+        await self._close_twilio(code)
 
     async def end(self, outcome: str, code: int = 1000) -> None:
         """Finish the call from our side and close Twilio's socket (which ends a ``<Connect><Stream>``)."""

@@ -948,7 +948,7 @@ class SimulatedCall:
         headers = self._signature(url, {})
         if headers:
             headers = {"x-twilio-signature": headers["X-Twilio-Signature"]}
-        targets = self._router.ws_targets(url)
+        targets = self._router.ws_targets(url, await self._router.healthy_first())
         for i, target in enumerate(targets):
             kwargs: dict[str, Any] = {}
             if target.host is not None:

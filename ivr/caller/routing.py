@@ -4,7 +4,8 @@ Why: Twilio only knows the public URL (``IVR_PUBLIC_URL``) and signs every reque
 load balancer in front of one or more ``ivr serve`` instances. To exercise "a call outlives the instance that
 carried it" without a real load balancer, :class:`Router` plays one: every HTTP request and WebSocket connect
 goes to the first backend that accepts the connection (a refused or reset connection moves on to the next),
-while the URLs that are *signed* stay the public ones. Without backends it keeps the older, simpler rules:
+trying those whose ``/readyz`` answers 200 first (a draining instance last), while the URLs that are *signed*
+stay the public ones. Without backends it keeps the older, simpler rules:
 HTTP to ``base_url``, the media WebSocket to the TwiML's host or to ``connect_to``.
 
 This module holds no call state; :mod:`ivr.caller.client` owns one :class:`Router` per call.
@@ -12,6 +13,7 @@ This module holds no call state; :mod:`ivr.caller.client` owns one :class:`Route
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 __all__ = ["Router", "WsTarget", "check_backends", "split_host_port"]
+
+#: Seconds a backend's ``/readyz`` may take before the simulated load balancer counts it unhealthy.
+HEALTH_TIMEOUT_S = 1.0
 
 
 def split_host_port(value: str, *, option: str = "connect_to") -> tuple[str, int]:
@@ -77,7 +82,24 @@ class Router:
                 return url[len(self.public) :]
         return None
 
-    def http_targets(self, url: str) -> list[str]:
+    async def healthy_first(self, http: httpx.AsyncClient | None = None) -> tuple[str, ...]:
+        """The backends, those whose ``GET /readyz`` answers 200 first, as a load balancer's health checks
+        order them (a draining instance answers 503: it gets new requests only when nothing else answers)."""
+        if len(self.backends) < 2:
+            return self.backends
+        ready: list[str] = []
+        rest: list[str] = []
+        async with contextlib.AsyncExitStack() as stack:
+            client = http or await stack.enter_async_context(httpx.AsyncClient())
+            for backend in self.backends:
+                try:
+                    ok = (await client.get(backend + "/readyz", timeout=HEALTH_TIMEOUT_S)).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                (ready if ok else rest).append(backend)
+        return (*ready, *rest)
+
+    def http_targets(self, url: str, order: tuple[str, ...] | None = None) -> list[str]:
         """The URLs to try, in order, for a request Twilio makes to the public ``url``.
 
         With backends: each backend + the path (and query) below the public prefix — or the URL's own path
@@ -89,18 +111,18 @@ class Router:
             if below is None:
                 parts = urlsplit(url)
                 below = urlunsplit(("", "", parts.path or "/", parts.query, ""))
-            return [backend + below for backend in self.backends]
+            return [backend + below for backend in order or self.backends]
         if below is not None:
             return [self.base + below]
         return [url]
 
-    def ws_targets(self, url: str) -> list[WsTarget]:
+    def ws_targets(self, url: str, order: tuple[str, ...] | None = None) -> list[WsTarget]:
         """The ways to try, in order, to open the media WebSocket the TwiML names (``ws(s)://host/path``)."""
         parts = urlsplit(url)
         path = parts.path or "/"
         if self.backends:
             targets: list[WsTarget] = []
-            for backend in self.backends:
+            for backend in order or self.backends:
                 b = urlsplit(backend)
                 secure = b.scheme == "https"
                 port = b.port or (443 if secure else 80)
@@ -130,7 +152,7 @@ class Router:
         Raises the last :class:`httpx.HTTPError` when no target accepted. With ``stream=True`` the caller must
         ``aclose()`` the response.
         """
-        targets = self.http_targets(url)
+        targets = self.http_targets(url, await self.healthy_first(http))
         retried: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
         if self.backends:
             retried += (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
