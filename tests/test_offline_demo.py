@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import wave
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import redis.asyncio as aioredis
 
 from ivr.audio.g711 import pcm16_to_ulaw
 from ivr.demo.runner import UNCLAIMED_NUMBER, DemoOptions, run_demo
+from ivr.flows import FlowSet
 from ivr.speech.asr import Recognizer
 from ivr.speech.lm import normalize_words
 from ivr.speech.vad import SpeechStopped, TurnDetector
@@ -160,11 +162,19 @@ async def test_the_default_flow_is_reachable_and_answers_the_hours(tmp_path: Pat
     """general-reception claims no number: the demo dials one no flow claims, and the call routes there."""
     out = io.StringIO()
     options = DemoOptions(flow_id="default", scenario="hours", out_dir=tmp_path, redis_url=redis_url)
+    hours = FlowSet.load(Path(__file__).resolve().parents[1] / "flows").get("general-reception")
+    assert hours is not None and hours.opening_hours is not None
+    open_before = hours.opening_hours.is_open(datetime.now(UTC))
     result = await run_demo(options, out, _no_terminal)
+    open_after = hours.opening_hours.is_open(datetime.now(UTC))
     log = out.getvalue()
     assert f"dialled at {UNCLAIMED_NUMBER}" in log
     assert result.summary["flow"] == "general-reception"
     assert result.exit_code == 0 and result.summary["goal_reached"] is True, log
+    if open_before == open_after:  # not run across 9 am or 5 pm New York
+        # Open: a conversation on a media stream; closed: the after-hours message alone, and no stream.
+        assert result.summary["media_stream"] is open_before, result.summary
+        assert (result.summary["caller_turns"] > 0) is open_before, result.summary
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         call = await client.hgetall(

@@ -287,7 +287,7 @@ async def _report(
         "outcome": record.get("outcome") or getattr(result, "ended_by", None),
         "end_reason": getattr(result, "ended_by", None),
         # False when the flow answered without one (after hours: its message, then a hang-up)
-        "media_stream": bool(getattr(result, "stream_sid", "")),
+        "media_stream": bool(getattr(result, "streams", ())),
         "duration_s": round(seconds, 1),
         "bookings": booked,
         "approvals": demo.approvals,
