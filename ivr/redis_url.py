@@ -13,8 +13,22 @@ redis-py has no URL form for Redis Sentinel, so ivr defines one (docs/redis.md, 
 The port of a sentinel defaults to 26379; ``user:password`` are the credentials of the data nodes (primary
 and replicas), ``sentinel_password`` those of the sentinels when they have their own.
 :func:`parse_sentinel_url` turns such a URL into a :class:`SentinelURL`; :func:`ivr.store.client.open_redis`
-opens it. The parser lives here rather than beside the factory so that checking the settings does not import
-the Redis client.
+opens it.
+
+Nor has it one for Redis Cluster; ivr's (docs/redis.md, "Cluster") names some of the cluster's nodes, from
+which the client learns the rest::
+
+    redis+cluster://[user:password@]host1[:port][,host2[:port]…][/0]
+    rediss+cluster://…   (TLS to every node)
+
+A node's port defaults to 6379; a Cluster has only database 0, so any other is refused (a URL that names
+one was meant for a single server). Why a scheme rather than a flag beside ``REDIS_URL``: the URL alone says
+how to reach the data, so every consumer of ``REDIS_URL`` (the servers, ``ivr approvals``/``operators``/
+``data``, the demo) opens it the same way, and a host list cannot be mistaken for one server.
+:func:`parse_cluster_url` turns it into a :class:`ClusterURL`.
+
+The parsers live here rather than beside the factory so that checking the settings does not import the Redis
+client.
 """
 
 from __future__ import annotations
@@ -25,13 +39,18 @@ from typing import Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
+    "CLUSTER_SCHEMES",
+    "DEFAULT_CLUSTER_PORT",
     "DEFAULT_SENTINEL_PORT",
     "SCHEMES",
     "SENTINEL_SCHEMES",
+    "ClusterURL",
     "RedisURLError",
     "SentinelURL",
+    "is_cluster_url",
     "is_sentinel_url",
     "masked",
+    "parse_cluster_url",
     "parse_sentinel_url",
     "redis_url_problem",
 ]
@@ -44,9 +63,14 @@ SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
 #: The query parameters a Sentinel URL may carry.
 SENTINEL_QUERY = ("sentinel_password",)
+#: Schemes of a Redis Cluster (ivr's own; ``rediss+`` is TLS).
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: The port of a cluster node when the URL names none.
+DEFAULT_CLUSTER_PORT = 6379
 
 _USAGE = "redis://host:6379/0 (rediss:// for TLS, unix:///path/to/redis.sock for a socket)"
 _SENTINEL_EXAMPLE = "redis+sentinel://host:26379/mymaster"
+_CLUSTER_EXAMPLE = "redis+cluster://node1:6379,node2:6379,node3:6379"
 _SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*password[^=&#]*=)[^&#]*")
 
 
@@ -55,7 +79,7 @@ class RedisURLError(ValueError):
 
 
 class _Problem(Protocol):
-    """The error factory :func:`parse_sentinel_url` hands its helpers: the problem, then the form expected."""
+    """The error factory a parser hands its helpers: the problem, then the form expected."""
 
     def __call__(self, what: str, expected: str = ..., /) -> RedisURLError: ...
 
@@ -86,6 +110,37 @@ class SentinelURL:
         hosts = ",".join(_host_port(host, port) for host, port in self.sentinels)
         tls = " (TLS)" if self.tls else ""
         return f"sentinels {hosts}, service {self.service}, db {self.db}{tls}"
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A parsed ``redis+cluster://`` / ``rediss+cluster://`` URL.
+
+    ``nodes`` are ``(host, port)`` pairs in the URL's order: the client asks them for the cluster's layout
+    (any one that answers will do) and then talks to every primary. ``username`` and ``password``
+    authenticate to every node; the password is left out of ``repr()``.
+    """
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "rediss+cluster" if self.tls else "redis+cluster"
+
+    def describe(self) -> str:
+        """Where the URL leads, without credentials: ``cluster nodes h1:6379,h2:6379``."""
+        hosts = ",".join(_host_port(host, port) for host, port in self.nodes)
+        tls = " (TLS)" if self.tls else ""
+        return f"cluster nodes {hosts}{tls}"
+
+
+def is_cluster_url(url: str) -> bool:
+    """Does ``url`` use one of :data:`CLUSTER_SCHEMES` (any letter case)?"""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in CLUSTER_SCHEMES
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -132,7 +187,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         user, colon, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon and secret else None
-    sentinels = _parse_hosts(hostlist, problem)
+    sentinels = _parse_hosts(hostlist, problem, noun="sentinel", default_port=DEFAULT_SENTINEL_PORT)
     parts = path.split("/") if slash else []
     if parts and parts[-1] == "":
         parts.pop()  # a trailing slash: redis+sentinel://h/mymaster/
@@ -166,13 +221,59 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Parse a Cluster URL; :class:`RedisURLError` says what is wrong (naming the URL with its password
+    masked) and which form to use."""
+    shown = masked(url)
+
+    def problem(what: str, expected: str = _CLUSTER_EXAMPLE) -> RedisURLError:
+        return RedisURLError(f"REDIS_URL={shown!r}: {what}; expected {expected}")
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+        raise problem("not a Cluster URL (it must start with redis+cluster:// or rediss+cluster://)")
+    rest, hash_, _fragment = rest.partition("#")
+    if hash_:
+        raise problem("a Cluster URL takes no #fragment")
+    rest, question, query = rest.partition("?")
+    if question:
+        raise problem(
+            f"a Cluster URL takes no query parameters (got {masked('?' + query)!r}); put the password in "
+            "the user:password@ part",
+            "redis+cluster://:password@node1:6379,node2:6379",
+        )
+    netloc, _slash, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon and secret else None
+    nodes = _parse_hosts(hostlist, problem, noun="node", default_port=DEFAULT_CLUSTER_PORT)
+    path = path.rstrip("/")
+    if path:
+        if not path.isdigit():
+            raise problem(
+                f"{path!r} after the host list is not a database number (a Cluster URL names no service)",
+                f"{_CLUSTER_EXAMPLE}/0",
+            )
+        if int(path) != 0:
+            raise problem(
+                f"database {int(path)} is not available: Redis Cluster has only database 0",
+                f"{_CLUSTER_EXAMPLE}/0",
+            )
+    return ClusterURL(
+        nodes=nodes, username=username, password=password, tls=scheme.lower() == "rediss+cluster"
+    )
+
+
 def redis_url_problem(url: str) -> str | None:
     """What is wrong with ``url`` as ``REDIS_URL`` and the URL to use instead, or None when it is usable."""
     shown = masked(url)
     scheme, sep, rest = url.partition("://")
-    if sep and scheme.lower() in SENTINEL_SCHEMES:
+    if sep and scheme.lower() in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
         try:
-            parse_sentinel_url(url)
+            (parse_sentinel_url if scheme.lower() in SENTINEL_SCHEMES else parse_cluster_url)(url)
         except RedisURLError as exc:
             return str(exc)
         return None
@@ -181,7 +282,8 @@ def redis_url_problem(url: str) -> str | None:
         suggestion = f"redis://{guess}" if guess else _USAGE
         return (
             f"REDIS_URL={shown!r} is not a Redis URL: it must start with redis://, rediss:// or unix:// "
-            f"(redis+sentinel:// or rediss+sentinel:// for Sentinel); use {suggestion}"
+            "(redis+sentinel:// or rediss+sentinel:// for Sentinel, redis+cluster:// or rediss+cluster:// "
+            f"for Cluster); use {suggestion}"
         )
     try:
         parts = urlsplit(url)
@@ -191,7 +293,8 @@ def redis_url_problem(url: str) -> str | None:
             return (
                 f"REDIS_URL={shown!r} lists several hosts ({hosts}), which a {scheme}:// URL cannot: for "
                 f"Redis Sentinel use {scheme.lower()}+sentinel://{names}/<service-name> with the sentinels' "
-                "addresses (their port defaults to 26379)"
+                f"addresses (their port defaults to 26379); for Redis Cluster use "
+                f"{scheme.lower()}+cluster://{hosts} with some of its nodes"
             )
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
     except ValueError as exc:
@@ -208,35 +311,40 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _parse_hosts(hostlist: str, problem: _Problem) -> tuple[tuple[str, int], ...]:
-    """``h1[:port],[::1]:port,…`` → ``((host, port), …)``, the port defaulting to 26379."""
+def _parse_hosts(
+    hostlist: str, problem: _Problem, *, noun: str, default_port: int
+) -> tuple[tuple[str, int], ...]:
+    """``h1[:port],[::1]:port,…`` → ``((host, port), …)``, the port defaulting to ``default_port``; ``noun``
+    ("sentinel", "node") names an entry in messages."""
     if not hostlist:
-        raise problem("no sentinel host before the service name")
-    sentinels: list[tuple[str, int]] = []
+        after = "before the service name" if noun == "sentinel" else "in the host list"
+        raise problem(f"no {noun} host {after}")
+    ipv6 = f"[::1]:{default_port}"
+    hosts: list[tuple[str, int]] = []
     for position, item in enumerate(hostlist.split(","), start=1):
         if not item:
-            raise problem(f"sentinel number {position} in the host list {hostlist!r} is empty")
+            raise problem(f"{noun} number {position} in the host list {hostlist!r} is empty")
         if item.startswith("["):
             host, bracket, after = item[1:].partition("]")
             if not bracket or not host:
-                raise problem(f"the IPv6 address in {item!r} is not closed with ']'", "[::1]:26379")
+                raise problem(f"the IPv6 address in {item!r} is not closed with ']'", ipv6)
             if after and not after.startswith(":"):
-                raise problem(f"unexpected {after!r} after the IPv6 address in {item!r}", "[::1]:26379")
+                raise problem(f"unexpected {after!r} after the IPv6 address in {item!r}", ipv6)
             port_text = after[1:] if after else None
         else:
             host, colon, port_text_raw = item.partition(":")
             if ":" in port_text_raw:
-                raise problem(f"sentinel {item!r} has more than one ':' (an IPv6 address goes in brackets)")
+                raise problem(f"{noun} {item!r} has more than one ':' (an IPv6 address goes in brackets)")
             port_text = port_text_raw if colon else None
             if not host:
-                raise problem(f"sentinel {item!r} has no host name before the ':'")
-        port = DEFAULT_SENTINEL_PORT
+                raise problem(f"{noun} {item!r} has no host name before the ':'")
+        port = default_port
         if port_text is not None:
             if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise problem(f"the port {port_text!r} of sentinel {item!r} is not a number from 1 to 65535")
+                raise problem(f"the port {port_text!r} of {noun} {item!r} is not a number from 1 to 65535")
             port = int(port_text)
-        sentinels.append((unquote(host), port))
-    return tuple(sentinels)
+        hosts.append((unquote(host), port))
+    return tuple(hosts)
 
 
 def _parse_query(query: str, problem: _Problem) -> str | None:

@@ -59,7 +59,8 @@ class RedisServices:
         self.commands: CommandListener | None = None
         self._beat_now = asyncio.Event()
         self.instance_id = settings.instance_id or default_instance_id(port)
-        self.keys = KeySchema(settings.redis_prefix)
+        # Hash tags on a Redis Cluster URL (every call's keys in one slot), today's key names otherwise.
+        self.keys = KeySchema.for_url(settings.redis_url, settings.redis_prefix)
         self.url = ""
         self.embedded: EmbeddedRedis | None = None
         self.redis: aioredis.Redis | None = None

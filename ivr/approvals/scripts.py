@@ -1,12 +1,29 @@
 """The approval store's server-side (Lua) scripts: each change of a request is one atomic step in Redis.
 
 Kept apart from :mod:`ivr.approvals.store`, which builds their keys and arguments and reads their replies;
-the comment above each script lists its ``KEYS`` and ``ARGV``.
+the comment above each script lists its ``KEYS`` and ``ARGV``. The first set is for a single Redis (one script
+per change, atomic over every key); the second, below "Redis Cluster", splits each change into a step in the
+call's hash slot and an idempotent step in the global one.
 """
 
 from __future__ import annotations
 
-__all__ = ["ABANDON_LUA", "CLAIM_LUA", "DECIDE_LUA", "EXECUTED_LUA", "REQUEST_LUA", "SWEEP_LUA"]
+__all__ = [
+    "ABANDON_CALL_LUA",
+    "ABANDON_LUA",
+    "CLAIM_LUA",
+    "CLOSE_GLOBAL_LUA",
+    "DECIDE_CALL_LUA",
+    "DECIDE_LUA",
+    "EXECUTED_CALL_LUA",
+    "EXECUTED_GLOBAL_LUA",
+    "EXECUTED_LUA",
+    "REQUEST_CALL_LUA",
+    "REQUEST_GLOBAL_LUA",
+    "REQUEST_LUA",
+    "SWEEP_CALL_LUA",
+    "SWEEP_LUA",
+]
 
 
 _LUA_CLOCK = """
@@ -228,6 +245,228 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'approval.execu
   'ts', stamp(now),
   'data', cjson.encode({id = h[3], tool = h[5], outcome = ARGV[4], error_type = ARGV[5],
                         instance_id = h[8]}))
+return 1
+"""
+)
+
+
+# -- Redis Cluster ------------------------------------------------------------------------------------------
+# On a Cluster a script may only touch keys of one hash slot. A request's record (``approval(aid, sid)``) and
+# its call's approval set live in the call's slot; the pending index, the audit stream, the event stream, the
+# channel and the approval's index entry (``approval_call(aid)``: its call sid, and which global steps ran)
+# live in the global slot. So each change is two scripts: a *call step* over the call's slot that runs the
+# state machine (the only place a decision is made, so still exactly once) and stores what the global step
+# needs (``closed_at``, ``closed_audit_by``, ``executed_by``), then a *global step* that writes the indexes,
+# the audit and event entries and the notification, guarded by ``HSETNX`` on the index entry so it runs once
+# however often it is repeated. A crash between the two leaves the global step undone; it is repeated by the
+# next attempt at the same change (a repeated request, decision or ``record_execution``), and the sweeper
+# repeats the close of every request still in the pending index whose record is closed.
+
+# Closing a request in its call's slot:
+# c = {key, status, by (decided_by, nil to keep it), audit_by, note, now, retention}.
+_LUA_CLOSE_CALL = """
+local function close_call(c)
+  local shown = redis.call('HGET', c.key, 'arguments_shown')
+  redis.call('HSET', c.key, 'status', c.status, 'closed_at', stamp(c.now), 'closed_audit_by', c.audit_by)
+  if shown and c.status ~= 'approved' then redis.call('HSET', c.key, 'arguments', shown) end
+  if c.by then redis.call('HSET', c.key, 'decided_by', c.by, 'decided_at', stamp(c.now)) end
+  if c.note ~= '' then redis.call('HSET', c.key, 'note', c.note) end
+  redis.call('EXPIRE', c.key, math.ceil(c.retention))
+end
+local function call_ended(call_key)
+  local ended = redis.call('HGET', call_key, 'ended_at')  -- 'null' (JSON) while the call runs
+  return type(ended) == 'string' and tonumber(ended) ~= nil
+end
+"""
+
+# Picks the call's earlier request with this digest (as REQUEST_LUA does), from hashes passed as KEYS.
+# KEYS: 1 call's approval set, 2 the new approval hash, 3… the hashes of the ids in ARGV[16…]
+# ARGV: 1 digest, 2 mode ('pending' | 'gate'), 3 now ('' = server), 4 id, 5 call_sid, 6 instance_id,
+#       7 flow_id, 8 tool, 9 call_id, 10 arguments JSON, 11 reason, 12 timeout_s, 13 retention_s,
+#       14 the masked arguments ('' = none), 15 how many earlier ids, 16… the earlier ids (the set's members)
+# Returns {'again'} when the set is not the one read (a request was added meanwhile: read it again), else
+# {'existing' | 'created', the record's fields…}.
+REQUEST_CALL_LUA = (
+    _LUA_CLOCK
+    + """
+local n = tonumber(ARGV[15])
+if redis.call('SCARD', KEYS[1]) ~= n then return {'again'} end
+local digest, mode = ARGV[1], ARGV[2]
+local found_pending, found_approved, found_closed
+for i = 1, n do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[15 + i]) == 0 then return {'again'} end
+  local h = redis.call('HMGET', KEYS[2 + i], 'digest', 'status', 'claimed_at', 'executed_at')
+  if h[1] == digest then
+    if h[2] == 'pending' then found_pending = 2 + i
+    elseif h[2] == 'approved' and not h[3] and not h[4] then found_approved = 2 + i
+    elseif h[2] == 'denied' or h[2] == 'expired' or h[2] == 'abandoned' then found_closed = 2 + i end
+  end
+end
+local existing = found_pending
+if mode == 'gate' then existing = found_closed or found_approved or found_pending end
+if existing then return {'existing', unpack(redis.call('HGETALL', KEYS[existing]))} end
+local now = clock(ARGV[3])
+local timeout, retention = tonumber(ARGV[12]), tonumber(ARGV[13])
+redis.call('HSET', KEYS[2], 'id', ARGV[4], 'call_sid', ARGV[5], 'instance_id', ARGV[6], 'flow_id', ARGV[7],
+  'tool', ARGV[8], 'call_id', ARGV[9], 'arguments', ARGV[10], 'digest', digest, 'reason', ARGV[11],
+  'status', 'pending', 'created_at', stamp(now), 'deadline', stamp(now + timeout))
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[2], 'arguments_shown', ARGV[14]) end
+redis.call('EXPIRE', KEYS[2], math.ceil(timeout + retention))
+redis.call('SADD', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], math.ceil(timeout + retention))
+return {'created', unpack(redis.call('HGETALL', KEYS[2]))}
+"""
+)
+
+# The global step of a new request, once: its index entry, the pending index, the audit and event entries.
+# KEYS: 1 the approval's index entry (hash), 2 pending (zset), 3 audit (stream), 4 events (stream)
+# ARGV: 1 id, 2 call_sid, 3 created_at, 4 deadline, 5 TTL of the index entry (s), 6 retention_s,
+#       7 events maxlen, 8 audit arguments, 9 reason, 10 instance_id, 11 flow_id, 12 tool, 13 event data JSON
+REQUEST_GLOBAL_LUA = (
+    _LUA_CLOCK
+    + """
+if redis.call('HSETNX', KEYS[1], 'requested', ARGV[3]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'call_sid', ARGV[2])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[5])))
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('XADD', KEYS[3], 'MINID', '~', audit_minid(tonumber(ARGV[3]), tonumber(ARGV[6])), '*',
+  'action', 'requested', 'approval_id', ARGV[1], 'call_sid', ARGV[2], 'flow_id', ARGV[11], 'tool', ARGV[12],
+  'arguments', ARGV[8], 'reason', ARGV[9], 'by', 'instance:' .. ARGV[10], 'ts', ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', 'approval.requested', 'call_sid', ARGV[2],
+  'ts', ARGV[3], 'data', ARGV[13])
+return 1
+"""
+)
+
+# Decide (or expire) one request in its call's slot. KEYS: 1 approval hash, 2 its call's record
+# ARGV: 1 new status, 2 operator, 3 note, 4 now ('' = server), 5 retention_s, 6 expired note,
+#       7 timeout operator, 8 abandoned note, 9 call-ended operator
+DECIDE_CALL_LUA = (
+    _LUA_CLOCK
+    + _LUA_CLOSE_CALL
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'notfound'} end
+local h = redis.call('HMGET', KEYS[1], 'status', 'deadline')
+if h[1] ~= 'pending' then return {'decided', unpack(redis.call('HGETALL', KEYS[1]))} end
+local now = clock(ARGV[4])
+local status, by, note, outcome = ARGV[1], ARGV[2], ARGV[3], 'ok'
+if call_ended(KEYS[2]) then
+  outcome, status, by, note = 'abandoned', 'abandoned', ARGV[9], ARGV[8]
+elseif status ~= 'expired' and now > tonumber(h[2]) then
+  outcome, status, by, note = 'expired', 'expired', ARGV[7], ARGV[6]
+end
+close_call({key = KEYS[1], status = status, by = by, audit_by = by, note = note, now = now,
+  retention = tonumber(ARGV[5])})
+return {outcome, unpack(redis.call('HGETALL', KEYS[1]))}
+"""
+)
+
+# The global step of a close (decided, expired, abandoned), once: pending index, audit, event, notification.
+# KEYS: 1 the approval's index entry (hash), 2 pending (zset), 3 audit (stream), 4 events (stream)
+# ARGV: 1 id, 2 status, 3 closed_at, 4 retention_s, 5 channel, 6 '1' = SPUBLISH (Cluster) else PUBLISH,
+#       7 events maxlen, 8 call_sid, 9 flow_id, 10 tool, 11 audit arguments, 12 by, 13 note,
+#       14 event data JSON, 15 message JSON
+CLOSE_GLOBAL_LUA = (
+    _LUA_CLOCK
+    + """
+if redis.call('HSETNX', KEYS[1], 'closed', ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'call_sid', ARGV[8])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4])))
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], 'MINID', '~', audit_minid(tonumber(ARGV[3]), tonumber(ARGV[4])), '*',
+  'action', ARGV[2], 'approval_id', ARGV[1], 'call_sid', ARGV[8], 'flow_id', ARGV[9], 'tool', ARGV[10],
+  'arguments', ARGV[11], 'by', ARGV[12], 'note', ARGV[13], 'ts', ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'type', 'approval.decided', 'call_sid', ARGV[8],
+  'ts', ARGV[3], 'data', ARGV[14])
+redis.call(ARGV[6] == '1' and 'SPUBLISH' or 'PUBLISH', ARGV[5], ARGV[15])
+return 1
+"""
+)
+
+# Sweep one pending request in its call's slot: abandon it if its call ended, expire it if overdue.
+# KEYS: 1 approval hash, 2 its call's record
+# ARGV: 1 now ('' = server), 2 retention_s, 3 expired note, 4 timeout operator, 5 abandoned note,
+#       6 call-ended operator
+# Returns {'gone'}, {'pending'}, or {'closed' | 'expired' | 'abandoned', the record's fields…}.
+SWEEP_CALL_LUA = (
+    _LUA_CLOCK
+    + _LUA_CLOSE_CALL
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+local h = redis.call('HMGET', KEYS[1], 'status', 'deadline')
+if h[1] ~= 'pending' then return {'closed', unpack(redis.call('HGETALL', KEYS[1]))} end
+local now = clock(ARGV[1])
+local outcome, by, note
+if call_ended(KEYS[2]) then outcome, by, note = 'abandoned', ARGV[6], ARGV[5]
+elseif now > tonumber(h[2]) then outcome, by, note = 'expired', ARGV[4], ARGV[3]
+else return {'pending'} end
+close_call({key = KEYS[1], status = outcome, by = by, audit_by = by, note = note, now = now,
+  retention = tonumber(ARGV[2])})
+return {outcome, unpack(redis.call('HGETALL', KEYS[1]))}
+"""
+)
+
+# Abandon a call's open requests in its slot (as ABANDON_LUA). KEYS: 1 the call's approval set, 2… the hashes
+# of the ids in ARGV[8…]. ARGV: 1 now ('' = server), 2 retention_s, 3 instance id, 4 note (undecided),
+# 5 note (approved, not run), 6 call-ended operator, 7 how many ids, 8… the ids (the set's members)
+# Returns {'again'} when the set is not the one read, else {'done', ids closed now…}.
+ABANDON_CALL_LUA = (
+    _LUA_CLOCK
+    + _LUA_CLOSE_CALL
+    + """
+local n = tonumber(ARGV[7])
+if redis.call('SCARD', KEYS[1]) ~= n then return {'again'} end
+local now = clock(ARGV[1])
+local done = {'done'}
+for i = 1, n do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[7 + i]) == 0 then return {'again'} end
+end
+for i = 1, n do
+  local key = KEYS[1 + i]
+  local h = redis.call('HMGET', key, 'status', 'claimed_at', 'executed_at')
+  local note, by = nil, nil
+  if h[1] == 'pending' then note, by = ARGV[4], ARGV[6]
+  elseif h[1] == 'approved' and not h[2] and not h[3] then note = ARGV[5] end
+  if note then
+    close_call({key = key, status = 'abandoned', by = by, audit_by = 'instance:' .. ARGV[3], note = note,
+      now = now, retention = tonumber(ARGV[2])})
+    table.insert(done, ARGV[7 + i])
+  end
+end
+return done
+"""
+)
+
+# The claimed action has run: its outcome, in the call's slot, once. KEYS: 1 approval hash
+# ARGV: 1 now ('' = server), 2 outcome ('ok' | 'failed'), 3 error type, 4 instance id
+# Returns {0} when it was not claimed, {0, fields…} when already recorded, {1, fields…} when recorded now.
+EXECUTED_CALL_LUA = (
+    _LUA_CLOCK
+    + """
+local h = redis.call('HMGET', KEYS[1], 'claimed_at', 'executed_at', 'arguments_shown')
+if not h[1] then return {0} end
+if h[2] then return {0, unpack(redis.call('HGETALL', KEYS[1]))} end
+redis.call('HSET', KEYS[1], 'executed_at', stamp(clock(ARGV[1])), 'outcome', ARGV[2],
+  'executed_by', 'instance:' .. ARGV[4])
+if h[3] then redis.call('HSET', KEYS[1], 'arguments', h[3]) end  -- it ran: keep only the masked arguments
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error_type', ARGV[3]) end
+return {1, unpack(redis.call('HGETALL', KEYS[1]))}
+"""
+)
+
+# The global step of an execution, once: the audit's `executed` entry and the event.
+# KEYS: 1 the approval's index entry (hash), 2 audit (stream), 3 events (stream)
+# ARGV: 1 executed_at, 2 retention_s, 3 events maxlen, 4 id, 5 call_sid, 6 flow_id, 7 tool,
+#       8 audit arguments, 9 outcome, 10 error type, 11 by, 12 event data JSON
+EXECUTED_GLOBAL_LUA = (
+    _LUA_CLOCK
+    + """
+if redis.call('HSETNX', KEYS[1], 'executed', ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MINID', '~', audit_minid(tonumber(ARGV[1]), tonumber(ARGV[2])), '*',
+  'action', 'executed', 'approval_id', ARGV[4], 'call_sid', ARGV[5], 'flow_id', ARGV[6], 'tool', ARGV[7],
+  'arguments', ARGV[8], 'outcome', ARGV[9], 'error_type', ARGV[10], 'by', ARGV[11], 'ts', ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', 'approval.executed', 'call_sid', ARGV[5],
+  'ts', ARGV[1], 'data', ARGV[12])
 return 1
 """
 )

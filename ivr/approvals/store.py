@@ -12,6 +12,17 @@ so an operator's laptop with a skewed clock cannot approve after the deadline.
 
 The request script reads the hashes of the call's earlier requests (ids from the call's index set), keys
 it cannot declare up front; that is fine on a single Redis or a primary/replica pair, not on Redis Cluster.
+
+On Redis Cluster (a key schema with hash tags) every request lives in its call's hash slot
+(``approval(aid, sid)``) and each change is two scripts (:mod:`ivr.approvals.scripts`, "Redis Cluster"): the
+state machine in the call's slot, with every key declared (the earlier requests' ids are read first and the
+script re-checks the set, answering ``again`` when it changed), then the indexes, audit, event and
+notification in the global slot, guarded so they are written once. The request's id leads to its call
+through ``approval_call(aid)``. The guarantees that matter hold as on one Redis — one decision, one run, no
+second request for the same call and arguments — but a decision is no longer announced in the same atomic
+step: a crash between the steps leaves it recorded and not yet audited or published until the next attempt
+or the sweeper repeats the global step. The decision notification is a sharded message (``SPUBLISH``) there.
+On a single Redis (no tags) the original one-script path runs, unchanged.
 """
 
 from __future__ import annotations
@@ -28,13 +39,22 @@ from typing import Any, Literal, cast
 import redis.asyncio as aioredis
 
 from ivr.approvals.scripts import (
+    ABANDON_CALL_LUA,
     ABANDON_LUA,
     CLAIM_LUA,
+    CLOSE_GLOBAL_LUA,
+    DECIDE_CALL_LUA,
     DECIDE_LUA,
+    EXECUTED_CALL_LUA,
+    EXECUTED_GLOBAL_LUA,
     EXECUTED_LUA,
+    REQUEST_CALL_LUA,
+    REQUEST_GLOBAL_LUA,
     REQUEST_LUA,
+    SWEEP_CALL_LUA,
     SWEEP_LUA,
 )
+from ivr.store.client import is_cluster
 from ivr.store.keys import KeySchema
 
 __all__ = [
@@ -66,6 +86,8 @@ ABANDONED_NOTE = "the call ended before a decision"
 ABANDONED_APPROVED_NOTE = "the call ended before the approved action ran"
 #: Names reserved for the system; an operator cannot decide under them.
 RESERVED_OPERATORS = frozenset({TIMEOUT_OPERATOR, CALL_ENDED_OPERATOR})
+#: Redis Cluster: how often a call step is retried when the call's set of requests changed under it.
+_SET_CHANGED_ATTEMPTS = 10
 
 
 class ApprovalError(Exception):
@@ -255,9 +277,28 @@ class ApprovalStore:
     def __init__(self, redis: aioredis.Redis, keys: KeySchema, *, retention_s: float = 30 * 86400.0) -> None:
         if not retention_s > 0:
             raise ValueError(f"retention_s={retention_s!r} must be positive")
+        if is_cluster(redis) and not keys.hash_tags:
+            raise ValueError(
+                "on Redis Cluster the key schema needs hash tags: KeySchema(prefix, hash_tags=True)"
+            )
         self.redis = redis
         self.keys = keys
         self.retention_s = float(retention_s)
+        #: Redis Cluster mode (hash-tagged keys): two-step changes, see the module docstring.
+        self.split = keys.hash_tags
+        #: Decisions are announced with SPUBLISH (sharded pub/sub) on a Cluster client.
+        self.sharded = is_cluster(redis)
+        if self.split:
+            self._request_call = redis.register_script(REQUEST_CALL_LUA)
+            self._request_global = redis.register_script(REQUEST_GLOBAL_LUA)
+            self._decide_call = redis.register_script(DECIDE_CALL_LUA)
+            self._close_global_script = redis.register_script(CLOSE_GLOBAL_LUA)
+            self._sweep_call = redis.register_script(SWEEP_CALL_LUA)
+            self._abandon_call = redis.register_script(ABANDON_CALL_LUA)
+            self._executed_call = redis.register_script(EXECUTED_CALL_LUA)
+            self._executed_global = redis.register_script(EXECUTED_GLOBAL_LUA)
+            self._claim = redis.register_script(CLAIM_LUA)
+            return
         probe = keys.approval("ID")
         if not probe.endswith("ID"):  # pragma: no cover - guards a change of the key schema
             raise RuntimeError(f"approval keys no longer end with the id: {probe!r}")
@@ -360,6 +401,21 @@ class ApprovalStore:
                 raise ValueError(f"{name} must not be empty")
         arguments = dict(arguments)
         aid = "ap_" + secrets.token_hex(8)
+        if self.split:
+            return await self._request_split(
+                mode=mode,
+                aid=aid,
+                call_sid=call_sid,
+                instance_id=instance_id,
+                flow_id=flow_id,
+                tool=tool,
+                call_id=call_id,
+                arguments=arguments,
+                reason=reason,
+                timeout_s=timeout_s,
+                now=now,
+                shown=shown,
+            )
         reply = await self._request(
             keys=[
                 self.keys.call_approvals(call_sid),
@@ -413,28 +469,31 @@ class ApprovalStore:
         return await self._finish(aid, "expired", TIMEOUT_OPERATOR, EXPIRED_NOTE, now)
 
     async def _finish(self, aid: str, status: str, operator: str, note: str, now: float | None) -> Approval:
-        reply = await self._decide(
-            keys=[
-                self.keys.approval(aid),
-                self.keys.approvals_pending(),
-                self.keys.approvals_audit(),
-                self.keys.events(),
-            ],
-            args=[
-                status,
-                operator,
-                note,
-                _now_arg(now),
-                repr(self.retention_s),
-                self.keys.approval_channel(),
-                str(EVENTS_MAXLEN),
-                EXPIRED_NOTE,
-                TIMEOUT_OPERATOR,
-                self._call_head,
-                ABANDONED_NOTE,
-                CALL_ENDED_OPERATOR,
-            ],
-        )
+        if self.split:
+            reply = await self._finish_split(aid, status, operator, note, now)
+        else:
+            reply = await self._decide(
+                keys=[
+                    self.keys.approval(aid),
+                    self.keys.approvals_pending(),
+                    self.keys.approvals_audit(),
+                    self.keys.events(),
+                ],
+                args=[
+                    status,
+                    operator,
+                    note,
+                    _now_arg(now),
+                    repr(self.retention_s),
+                    self.keys.approval_channel(),
+                    str(EVENTS_MAXLEN),
+                    EXPIRED_NOTE,
+                    TIMEOUT_OPERATOR,
+                    self._call_head,
+                    ABANDONED_NOTE,
+                    CALL_ENDED_OPERATOR,
+                ],
+            )
         outcome = reply[0]
         if outcome == "notfound":
             raise ApprovalNotFound(aid)
@@ -450,7 +509,10 @@ class ApprovalStore:
     async def claim(self, aid: str, *, instance_id: str = "", now: float | None = None) -> bool:
         """Take an approved request to run its action: True only for the first caller, and only while it is
         approved (not abandoned). Record how the run went with :meth:`record_execution`."""
-        done = await self._claim(keys=[self.keys.approval(aid)], args=[_now_arg(now), instance_id or "?"])
+        key = await self._key_of(aid)
+        if key is None:
+            return False
+        done = await self._claim(keys=[key], args=[_now_arg(now), instance_id or "?"])
         return bool(done)
 
     async def record_execution(
@@ -463,6 +525,10 @@ class ApprovalStore:
         now: float | None = None,
     ) -> bool:
         """The claimed action has run: store its outcome and audit ``executed`` (once; False otherwise)."""
+        if self.split:
+            return await self._executed_split(
+                aid, ok=ok, error_type=error_type, instance_id=instance_id, now=now
+            )
         done = await self._executed(
             keys=[self.keys.approval(aid), self.keys.approvals_audit(), self.keys.events()],
             args=[
@@ -481,6 +547,8 @@ class ApprovalStore:
     ) -> list[str]:
         """The call ended: close its undecided requests (and approved ones not yet taken to run) as
         ``abandoned``, audited. Returns their ids. Safe to repeat."""
+        if self.split:
+            return await self._abandon_split(call_sid, instance_id=instance_id, now=now)
         done = await self._abandon(
             keys=[
                 self.keys.call_approvals(call_sid),
@@ -507,6 +575,8 @@ class ApprovalStore:
         whose call ended are abandoned. Looks at the ``limit`` soonest deadlines; one atomic step."""
         if limit < 1:
             raise ValueError(f"limit={limit!r} must be at least 1")
+        if self.split:
+            return await self._sweep_split(now=now, limit=limit)
         expired_ids, abandoned_ids = await self._sweep(
             keys=[self.keys.approvals_pending(), self.keys.approvals_audit(), self.keys.events()],
             args=[
@@ -537,7 +607,10 @@ class ApprovalStore:
     # -- reads ---------------------------------------------------------------------------------------------
     async def get(self, aid: str) -> Approval | None:
         """The record, or None when there is no such approval."""
-        fields = await self.redis.hgetall(self.keys.approval(aid))
+        key = await self._key_of(aid)
+        if key is None:
+            return None
+        fields = await self.redis.hgetall(key)
         return Approval.from_hash(fields) if fields else None
 
     async def pending(self, *, limit: int = 1000) -> list[Approval]:
@@ -552,15 +625,324 @@ class ApprovalStore:
     async def for_call(self, call_sid: str) -> list[Approval]:
         """Every request made during one call, oldest first."""
         ids = sorted(await self.redis.smembers(self.keys.call_approvals(call_sid)))
-        records = [r for r in await self.get_many(ids) if r is not None]
+        if self.split:  # the call's sid leads straight to its requests' keys
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for aid in ids:
+                    pipe.hgetall(self.keys.approval(aid, call_sid))
+                rows = await pipe.execute()
+            records = [Approval.from_hash(row) for row in rows if row]
+        else:
+            records = [r for r in await self.get_many(ids) if r is not None]
         return sorted(records, key=lambda r: (r.created_at, r.id))
 
     async def get_many(self, ids: Sequence[str]) -> list[Approval | None]:
         """Records for ``ids`` in one round trip (None where there is no such approval)."""
         if not ids:
             return []
+        keys = await self._keys_of(ids)
+        found = [key for key in keys if key is not None]
+        rows: list[dict[str, str]] = []
+        if found:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in found:
+                    pipe.hgetall(key)
+                rows = await pipe.execute()
+        by_key = dict(zip(found, rows, strict=True))
+        return [Approval.from_hash(by_key[key]) if key and by_key.get(key) else None for key in keys]
+
+    # -- Redis Cluster: the two-step changes -----------------------------------------------------------------
+    async def _key_of(self, aid: str) -> str | None:
+        """The key of approval ``aid`` (on a Cluster: found through its index entry; None when unknown)."""
+        return (await self._keys_of([aid]))[0]
+
+    async def _keys_of(self, ids: Sequence[str]) -> list[str | None]:
+        """The keys of approvals ``ids``, in order (None for an id a Cluster index does not know)."""
+        if not self.split:
+            return [self.keys.approval(aid) for aid in ids]
+        sids = await self._sids_of(ids)
+        return [self.keys.approval(aid, sid) if sid else None for aid, sid in zip(ids, sids, strict=True)]
+
+    async def _sids_of(self, ids: Sequence[str]) -> list[str | None]:
+        """Cluster: the call sid of each approval, from its index entry (None when unknown)."""
+        if not ids:
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for aid in ids:
-                pipe.hgetall(self.keys.approval(aid))
-            rows = await pipe.execute()
-        return [Approval.from_hash(row) if row else None for row in rows]
+                pipe.hget(self.keys.approval_call(aid), "call_sid")
+            sids: list[str | None] = await pipe.execute()
+        return [sid or None for sid in sids]
+
+    async def _request_split(
+        self,
+        *,
+        mode: str,
+        aid: str,
+        call_sid: str,
+        instance_id: str,
+        flow_id: str,
+        tool: str,
+        call_id: str,
+        arguments: dict[str, Any],
+        reason: str,
+        timeout_s: float,
+        now: float | None,
+        shown: Mapping[str, Any] | None,
+    ) -> tuple[Approval, bool]:
+        """Cluster: the call step (every earlier request of the call declared), then the global step."""
+        set_key = self.keys.call_approvals(call_sid)
+        new_key = self.keys.approval(aid, call_sid)
+        for _ in range(_SET_CHANGED_ATTEMPTS):
+            earlier = sorted(await self.redis.smembers(set_key))
+            reply = await self._request_call(
+                keys=[set_key, new_key, *(self.keys.approval(e, call_sid) for e in earlier)],
+                args=[
+                    arguments_digest(tool, arguments),
+                    mode,
+                    _now_arg(now),
+                    aid,
+                    call_sid,
+                    instance_id,
+                    flow_id,
+                    tool,
+                    call_id,
+                    json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+                    reason,
+                    repr(float(timeout_s)),
+                    repr(self.retention_s),
+                    _json_or_empty(shown, arguments),
+                    str(len(earlier)),
+                    *earlier,
+                ],
+            )
+            if reply[0] != "again":
+                break
+        else:
+            raise RuntimeError(f"call {call_sid}'s approval requests kept changing; try again")
+        fields = _pairs(reply[1:])
+        created = reply[0] == "created"
+        if created or fields.get("status") == "pending":  # repeats a global step a crash may have skipped
+            await self._request_global_step(fields, timeout_s)
+        return Approval.from_hash(fields), created
+
+    async def _request_global_step(self, fields: Mapping[str, str], timeout_s: float) -> None:
+        aid, sid = fields["id"], fields["call_sid"]
+        deadline = float(fields["deadline"])
+        data = {
+            "id": aid,
+            "tool": fields.get("tool", ""),
+            "reason": fields.get("reason", ""),
+            "deadline": deadline,
+            "instance_id": fields.get("instance_id", ""),
+            "flow_id": fields.get("flow_id", ""),
+        }
+        await self._request_global(
+            keys=[
+                self.keys.approval_call(aid),
+                self.keys.approvals_pending(),
+                self.keys.approvals_audit(),
+                self.keys.events(),
+            ],
+            args=[
+                aid,
+                sid,
+                fields["created_at"],
+                fields["deadline"],
+                repr(max(deadline - float(fields["created_at"]), float(timeout_s)) + self.retention_s),
+                repr(self.retention_s),
+                str(EVENTS_MAXLEN),
+                fields.get("arguments_shown") or fields.get("arguments", "{}"),
+                fields.get("reason", ""),
+                fields.get("instance_id", ""),
+                fields.get("flow_id", ""),
+                fields.get("tool", ""),
+                json.dumps(data, separators=(",", ":")),
+            ],
+        )
+
+    async def _close_global(self, fields: Mapping[str, str]) -> bool:
+        """Cluster: the global step of a closed request (once): pending index, audit, event, notification."""
+        aid, status = fields["id"], fields["status"]
+        audit_by = fields.get("closed_audit_by") or fields.get("decided_by") or ""
+        closed_at = fields.get("closed_at") or fields.get("decided_at") or fields.get("created_at", "0")
+        instance_id = fields.get("instance_id", "")
+        data = {
+            "id": aid,
+            "tool": fields.get("tool", ""),
+            "status": status,
+            "decided_by": audit_by,
+            "instance_id": instance_id,
+        }
+        message = {
+            "id": aid,
+            "call_sid": fields.get("call_sid", ""),
+            "instance_id": instance_id,
+            "status": status,
+        }
+        done = await self._close_global_script(
+            keys=[
+                self.keys.approval_call(aid),
+                self.keys.approvals_pending(),
+                self.keys.approvals_audit(),
+                self.keys.events(),
+            ],
+            args=[
+                aid,
+                status,
+                closed_at,
+                repr(self.retention_s),
+                self.keys.approval_channel(),
+                "1" if self.sharded else "0",
+                str(EVENTS_MAXLEN),
+                fields.get("call_sid", ""),
+                fields.get("flow_id", ""),
+                fields.get("tool", ""),
+                fields.get("arguments_shown") or fields.get("arguments", "{}"),
+                audit_by,
+                fields.get("note", ""),
+                json.dumps(data, separators=(",", ":")),
+                json.dumps(message, separators=(",", ":")),
+            ],
+        )
+        return bool(done)
+
+    async def _finish_split(
+        self, aid: str, status: str, operator: str, note: str, now: float | None
+    ) -> list[str]:
+        """Cluster: decide in the call's slot, then (for any closed record: a repeat finishes what a crash
+        left) the global step. Returns the call step's reply."""
+        sid = await self.redis.hget(self.keys.approval_call(aid), "call_sid")
+        if not sid:
+            return ["notfound"]
+        reply: list[str] = await self._decide_call(
+            keys=[self.keys.approval(aid, sid), self.keys.call(sid)],
+            args=[
+                status,
+                operator,
+                note,
+                _now_arg(now),
+                repr(self.retention_s),
+                EXPIRED_NOTE,
+                TIMEOUT_OPERATOR,
+                ABANDONED_NOTE,
+                CALL_ENDED_OPERATOR,
+            ],
+        )
+        if reply[0] != "notfound":
+            fields = _pairs(reply[1:])
+            if fields.get("status", "pending") != "pending":
+                await self._close_global(fields)
+        return reply
+
+    async def _executed_split(
+        self, aid: str, *, ok: bool, error_type: str | None, instance_id: str, now: float | None
+    ) -> bool:
+        """Cluster: record the outcome in the call's slot (once), then audit it in the global slot (once)."""
+        key = await self._key_of(aid)
+        if key is None:
+            return False
+        reply = await self._executed_call(
+            keys=[key],
+            args=[
+                _now_arg(now),
+                "ok" if ok else "failed",
+                "" if ok else (error_type or "error"),
+                instance_id or "?",
+            ],
+        )
+        if len(reply) < 2:
+            return False  # never claimed
+        fields = _pairs(reply[1:])
+        data = {
+            "id": aid,
+            "tool": fields.get("tool", ""),
+            "outcome": fields.get("outcome", ""),
+            "error_type": fields.get("error_type", ""),
+            "instance_id": fields.get("instance_id", ""),
+        }
+        await self._executed_global(
+            keys=[self.keys.approval_call(aid), self.keys.approvals_audit(), self.keys.events()],
+            args=[
+                fields["executed_at"],
+                repr(self.retention_s),
+                str(EVENTS_MAXLEN),
+                aid,
+                fields.get("call_sid", ""),
+                fields.get("flow_id", ""),
+                fields.get("tool", ""),
+                fields.get("arguments_shown") or fields.get("arguments", "{}"),
+                fields.get("outcome", ""),
+                fields.get("error_type", ""),
+                fields.get("executed_by", "instance:?"),
+                json.dumps(data, separators=(",", ":")),
+            ],
+        )
+        return int(reply[0]) == 1
+
+    async def _abandon_split(self, call_sid: str, *, instance_id: str, now: float | None) -> list[str]:
+        """Cluster: abandon in the call's slot (its requests declared), then each close's global step."""
+        set_key = self.keys.call_approvals(call_sid)
+        for _ in range(_SET_CHANGED_ATTEMPTS):
+            ids = sorted(await self.redis.smembers(set_key))
+            reply = await self._abandon_call(
+                keys=[set_key, *(self.keys.approval(aid, call_sid) for aid in ids)],
+                args=[
+                    _now_arg(now),
+                    repr(self.retention_s),
+                    instance_id or "?",
+                    ABANDONED_NOTE,
+                    ABANDONED_APPROVED_NOTE,
+                    CALL_ENDED_OPERATOR,
+                    str(len(ids)),
+                    *ids,
+                ],
+            )
+            if reply[0] != "again":
+                break
+        else:
+            raise RuntimeError(f"call {call_sid}'s approval requests kept changing; try again")
+        done = [str(aid) for aid in reply[1:]]
+        if done:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for aid in done:
+                    pipe.hgetall(self.keys.approval(aid, call_sid))
+                rows = await pipe.execute()
+            for row in rows:
+                if row:
+                    await self._close_global(row)
+        return done
+
+    async def _sweep_split(self, *, now: float | None, limit: int) -> Sweep:
+        """Cluster: each pending request in its call's slot, then each close's global step. Not one atomic
+        round, but each request's close is: it is decided there, once."""
+        ids: list[str] = await self.redis.zrange(self.keys.approvals_pending(), 0, limit - 1)
+        sids = await self._sids_of(ids)
+        expired: list[Approval] = []
+        abandoned: list[Approval] = []
+        for aid, sid in zip(ids, sids, strict=True):
+            if sid is None:  # its index entry is gone: the request is long gone too
+                await self.redis.zrem(self.keys.approvals_pending(), aid)
+                continue
+            reply = await self._sweep_call(
+                keys=[self.keys.approval(aid, sid), self.keys.call(sid)],
+                args=[
+                    _now_arg(now),
+                    repr(self.retention_s),
+                    EXPIRED_NOTE,
+                    TIMEOUT_OPERATOR,
+                    ABANDONED_NOTE,
+                    CALL_ENDED_OPERATOR,
+                ],
+            )
+            outcome = reply[0]
+            if outcome == "gone":
+                await self.redis.zrem(self.keys.approvals_pending(), aid)
+                continue
+            if outcome == "pending":
+                continue
+            fields = _pairs(reply[1:])
+            await self._close_global(fields)  # for 'closed' too: a crash may have skipped it
+            if outcome == "expired":
+                expired.append(Approval.from_hash(fields))
+            elif outcome == "abandoned":
+                abandoned.append(Approval.from_hash(fields))
+        return Sweep(expired=expired, abandoned=abandoned)

@@ -4,9 +4,11 @@ Why through Redis: the console may be served by any instance, but only the ownin
 media socket and model session (docs/redis.md: ``ivr:instance:{iid}:channel``). :func:`send_command` finds
 the owner from the call record, checks it is alive, and PUBLISHes one small JSON message on the owner's
 channel; the owner's :class:`CommandListener` validates it and hands it to the app, which acts on the call
-(and records an ``operator.action`` event in its timeline). Pub/sub delivers to whoever listens *now*: a
-message sent while the owner is resubscribing is lost, which :attr:`CommandResult.delivered` reports (the
-operator just clicks again) — a command is never queued to act minutes later on a call it no longer fits.
+(and records an ``operator.action`` event in its timeline); on Redis Cluster the message is sharded
+(``SPUBLISH``; the owner ``SSUBSCRIBE``s, so the receiver count is exact). Pub/sub delivers to whoever
+listens *now*: a message sent while the owner is resubscribing is lost, which
+:attr:`CommandResult.delivered` reports (the operator just clicks again) — a command is never queued to act
+minutes later on a call it no longer fits.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Literal, Protocol, cast, get_args
 
 import redis.asyncio as aioredis
 
+from ivr.store.client import is_cluster
 from ivr.store.keys import KeySchema, KeySchemaError
 from ivr.store.subscription import ChannelListener
 
@@ -196,7 +199,12 @@ async def send_command(
                 f"flow {flow_id or '?'} has no transfer number; add transfer.number to its YAML to allow "
                 "transfers"
             )
-    receivers = await redis.publish(keys.instance_channel(instance_id), encode_command(call_sid, action, by))
+    channel, message = keys.instance_channel(instance_id), encode_command(call_sid, action, by)
+    # On Redis Cluster a classic PUBLISH counts only the receivers on the node it reached; a shard channel
+    # lives on its slot's node, where the instance subscribes (SSUBSCRIBE), so the count is exact.
+    receivers = await (
+        redis.spublish(channel, message) if is_cluster(redis) else redis.publish(channel, message)
+    )
     result = CommandResult(call_sid, action, instance_id, by.strip(), delivered=int(receivers) >= 1)
     log.info(
         "operator %s asked %s to %s call %s (%s)",

@@ -15,7 +15,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ivr.settings import Settings, SettingsError
-from ivr.store.client import RedisURLError, is_sentinel_url, open_redis, parse_sentinel_url
+from ivr.store.client import (
+    RedisURLError,
+    is_cluster_url,
+    is_sentinel_url,
+    open_redis,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 from ivr.store.keys import KeySchema, KeySchemaError
 
 __all__ = [
@@ -52,7 +59,7 @@ def cli_settings(settings: Settings | None = None) -> tuple[Settings, KeySchema]
     if not settings.redis_url:
         raise CliRedisError(NO_REDIS)
     try:
-        keys = KeySchema(getattr(settings, "redis_prefix", "ivr:"))
+        keys = KeySchema.for_url(settings.redis_url, getattr(settings, "redis_prefix", "ivr:"))
     except KeySchemaError as exc:
         raise CliRedisError(str(exc)) from None
     return settings, keys
@@ -62,17 +69,20 @@ def open_client(url: str) -> aioredis.Redis:
     """A client for ``url`` (no connection yet); :class:`CliRedisError` when the URL is no Redis URL."""
     try:
         return open_redis(url, decode_responses=True, socket_connect_timeout=5)
-    except RedisURLError as exc:  # a Sentinel URL: the message already names the problem and the form to use
+    except RedisURLError as exc:  # Sentinel, Cluster: the message names the problem and the form to use
         raise CliRedisError(str(exc)) from None
     except ValueError as exc:
         raise CliRedisError(f"REDIS_URL is not a valid Redis URL ({exc}); use redis://host:6379/0") from None
 
 
 def redacted(url: str) -> str:
-    """host:port/db only (a Sentinel URL: its sentinels, service and db): the URL may carry a password."""
+    """host:port/db only (a Sentinel URL: its sentinels, service and db; a Cluster URL: its nodes): the URL
+    may carry a password."""
     try:
         if is_sentinel_url(url):
             return parse_sentinel_url(url).describe()
+        if is_cluster_url(url):
+            return parse_cluster_url(url).describe()
         parts = urlsplit(url)
         host = parts.hostname or "?"
         port = parts.port or 6379

@@ -1,4 +1,5 @@
-"""The one place ivr turns ``REDIS_URL`` into a ``redis.asyncio`` client: a single server or Redis Sentinel.
+"""The one place ivr turns ``REDIS_URL`` into a ``redis.asyncio`` client: a single server, Redis Sentinel or
+Redis Cluster.
 
 Why one factory: every part of ivr that talks to Redis (the app's shared client, the console's event hub,
 ``ivr approvals``/``operators``/``data``, the demo) must accept the same URLs, pass the same options, and
@@ -13,6 +14,15 @@ follow a Sentinel failover the same way.
   redis-py's retry, then the resilient writer's — finds the new primary. Scripts, pipelines, MULTI/WATCH and
   pub/sub work unchanged: it is a plain ``Redis`` on a Sentinel-aware connection pool.
 
+* ``redis+cluster://``, ``rediss+cluster://`` (grammar in :mod:`ivr.redis_url`): a
+  ``redis.asyncio.cluster.RedisCluster`` started from the URL's nodes; it learns the slot map from them and
+  follows ``MOVED``/``ASK``. Its API differs where it matters to ivr: no ``connection_pool``, a pipeline per
+  node (``ClusterPipeline``: no ``command_stack``, and a failed node's commands come back as error objects),
+  MULTI and scripts only within one hash slot (hence :class:`~ivr.store.keys.KeySchema` ``hash_tags``), and
+  sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``, an exact receiver count). :func:`is_cluster` tells callers
+  which client they hold. Connection options are mapped onto the ``RedisCluster`` constructor; one it does
+  not take raises ``TypeError`` naming it, rather than being dropped silently.
+
 redis-py's ``Sentinel.aclose()`` closes only the sentinel connections and leaves ``master_for`` clients open,
 while closing a ``master_for`` client leaves the sentinel connections open. The client returned here
 (:class:`SentinelRedis`) owns its ``Sentinel`` and closes both in ``aclose()``, so callers keep their usual
@@ -21,30 +31,42 @@ while closing a ``master_for`` client leaves the sentinel connections open. The 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from ivr.redis_url import (
+    CLUSTER_SCHEMES,
     DEFAULT_SENTINEL_PORT,
     SENTINEL_SCHEMES,
+    ClusterURL,
     RedisURLError,
     SentinelURL,
+    is_cluster_url,
     is_sentinel_url,
     masked,
+    parse_cluster_url,
     parse_sentinel_url,
 )
 
 __all__ = [
+    "CLUSTER_SCHEMES",
     "DEFAULT_SENTINEL_PORT",
     "SENTINEL_SCHEMES",
+    "ClusterURL",
+    "RedisCluster",
     "RedisURLError",
     "SentinelRedis",
     "SentinelURL",
     "describe_redis_url",
+    "is_cluster",
+    "is_cluster_url",
     "is_sentinel_url",
     "open_redis",
+    "parse_cluster_url",
     "parse_sentinel_url",
 ]
 
@@ -82,28 +104,67 @@ class SentinelRedis(aioredis.Redis):
         return f"<{type(self).__name__}({where})>"
 
 
+#: Options of ``RedisCluster(...)`` (connection options it hands every node, and its own).
+_CLUSTER_OPTIONS = frozenset(inspect.signature(RedisCluster.__init__).parameters) - {
+    "self",
+    "host",
+    "port",
+    "startup_nodes",
+    "db",
+    "path",
+}
+
+
 def open_redis(url: str, *, decode_responses: bool = True, **kwargs: Any) -> aioredis.Redis:
-    """A ``redis.asyncio.Redis`` for ``url``; no connection is made until the first command.
+    """A ``redis.asyncio`` client for ``url``; no connection is made until the first command.
 
     ``kwargs`` are connection options (``socket_timeout``, ``health_check_interval``, …) for the data nodes;
-    with Sentinel, the ``socket_*`` ones and ``client_name`` apply to the sentinels too. A Sentinel URL that
-    cannot be parsed raises :class:`RedisURLError` (a ``ValueError``) whose message names the problem and
-    never a password; a malformed plain URL raises redis-py's ``ValueError`` as before.
+    with Sentinel, the ``socket_*`` ones and ``client_name`` apply to the sentinels too. For a Cluster URL the
+    result is a ``RedisCluster`` (typed as ``Redis`` for the callers, which use the commands both share;
+    :func:`is_cluster` tells them apart). A Sentinel or Cluster URL that cannot be parsed raises
+    :class:`RedisURLError` (a ``ValueError``) whose message names the problem and never a password; a
+    malformed plain URL raises redis-py's ``ValueError`` as before.
     """
+    if is_cluster_url(url):
+        cluster: Any = _open_cluster(parse_cluster_url(url), decode_responses=decode_responses, **kwargs)
+        return cluster  # a RedisCluster: duck-typed as Redis by every caller (see is_cluster)
     if not is_sentinel_url(url):
         return aioredis.Redis.from_url(url, decode_responses=decode_responses, **kwargs)
     return _open_sentinel(parse_sentinel_url(url), decode_responses=decode_responses, **kwargs)
 
 
+def is_cluster(client: object) -> bool:
+    """True for a Redis Cluster client (what :func:`open_redis` returns for a ``redis+cluster://`` URL)."""
+    return isinstance(client, RedisCluster)
+
+
 def describe_redis_url(url: str) -> str:
-    """``url`` for a message or a log line: a Sentinel URL as its sentinels, service and db; any other URL
-    with its passwords masked."""
-    if is_sentinel_url(url):
-        try:
+    """``url`` for a message or a log line: a Sentinel URL as its sentinels, service and db, a Cluster URL as
+    its nodes; any other URL with its passwords masked."""
+    try:
+        if is_sentinel_url(url):
             return parse_sentinel_url(url).describe()
-        except RedisURLError:
-            pass
+        if is_cluster_url(url):
+            return parse_cluster_url(url).describe()
+    except RedisURLError:
+        pass
     return masked(url)
+
+
+def _open_cluster(target: ClusterURL, *, decode_responses: bool, **kwargs: Any) -> RedisCluster:
+    """A ``RedisCluster`` on the URL's nodes with the caller's connection options (those it takes)."""
+    unknown = sorted(set(kwargs) - _CLUSTER_OPTIONS)
+    if unknown:
+        raise TypeError(f"open_redis: {', '.join(unknown)} is not an option of a Redis Cluster client")
+    options: dict[str, Any] = {**kwargs, "decode_responses": decode_responses}
+    if target.username is not None:
+        options["username"] = target.username
+    if target.password is not None:
+        options["password"] = target.password
+    if target.tls:
+        options["ssl"] = True
+    nodes = [ClusterNode(host, port) for host, port in target.nodes]
+    return RedisCluster(startup_nodes=nodes, **options)
 
 
 def _open_sentinel(target: SentinelURL, *, decode_responses: bool, **kwargs: Any) -> SentinelRedis:

@@ -136,10 +136,18 @@ def end_call_indexes(
     flow_id: object,
     outcome: object,
     caller_tail: object,
+    transcript_text: bool = True,
+    active_last: bool = False,
 ) -> None:
     """A call ended: out of the active index and its instance's set, into the recent index (trimmed to the
-    retention) and the history indexes, its transcript copied as text."""
-    pipe.zrem(keys.active_calls(), sid)
+    retention) and the history indexes, its transcript copied as text.
+
+    On Redis Cluster these keys are in two slots (the call's, the global one); a transaction over one slot
+    passes ``transcript_text=False`` and adds :func:`add_transcript_text` itself. ``active_last`` leaves the
+    active index last, so a call still listed there after a crash had its indexes not (all) written.
+    """
+    if not active_last:
+        pipe.zrem(keys.active_calls(), sid)
     pipe.zadd(keys.recent_calls(), {sid: ended_at})
     pipe.zremrangebyscore(keys.recent_calls(), "-inf", f"({ended_at - retention_s}")
     pipe.srem(keys.instance_calls(instance_id), sid)
@@ -154,7 +162,10 @@ def end_call_indexes(
         caller_tail=caller_tail,
         retention_s=retention_s,
     )
-    add_transcript_text(pipe, keys, sid)
+    if transcript_text:
+        add_transcript_text(pipe, keys, sid)
+    if active_last:
+        pipe.zrem(keys.active_calls(), sid)
 
 
 def expire_call(pipe: Pipeline, keys: KeySchema, sid: str, retention_s: int) -> None:

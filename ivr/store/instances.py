@@ -7,6 +7,12 @@ an instance whose heartbeat stopped (killed, its machine gone). All of it is abo
 call; :class:`~ivr.store.store.CallStore` exposes it as ``heartbeat``, ``reconcile`` and ``take_over_lost``.
 Direct writes: these raise when Redis is unreachable (the app's housekeeping loop in :mod:`ivr.state`
 retries).
+
+On Redis Cluster (hash-tagged keys) the end of an orphaned call spans two slots: the call's own keys and the
+global indexes. It is then a watched transaction on the call's slot (the record, the transcript text, the
+call's ``call.ended`` entry, TTLs), followed by the global part (indexes, the global copy of the event),
+which is idempotent. A crash between the two leaves the call ended but still listed as active; the next
+reconciliation or takeover that meets it (its sid is still in its instance's set) writes the global part then.
 """
 
 from __future__ import annotations
@@ -22,9 +28,21 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from ivr.store.codec import HSET_TYPED_SCRIPT, hset_typed_args
-from ivr.store.indexes import HEARTBEAT_INTERVAL_S, beat, end_call_indexes, expire_call
+from ivr.store.indexes import (
+    HEARTBEAT_INTERVAL_S,
+    add_transcript_text,
+    beat,
+    end_call_indexes,
+    expire_call,
+)
 from ivr.store.keys import KeySchema
-from ivr.store.streams import APPEND_EVENT_SCRIPT, append_event_args, event_fields, to_float, ts_text
+from ivr.store.streams import (
+    append_event_ops,
+    append_global_event,
+    event_fields,
+    to_float,
+    ts_text,
+)
 
 __all__ = [
     "LOST_OUTCOME",
@@ -45,6 +63,9 @@ LOST_OUTCOME = "instance-lost"
 _CLOCK_SLACK_S = 1.0
 #: A watched end of one call is retried this many times when the record changes under it.
 _WATCH_ATTEMPTS = 5
+#: The writer name under which an orphan's ``call.ended`` is copied to the global stream on Redis Cluster
+#: (``KeySchema.events_hwm``): one such event per call, whoever writes it.
+ORPHAN_WRITER = "orphan-end"
 #: KEYS[1] = a lease, ARGV[1] = its holder: let go of it only if still held by ARGV[1].
 _RELEASE_LEASE = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -149,12 +170,13 @@ async def _end_orphan(
     """End one orphaned call unless someone else already did (or it started after ``started_before``: it
     is not an orphan); True if this call ended it."""
     call_key = keys.call(sid)
+    split = keys.hash_tags  # Redis Cluster: the call's slot in a transaction, then the global part
     for _ in range(_WATCH_ATTEMPTS):
         async with redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(call_key)
-                current, started_raw, flow_id, tail, holder = await pipe.hmget(
-                    call_key, ["outcome", "started_at", "flow_id", "caller_tail", "instance_id"]
+                current, started_raw, flow_id, tail, holder, ended_raw = await pipe.hmget(
+                    call_key, ["outcome", "started_at", "flow_id", "caller_tail", "instance_id", "ended_at"]
                 )
                 started = to_float(started_raw)
                 if started_before is not None and started is not None and started > started_before:
@@ -163,9 +185,18 @@ async def _end_orphan(
                 if current not in (None, "in-progress") or holder not in (None, owner):
                     # Already ended (its owner finished it, or another survivor won), or another instance
                     # carries the call now: not this owner's to end; just tidy the owner's index.
-                    pipe.multi()
-                    pipe.srem(keys.instance_calls(owner), sid)
-                    await pipe.execute()
+                    if not split:
+                        pipe.multi()
+                        pipe.srem(keys.instance_calls(owner), sid)
+                        await pipe.execute()
+                        return False
+                    await pipe.unwatch()
+                    if current in (RESTART_OUTCOME, LOST_OUTCOME) and holder in (None, owner):
+                        await _repair_orphan_end(
+                            redis, keys, sid, owner, outcome=current, ended_raw=ended_raw, flow_id=flow_id,
+                            tail=tail, retention_s=retention_s,
+                        )  # fmt: skip
+                    await redis.srem(keys.instance_calls(owner), sid)
                     return False
                 last = await pipe.xrevrange(keys.call_events(sid), count=1)
                 now = clock()
@@ -174,34 +205,107 @@ async def _end_orphan(
                     fields["duration_s"] = round(max(now - started, 0.0), 3)
                 event = {**fields, "instance_id": owner, **({"ended_by": by} if by else {})}
                 entry_id = _after(last[0][0] if last else None, now)
+                entry = event_fields(sid, "call.ended", event, now)
                 pipe.multi()
                 pipe.eval(HSET_TYPED_SCRIPT, 1, call_key, *hset_typed_args(fields, retention_s))
-                end_call_indexes(
-                    pipe,
-                    keys,
-                    sid,
-                    now,
-                    instance_id=owner,
-                    retention_s=retention_s,
-                    flow_id=flow_id,
-                    outcome=outcome,
-                    caller_tail=tail,
-                )
-                entry = event_fields(sid, "call.ended", event, now)
-                pipe.eval(
-                    APPEND_EVENT_SCRIPT,
-                    *append_event_args(keys.call_events(sid), keys.events(), entry_id, entry, retention_s),
+                if split:
+                    add_transcript_text(pipe, keys, sid)
+                else:
+                    end_call_indexes(
+                        pipe,
+                        keys,
+                        sid,
+                        now,
+                        instance_id=owner,
+                        retention_s=retention_s,
+                        flow_id=flow_id,
+                        outcome=outcome,
+                        caller_tail=tail,
+                    )
+                append_event_ops(
+                    pipe, keys, sid, entry_id, entry, retention_s, writer=ORPHAN_WRITER, global_step=False
                 )
                 expire_call(pipe, keys, sid, retention_s)
                 # The webhook's context (caller and called numbers) only serves a live call's media socket.
                 # The stream's claim stays until its TTL: a replayed start must still find the sid taken.
                 pipe.delete(keys.context(sid))
                 await pipe.execute()
-                return True
             except WatchError:
                 continue  # the record changed under us: look again
+        if split:
+            await _end_globally(
+                redis, keys, sid, owner, ended_at=now, outcome=outcome, flow_id=flow_id, tail=tail,
+                entry_id=entry_id, entry=entry, retention_s=retention_s,
+            )  # fmt: skip
+        return True
     log.warning("call %s: could not mark it ended after %d tries (it keeps changing)", sid, _WATCH_ATTEMPTS)
     return False
+
+
+async def _end_globally(
+    redis: aioredis.Redis,
+    keys: KeySchema,
+    sid: str,
+    owner: str,
+    *,
+    ended_at: float,
+    outcome: str,
+    flow_id: object,
+    tail: object,
+    entry_id: str,
+    entry: dict[str, str],
+    retention_s: int,
+) -> None:
+    """Redis Cluster: the global part of an orphan's end — the indexes (the active one last: a call still
+    listed there had this part not done) and the global copy of its ``call.ended`` (once per call, under
+    :data:`ORPHAN_WRITER`). Every command is idempotent, so it may run again after a crash."""
+    async with redis.pipeline(transaction=False) as pipe:
+        append_global_event(pipe, keys, sid, entry_id, entry, retention_s, writer=ORPHAN_WRITER)
+        end_call_indexes(
+            pipe,
+            keys,
+            sid,
+            ended_at,
+            instance_id=owner,
+            retention_s=retention_s,
+            flow_id=flow_id,
+            outcome=outcome,
+            caller_tail=tail,
+            transcript_text=False,
+            active_last=True,
+        )
+        await pipe.execute()
+
+
+async def _repair_orphan_end(
+    redis: aioredis.Redis,
+    keys: KeySchema,
+    sid: str,
+    owner: str,
+    *,
+    outcome: str,
+    ended_raw: str | None,
+    flow_id: object,
+    tail: object,
+    retention_s: int,
+) -> None:
+    """Redis Cluster: a call some reconciliation ended (``outcome`` is ours) but that is still in the active
+    index — the process died between the two parts of :func:`_end_orphan`: write the global part now, from
+    the record and the call's last ``call.ended`` entry."""
+    ended_at = to_float(ended_raw)
+    if ended_at is None or await redis.zscore(keys.active_calls(), sid) is None:
+        return
+    for entry_id, fields in await redis.xrevrange(keys.call_events(sid), count=20):
+        if fields.get("type") == "call.ended":
+            entry = {k: v for k, v in fields.items() if k != "event_id"}
+            await _end_globally(
+                redis, keys, sid, owner, ended_at=ended_at, outcome=outcome, flow_id=flow_id, tail=tail,
+                entry_id=fields.get("event_id") or entry_id, entry=entry, retention_s=retention_s,
+            )  # fmt: skip
+            log.warning(
+                "call %s: its end was recorded but not indexed (a crash in between); indexed now", sid
+            )
+            return
 
 
 def _after(last_id: str | None, now: float) -> str:

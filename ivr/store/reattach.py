@@ -10,6 +10,11 @@ handler issues the call's next stream (:func:`issue_resume`), which the instance
 Each step is one Lua script over the call record (``call:{sid}``) and its link hash (``call:{sid}:link``),
 so racing instances agree: a call closed on purpose is never resumed, a resumed stream is adopted once, and
 the instance that ran it before never writes the end of a call another instance holds now.
+
+On Redis Cluster (hash-tagged keys) the adopting instance's call set is in the global slot, which a script
+over the call's keys cannot write: :func:`adopt` then adds the sid to that set *before* the script and takes
+it out again if the script refuses. A crash in between leaves a sid in the set whose record names another
+holder, which reconciliation only tidies away — never a call held here that is missing from the set.
 """
 
 from __future__ import annotations
@@ -58,9 +63,7 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
 return n
 """
 
-# KEYS: record, link, my instance's call set. ARGV: me, stream number, sid. Returns {1, previous holder}
-# or {0, why}.
-_ADOPT = """
+_ADOPT_CHECKS = """
 if redis.call('HGET', KEYS[1], 'outcome') ~= 'in-progress' then return {0, 'ended'} end
 if redis.call('HEXISTS', KEYS[2], 'closed_by') == 1 then return {0, 'closed'} end
 if tonumber(redis.call('HGET', KEYS[2], 'resumes') or '0') ~= tonumber(ARGV[2]) then
@@ -70,9 +73,26 @@ if redis.call('HGET', KEYS[2], 'adopted') == ARGV[2] then return {0, 'adopted al
 local previous = redis.call('HGET', KEYS[1], 'instance_id') or ''
 redis.call('HSET', KEYS[1], 'instance_id', ARGV[1])
 redis.call('HSET', KEYS[2], 'adopted', ARGV[2])
+"""
+
+# KEYS: record, link, my instance's call set. ARGV: me, stream number, sid. Returns {1, previous holder}
+# or {0, why}.
+_ADOPT = (
+    _ADOPT_CHECKS
+    + """
 redis.call('SADD', KEYS[3], ARGV[3])
 return {1, previous}
 """
+)
+
+# Redis Cluster: the same over the call's slot only (the call set is written by the caller, see adopt()).
+# KEYS: record, link. ARGV: me, stream number.
+_ADOPT_CALL = (
+    _ADOPT_CHECKS
+    + """
+return {1, previous}
+"""
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +139,20 @@ async def issue_resume(
 async def adopt(redis: aioredis.Redis, keys: KeySchema, sid: str, me: str, number: int) -> Adoption:
     """Take the call over for its stream ``number`` (atomically: only the latest issued stream of a call
     still in progress and not closed on purpose)."""
-    ok, detail = await redis.eval(
-        _ADOPT, 3, keys.call(sid), keys.call_link(sid), keys.instance_calls(me), me, number, sid
-    )
-    if int(ok) != 1:
-        return Adoption(False, why=_text(detail))
+    if keys.hash_tags:
+        mine = keys.instance_calls(me)
+        added = await redis.sadd(mine, sid)  # before the script: a crash may leave it listed, never missing
+        ok, detail = await redis.eval(_ADOPT_CALL, 2, keys.call(sid), keys.call_link(sid), me, number)
+        if int(ok) != 1:
+            if added and _text(await redis.hget(keys.call(sid), "instance_id")) != me:
+                await redis.srem(mine, sid)
+            return Adoption(False, why=_text(detail))
+    else:
+        ok, detail = await redis.eval(
+            _ADOPT, 3, keys.call(sid), keys.call_link(sid), keys.instance_calls(me), me, number, sid
+        )
+        if int(ok) != 1:
+            return Adoption(False, why=_text(detail))
     previous = _text(detail)
     if previous and previous != me:
         await redis.srem(keys.instance_calls(previous), sid)

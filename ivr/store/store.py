@@ -12,7 +12,9 @@ entry ids from one counter per store that follows this process's clock and never
 the time they happened even when flushed after an outage, and a repeated id is refused by Redis and counted
 as already written). The global event stream, shared by every instance, is appended to only by the script
 that adds the event's per-call entry, and only when that entry is new (``APPEND_EVENT_SCRIPT`` in
-:mod:`ivr.store.streams`). Only this instance writes to the streams of the calls it owns.
+:mod:`ivr.store.streams`); on Redis Cluster, where the two streams are in different hash slots, by a second
+script guarded by this instance's high-water mark for the call (``append_event_ops``). Only this instance
+writes to the streams of the calls it owns.
 
 Beside it: :mod:`ivr.store.streams` (stream caps and entry shapes), :mod:`ivr.store.indexes` (the indexes
 written with a record), :mod:`ivr.store.instances` (heartbeat and reconciliation, behind ``heartbeat`` and
@@ -31,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from ivr.store import instances
+from ivr.store.client import is_cluster
 from ivr.store.codec import HSET_TYPED_SCRIPT, JSON_FIELD, decode_hash, encode_fields, hset_typed_args
 from ivr.store.indexes import (
     HEARTBEAT_TTL_S,
@@ -41,12 +44,11 @@ from ivr.store.indexes import (
 from ivr.store.instances import LOST_OUTCOME, RESTART_OUTCOME, default_instance_id
 from ivr.store.keys import KeySchema
 from ivr.store.streams import (
-    APPEND_EVENT_SCRIPT,
     APPEND_LINE_SCRIPT,
     CALL_EVENTS_MAXLEN,
     EVENTS_MAXLEN,
     TRANSCRIPT_MAXLEN,
-    append_event_args,
+    append_event_ops,
     decode_event,
     event_fields,
     to_float,
@@ -88,6 +90,10 @@ class CallStore:
     ) -> None:
         if retention_s < 1:
             raise ValueError(f"retention_s must be at least 1 second, got {retention_s}")
+        if is_cluster(redis) and not keys.hash_tags:
+            raise ValueError(
+                "on Redis Cluster the key schema needs hash tags: KeySchema(prefix, hash_tags=True)"
+            )
         keys.instance(instance_id)  # validates the id now rather than at the first heartbeat
         self.redis = redis
         self.keys = keys
@@ -353,12 +359,12 @@ class CallStore:
     ) -> Callable[[Pipeline], None]:
         """Build (now, so that errors surface to the caller's try) the commands appending one event."""
         entry = event_fields(sid, type_, data, now)
-        args = append_event_args(
-            self.keys.call_events(sid), self.keys.events(), self._next_id(), entry, self.retention_s
-        )
+        entry_id = self._next_id()
+        keys = self.keys
+        keys.events_hwm(sid)  # validates the sid for every key the event touches
 
         def apply(pipe: Pipeline) -> None:
-            pipe.eval(APPEND_EVENT_SCRIPT, *args)
+            append_event_ops(pipe, keys, sid, entry_id, entry, self.retention_s, writer=self.instance_id)
 
         return apply
 

@@ -5,6 +5,12 @@ Why shared: the approval listener (:mod:`ivr.approvals.listener`) and the call-c
 error, and let start-up checks, health and tests wait for the subscription and for their counters. Every
 ``subscribe`` confirmation counts as a (re)subscription — redis-py also resubscribes on its own after a
 reconnect — so a subclass can re-read what it may have missed while it was not listening.
+
+On Redis Cluster the subscription is sharded (``SSUBSCRIBE``, read with ``get_sharded_message``): classic
+pub/sub there reaches only the subscribers of the node a message was published on, while a shard channel
+lives on the node of its hash slot, where the publishers (``SPUBLISH``, also from the approval scripts) send
+it, and the publisher learns the exact number of receivers. An ``ssubscribe`` confirmation counts as a
+(re)subscription the same way.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Self
+from typing import Any, Self
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from ivr.store.client import is_cluster
 
 __all__ = ["BACKOFF_MAX_S", "BACKOFF_START_S", "CONNECTION_ERRORS", "ChannelListener"]
 
@@ -24,6 +32,8 @@ BACKOFF_START_S = 0.05
 BACKOFF_MAX_S = 2.0
 #: What a lost or unreachable Redis raises.
 CONNECTION_ERRORS = (RedisError, OSError, asyncio.IncompleteReadError)
+#: How long one sharded read waits before polling again (``get_sharded_message`` takes no "forever").
+_SHARDED_POLL_S = 1.0
 
 
 class ChannelListener:
@@ -38,6 +48,8 @@ class ChannelListener:
     def __init__(self, redis: aioredis.Redis, channel: str, *, what: str, log: logging.Logger) -> None:
         self._redis = redis
         self._channel = channel
+        #: Sharded pub/sub (SSUBSCRIBE): on a Redis Cluster client.
+        self.sharded = is_cluster(redis)
         self._what = what
         self._log = log
         self._task: asyncio.Task[None] | None = None
@@ -95,20 +107,27 @@ class ChannelListener:
     async def _run(self) -> None:
         delay = BACKOFF_START_S
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub: Any = self._redis.pubsub()
             try:
-                await pubsub.subscribe(self._channel)
+                if self.sharded:
+                    await pubsub.ssubscribe(self._channel)
+                else:
+                    await pubsub.subscribe(self._channel)
                 while True:
-                    message = await pubsub.get_message(timeout=None)
+                    if self.sharded:
+                        message = await pubsub.get_sharded_message(timeout=_SHARDED_POLL_S)
+                    else:
+                        message = await pubsub.get_message(timeout=None)
                     if message is None:
                         continue
-                    if message["type"] == "subscribe":  # also after redis-py reconnects on its own
+                    kind = message["type"]
+                    if kind in ("subscribe", "ssubscribe"):  # also after redis-py reconnects on its own
                         self.subscriptions += 1
                         self._subscribed.set()
                         delay = BACKOFF_START_S
                         self._on_subscribed()
                         await self._notify()
-                    elif message["type"] == "message":
+                    elif kind in ("message", "smessage"):
                         await self._on_message(message["data"])
             except asyncio.CancelledError:
                 raise

@@ -17,6 +17,16 @@ attempt reconnects (the address may point at the new primary by now). Operations
 idempotent when re-sent: hash and set writes are; stream appends carry explicit ids, and XADD's refusal of
 an id that is already there counts as a duplicate, i.e. already written (see :mod:`ivr.store.store`).
 
+On Redis Cluster the batch is a ``ClusterPipeline``: its commands are grouped by node and sent to the nodes
+side by side, so a batch is in order per node (one call's keys, or the global keys, are on one node), not
+across nodes. A node that fails does not fail the batch: ``execute(raise_on_error=False)`` returns a
+``ConnectionError`` / ``TimeoutError`` (or ``MOVED``/``ASK``/``CLUSTERDOWN``/``TRYAGAIN`` after a reshard or
+a failover) *object* as the result of each of its commands while the other nodes' commands are applied.
+Those are retried like the refusals above (from the first operation with one, in order; what was applied
+after it is re-sent, harmlessly). ``ClusterPipeline`` has no ``command_stack`` to take back the commands of an
+operation whose ``apply`` raised half-way, so there every operation is staged on a recorder first and
+replayed onto the pipeline only whole.
+
 The bookkeeping (:class:`WriteQueue`) is synchronous and clock-free; :class:`ResilientWriter` is the async
 shell around it.
 """
@@ -35,11 +45,15 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
     ClusterDownError,
+    ClusterError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterUnreachableError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -51,6 +65,7 @@ __all__ = [
     "WriteOp",
     "WriteQueue",
     "is_duplicate_stream_id",
+    "is_node_failure",
     "is_retryable_refusal",
 ]
 
@@ -58,12 +73,16 @@ log = logging.getLogger(__name__)
 
 #: Errors meaning "Redis is not available right now": keep the batch and retry. BusyLoadingError and
 #: AuthenticationError are ConnectionError subclasses; ReadOnlyError is a replica during a failover.
+#: On Redis Cluster also a cluster without quorum or a slot no node serves (the whole batch could not go).
 RETRYABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ReadOnlyError,
     TimeoutError,
     OSError,
+    ClusterError,
+    SlotNotCoveredError,
+    RedisClusterUnreachableError,
 )
 
 #: Error codes of per-command refusals that mean "not writable right now" rather than "this command is
@@ -103,12 +122,43 @@ def is_retryable_refusal(error: BaseException) -> bool:
     return code in RETRYABLE_REFUSALS
 
 
+def is_node_failure(error: BaseException) -> bool:
+    """True for a command *result* saying its node could not be reached or no longer serves the key (Redis
+    Cluster: ``ClusterPipeline`` returns these per command when one node fails, instead of raising): the
+    write was not applied (or its reply was lost) and must be sent again."""
+    return isinstance(error, RedisConnectionError | RedisTimeoutError | TimeoutError | OSError | AskError)
+
+
 def _describe(error: BaseException) -> str:
     code = getattr(error, "status_code", None)
     text = str(error)
     if code and not text.startswith(code):
         text = f"{code} {text}"  # the client strips the code from errors it maps to a class
     return f"{type(error).__name__}: {text}"
+
+
+class _Recorder:
+    """Stands in for a pipeline while an operation's ``apply`` runs: records each command method called (every
+    pipeline command returns the pipeline, so chaining works) to :meth:`replay` onto the real pipeline once
+    ``apply`` has finished. Why: a ``ClusterPipeline`` cannot take back the commands of an ``apply`` that
+    raised half-way (it has no ``command_stack``)."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., _Recorder]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def record(*args: Any, **kwargs: Any) -> _Recorder:
+            self._calls.append((name, args, kwargs))
+            return self
+
+        return record
+
+    def replay(self, pipe: Any) -> None:
+        for name, args, kwargs in self._calls:
+            getattr(pipe, name)(*args, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,14 +493,21 @@ class ResilientWriter:
         """Send one batch; ``spans[i]`` is how many commands op i added (None if its ``apply`` raised)."""
         spans: list[int | None] = []
         async with self._redis.pipeline(transaction=False) as pipe:
+            staged = not hasattr(pipe, "command_stack")  # a ClusterPipeline: stage each op, replay it whole
             for op in batch:
                 before = len(pipe)
                 try:
-                    op.apply(pipe)
+                    if staged:
+                        recorder = _Recorder()
+                        op.apply(recorder)  # type: ignore[arg-type]  # duck-typed: records the pipeline calls
+                        recorder.replay(pipe)
+                    else:
+                        op.apply(pipe)
                 except Exception:
                     # A bug in the operation itself: retrying cannot help. Discard its partial commands.
                     log.exception("Redis write %r could not be prepared; it is not written", op.kind)
-                    del pipe.command_stack[before:]
+                    if not staged:
+                        del pipe.command_stack[before:]
                     spans.append(None)
                     continue
                 spans.append(len(pipe) - before)
@@ -492,7 +549,7 @@ class ResilientWriter:
                 continue
             errors = [r for r in results[index : index + span] if isinstance(r, Exception)]
             index += span
-            refusals = [e for e in errors if is_retryable_refusal(e)]
+            refusals = [e for e in errors if is_retryable_refusal(e) or is_node_failure(e)]
             if refusals:
                 # Retry from here, in order. What follows may have been applied (Redis went on with the rest
                 # of the pipeline): re-sending it is harmless, operations being idempotent.

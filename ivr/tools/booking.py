@@ -23,8 +23,10 @@ verified the same lookup record by its own number (``records``), or a call whose
 approved. Anyone else gets ``not_booking_owner`` and learns nothing about the booking.
 
 Key layout (see :class:`ivr.store.keys.KeySchema` and docs/redis.md): ``calendar_slot(cal, "<UTC start>")``
-(``#<lane>`` appended for lanes after the first) holds the booking id; ``booking(id)`` is a hash;
-``calendar_bookings(cal)`` is a sorted set by start time.
+(``#<lane>`` appended for lanes after the first) holds the booking id; ``booking(id, cal)`` is a hash;
+``calendar_bookings(cal)`` is a sorted set by start time. Every key a script touches is passed in ``KEYS``,
+and on Redis Cluster all of a calendar's keys (its slots, bookings, and the idempotency keys of actions on
+it) share the calendar's hash tag, so each script and the ``MGET`` of free slots stay within one slot.
 """
 
 from __future__ import annotations
@@ -414,13 +416,13 @@ class BookingTool:
         start = self._checked_start(args["start"], hours, bounds, minutes)
         end = start.astimezone(UTC) + timedelta(minutes=minutes)
         idempotency = keys.booking_idempotency(
-            ctx.call_sid, digest(self.config.name, self.config.calendar, args)
+            ctx.call_sid, digest(self.config.name, self.config.calendar, args), self.config.calendar
         )
         slot_keys = self._slot_keys(keys, start, minutes)
         n = len(slot_keys) // self.config.capacity
         for _ in range(_RETRIES):
             prior = await redis.get(idempotency)
-            replayed = await _replay(redis, keys, prior)
+            replayed = await _replay(redis, keys, prior, self.config.calendar)
             if replayed is not None:
                 return replayed
             booking_id = new_booking_id()
@@ -460,7 +462,7 @@ class BookingTool:
                 _BOOK,
                 3 + len(slot_keys),
                 idempotency,
-                keys.booking(booking_id),
+                keys.booking(booking_id, self.config.calendar),
                 keys.calendar_bookings(self.config.calendar),
                 *slot_keys,
                 n,
@@ -493,7 +495,7 @@ class BookingTool:
         booking_id = booking_id.strip().upper()
         record: dict[str, str] = {}
         if booking_id and all(ch in _ID_ALPHABET for ch in booking_id):
-            record = await redis.hgetall(keys.booking(booking_id))
+            record = await redis.hgetall(keys.booking(booking_id, self.config.calendar))
         if not record or record.get("calendar") != self.config.calendar:
             raise ToolError(
                 "booking_not_found",
@@ -524,11 +526,11 @@ class BookingTool:
         ctx: ToolContext,
     ) -> dict[str, Any]:
         idempotency = keys.booking_idempotency(
-            ctx.call_sid, digest(self.config.name, self.config.calendar, args)
+            ctx.call_sid, digest(self.config.name, self.config.calendar, args), self.config.calendar
         )
         for _ in range(_RETRIES):
             prior = await redis.get(idempotency)
-            replayed = await _replay(redis, keys, prior)
+            replayed = await _replay(redis, keys, prior, self.config.calendar)
             if replayed is not None:
                 return replayed
             record = await self._load(redis, keys, args["booking_id"], ctx)
@@ -564,7 +566,7 @@ class BookingTool:
                 _RESCHEDULE,
                 3 + len(old_keys) + len(new_keys),
                 idempotency,
-                keys.booking(booking_id),
+                keys.booking(booking_id, self.config.calendar),
                 keys.calendar_bookings(self.config.calendar),
                 *old_keys,
                 *new_keys,
@@ -601,11 +603,11 @@ class BookingTool:
         ctx: ToolContext,
     ) -> dict[str, Any]:
         idempotency = keys.booking_idempotency(
-            ctx.call_sid, digest(self.config.name, self.config.calendar, args)
+            ctx.call_sid, digest(self.config.name, self.config.calendar, args), self.config.calendar
         )
         for _ in range(_RETRIES):
             prior = await redis.get(idempotency)
-            replayed = await _replay(redis, keys, prior)
+            replayed = await _replay(redis, keys, prior, self.config.calendar)
             if replayed is not None:
                 return replayed
             record = await self._load(redis, keys, args["booking_id"], ctx)
@@ -627,7 +629,7 @@ class BookingTool:
                 _CANCEL,
                 3 + len(old_keys),
                 idempotency,
-                keys.booking(booking_id),
+                keys.booking(booking_id, self.config.calendar),
                 keys.calendar_bookings(self.config.calendar),
                 *old_keys,
                 booking_id,
@@ -672,8 +674,9 @@ def _idempotency_record(booking_id: str, rev: int, result: dict[str, Any]) -> st
     return orjson.dumps({"booking_id": booking_id, "rev": rev, "result": result}).decode()
 
 
-async def _replay(redis: Redis, keys: KeySchema, prior: str | None) -> dict[str, Any] | None:
-    """The result stored under an idempotency key, if it still describes the stored booking, else None.
+async def _replay(redis: Redis, keys: KeySchema, prior: str | None, calendar: str) -> dict[str, Any] | None:
+    """The result stored under an idempotency key (of an action on ``calendar``), if it still describes the
+    stored booking, else None.
 
     A result is replayed only while the booking is at the revision the result was written at, so a
     repeated request never answers "booked" for a booking since cancelled, nor "moved to 11:00" for
@@ -694,7 +697,7 @@ async def _replay(redis: Redis, keys: KeySchema, prior: str | None) -> dict[str,
         result, booking_id = entry, str(entry.get("booking_id", ""))
     if not isinstance(result, dict) or not booking_id:
         return None
-    rev, status, start = await redis.hmget(keys.booking(booking_id), ["rev", "status", "start"])
+    rev, status, start = await redis.hmget(keys.booking(booking_id, calendar), ["rev", "status", "start"])
     if "rev" in entry:
         current = str(entry["rev"]) == (rev or "0")
     elif result.get("status") == "cancelled":

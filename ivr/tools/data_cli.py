@@ -92,7 +92,7 @@ async def load_all(path: Path, only: str | None, settings: Settings, *, out: Tex
         )
         return 2
     try:
-        keys = KeySchema(settings.redis_prefix)
+        keys = KeySchema.for_url(settings.redis_url, settings.redis_prefix)
     except KeySchemaError as exc:
         print(f"error: {exc}", file=err)
         return 2

@@ -51,10 +51,10 @@ import redis
 
 from ivr.store.embedded import find_server_binary
 
-__all__ = ["Failover", "SentinelSetError", "ValkeySentinelSet"]
+__all__ = ["ClusterError", "Failover", "SentinelSetError", "ValkeyCluster", "ValkeySentinelSet"]
 
 _T = TypeVar("_T")
-_RUNNING: weakref.WeakSet[ValkeySentinelSet] = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[ValkeySentinelSet | ValkeyCluster] = weakref.WeakSet()
 _PROBE_DB = 15  # the database the "accepts writes" probe writes to, so tests' own keys stay among themselves
 _PROBE_KEY = "redis-ha:probe"
 
@@ -83,7 +83,8 @@ class _Node:
     directory: Path
     args: list[str]
     proc: subprocess.Popen[bytes] | None = None
-    killed: bool = False  # by kill_primary(): its exit is expected
+    killed: bool = False  # by kill_primary() / kill(): its exit is expected
+    bus_port: int = 0  # a cluster node's bus port (--cluster-port)
 
     @property
     def log_path(self) -> Path:
@@ -473,8 +474,297 @@ class ValkeySentinelSet:
         return "; ".join(seen)
 
 
+class ClusterError(RuntimeError):
+    """The cluster could not start, or a node did not come back in time; the message says what was seen."""
+
+
+#: The slot ranges of three primaries, as ``redis-cli --cluster create`` splits them.
+_SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
+
+
+def _cluster_info(client: redis.Redis) -> dict[str, str]:
+    """``CLUSTER INFO`` of one node as ``{field: value}`` (a plain client has no parser for it)."""
+    raw = client.execute_command("CLUSTER", "INFO")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+class ValkeyCluster:
+    """A Redis Cluster of three primaries (no replicas) on free ports of 127.0.0.1, all valkey-server.
+
+    Each node runs with ``--cluster-enabled yes`` and an explicit ``--cluster-port`` (the bus port, which
+    would otherwise be the client port + 10000 and may be taken), without persistence except its
+    ``nodes.conf``, which lets a node that was killed (:meth:`kill`) come back with the same id and slots
+    (:meth:`restart`). :meth:`start` assigns the slots with ``CLUSTER ADDSLOTSRANGE`` (0-5460, 5461-10922,
+    10923-16383), introduces the nodes with ``CLUSTER MEET`` and returns once every node reports
+    ``cluster_state:ok`` and knows the other two — about 2 s, most of it the nodes agreeing on the
+    configuration epochs. :attr:`url` is the ``redis+cluster://`` URL ivr takes.
+
+    With no replicas, a killed primary leaves its slots uncovered: after ``node_timeout_ms`` the others mark
+    it failed and (``cluster-require-full-coverage yes``, the default) answer ``CLUSTERDOWN`` until it is
+    back. It comes back empty unless ``durable`` is set (``appendonly yes``, ``appendfsync always``: every
+    acknowledged write survives a SIGKILL), which a test of "the writes are there once it is back" needs.
+
+    The API is synchronous (subprocesses and blocking sockets); async tests call it through
+    :func:`asyncio.to_thread`. Temporary directories are removed by :meth:`stop` (also at interpreter exit).
+    """
+
+    def __init__(
+        self,
+        *,
+        password: str | None = None,
+        node_timeout_ms: int = 1000,
+        durable: bool = False,
+        startup_timeout: float = 20.0,
+        binary: Path | None = None,
+    ) -> None:
+        if password is not None and (not password or any(ch.isspace() or ch in "\"'" for ch in password)):
+            raise ValueError("test passwords go on the command line unquoted: no whitespace or quotes")
+        self.password = password
+        self.durable = durable
+        self.node_timeout_ms = node_timeout_ms
+        self.startup_timeout = startup_timeout
+        self._binary = binary
+        self._dir: Path | None = None
+        self._nodes: list[_Node] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+        #: Seconds :meth:`start` took, from the first spawn to a cluster every node reports ``ok``.
+        self.startup_s: float | None = None
+
+    # -- addresses -------------------------------------------------------------------------------------------
+    @property
+    def ports(self) -> list[int]:
+        """The client ports of the primaries, in slot order (the first serves slots 0-5460)."""
+        return [node.port for node in self._nodes]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://[:password@]127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3`` for ivr."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis+cluster://{auth}" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def __repr__(self) -> str:
+        return f"ValkeyCluster(ports={self.ports})"
+
+    def node(self, port: int, **kwargs: Any) -> redis.Redis:
+        """A sync client of the node on ``port`` alone (close it, or use it in a ``with``)."""
+        options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0, **kwargs}
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password, **options)
+
+    def port_for_slot(self, slot: int) -> int:
+        """The port of the primary serving ``slot`` (the assignment :meth:`start` made)."""
+        for (low, high), port in zip(_SLOT_RANGES, self.ports, strict=True):
+            if low <= slot <= high:
+                return port
+        raise ValueError(f"slot {slot} is not in 0-16383")
+
+    def port_for_key(self, key: str) -> int:
+        """The port of the primary serving ``key`` (by its hash slot)."""
+        from redis.crc import key_slot
+
+        return self.port_for_slot(key_slot(key.encode()))
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> ValkeyCluster:
+        """Spawn the three nodes, assign the slots, join them and wait until every node reports it ok."""
+        if self._dir is not None:
+            return self
+        binary = self._binary if self._binary is not None else find_server_binary()
+        began = time.monotonic()
+        for attempt in range(3):  # a free port may be taken between probing and binding: retry afresh
+            self._dir = Path(tempfile.mkdtemp(prefix="ivr-cluster-"))
+            _RUNNING.add(self)
+            try:
+                self._spawn_all(binary)
+                self._wait(self._answering, self.startup_timeout, "every node to answer PING")
+                self._form()
+                self._wait(self._healthy, self.startup_timeout, "cluster_state:ok on every node")
+            except BaseException as exc:
+                in_use = any("Address already in use" in n.log_tail(50) for n in self._nodes)
+                self.stop()
+                if isinstance(exc, ClusterError) and in_use and attempt < 2:
+                    continue
+                raise
+            self.startup_s = time.monotonic() - began
+            return self
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL after 5 s) and delete the temporary directory."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 5.0
+        for proc in list(self._procs):
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        self._nodes.clear()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        _RUNNING.discard(self)
+
+    def __enter__(self) -> ValkeyCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- failures --------------------------------------------------------------------------------------------
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port`` (its slots stay unserved until :meth:`restart`)."""
+        node = self._node(port)
+        assert node.proc is not None
+        node.killed = True
+        node.proc.send_signal(signal.SIGKILL)
+        node.proc.wait()
+
+    def restart(self, port: int, *, timeout: float = 20.0) -> float:
+        """Start the killed node on ``port`` again (same id and slots, from its ``nodes.conf``) and wait until
+        every node reports the cluster ok; returns the seconds that took."""
+        node = self._node(port)
+        if node.proc is not None and node.proc.poll() is None:
+            raise ClusterError(f"node {port} is still running")
+        began = time.monotonic()
+        self._launch(node)
+        node.killed = False
+        self._wait(self._healthy, timeout, f"node {port} to rejoin and the cluster to be ok")
+        return time.monotonic() - began
+
+    def wait_failed(self, port: int, *, timeout: float = 20.0) -> float:
+        """Wait until the other nodes mark the (killed) node on ``port`` failed and report the cluster down;
+        returns the seconds that took."""
+        began = time.monotonic()
+        others = [p for p in self.ports if p != port]
+
+        def down() -> bool:
+            for other in others:
+                with self.node(other, decode_responses=True) as client:
+                    if _cluster_info(client)["cluster_state"] != "fail":
+                        return False
+            return True
+
+        self._wait(down, timeout, f"the others to mark node {port} failed")
+        return time.monotonic() - began
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _node(self, port: int) -> _Node:
+        for node in self._nodes:
+            if node.port == port:
+                return node
+        raise ValueError(f"no node on port {port}: {self.ports}")
+
+    def _spawn_all(self, binary: Path) -> None:
+        assert self._dir is not None
+        ports = _free_ports(2 * len(_SLOT_RANGES))
+        for port, bus in zip(ports[: len(_SLOT_RANGES)], ports[len(_SLOT_RANGES) :], strict=True):
+            directory = self._dir / f"node-{port}"
+            directory.mkdir()
+            args = [
+                str(binary),
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--dir", str(directory),
+                "--save", "",
+                "--appendonly", "yes" if self.durable else "no",
+                "--appendfsync", "always",
+                "--daemonize", "no",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(directory / "nodes.conf"),
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                "--cluster-port", str(bus),
+            ]  # fmt: skip
+            if self.password:
+                args += ["--requirepass", self.password, "--masterauth", self.password]
+            node = _Node(f"node {port}", port, directory, args)
+            node.bus_port = bus
+            self._nodes.append(node)
+        for node in self._nodes:
+            self._launch(node)
+
+    def _launch(self, node: _Node) -> None:
+        with open(node.log_path, "ab") as log_file:
+            node.proc = subprocess.Popen(
+                node.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                start_new_session=True,  # a Ctrl-C in the terminal must not reach the servers
+            )
+        self._procs.append(node.proc)
+
+    def _answering(self) -> bool:
+        for port in self.ports:
+            with self.node(port) as client:
+                client.ping()
+        return True
+
+    def _form(self) -> None:
+        """Give each node its slot range, then introduce the others to the first one."""
+        for (low, high), port in zip(_SLOT_RANGES, self.ports, strict=True):
+            with self.node(port) as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", str(low), str(high))
+        first = self._nodes[0]
+        with self.node(first.port) as client:
+            for other in self._nodes[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", str(other.port), str(other.bus_port))
+
+    def _healthy(self) -> bool:
+        """Does every node report ``cluster_state:ok``, every slot assigned and the other nodes known?"""
+        for node in self._nodes:
+            with self.node(node.port, decode_responses=True) as client:
+                info = _cluster_info(client)
+            if info["cluster_state"] != "ok" or int(info["cluster_slots_assigned"]) != 16384:
+                return False
+            if int(info["cluster_known_nodes"]) != len(self._nodes) or int(info["cluster_slots_fail"]):
+                return False
+        return True
+
+    def _wait(self, condition: Callable[[], _T | None], timeout: float, what: str) -> _T:
+        """Poll ``condition`` (every 20 ms) until it returns something other than None/False, or fail with
+        what the cluster looked like, after ``timeout`` seconds or as soon as a node died."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for node in self._nodes:
+                if node.proc is not None and not node.killed and node.proc.poll() is not None:
+                    raise ClusterError(
+                        f"{node.name} exited with code {node.proc.returncode} while waiting for {what}; "
+                        f"its log:\n{node.log_tail()}"
+                    )
+            try:
+                result = condition()
+            except (redis.RedisError, OSError):
+                result = None
+            if result is not None and result is not False:
+                return result
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"timed out after {timeout:g} s waiting for {what}; {self._snapshot()}")
+            time.sleep(0.02)  # polling servers that give no readiness signal
+
+    def _snapshot(self) -> str:
+        seen: list[str] = []
+        for port in self.ports:
+            try:
+                with self.node(port, decode_responses=True) as client:
+                    info = _cluster_info(client)
+                seen.append(
+                    f"node {port}: {info['cluster_state']}, {info['cluster_slots_assigned']} slots assigned, "
+                    f"{info['cluster_known_nodes']} nodes known"
+                )
+            except (redis.RedisError, OSError) as exc:
+                seen.append(f"node {port}: {type(exc).__name__}: {exc}")
+        return "; ".join(seen)
+
+
 @atexit.register
 def _stop_all() -> None:
     """Leave no servers behind when the interpreter exits without the fixtures' finalizers running."""
-    for sentinel_set in list(_RUNNING):
-        sentinel_set.stop()
+    for servers in list(_RUNNING):
+        servers.stop()
