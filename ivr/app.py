@@ -686,7 +686,7 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
         """
         feed = state.calls.get(call_sid)
         events: AsyncIterator[dict[str, Any]]
-        if feed is not None:
+        if feed is not None and not feed.handed_over:
             events = feed.follow()
         else:
             calls = state.services.calls

@@ -21,6 +21,9 @@ from .app import AppState
 #: How far above IVR_MAX_WS_MESSAGE_BYTES the WebSocket protocol's own frame limit is set.
 PROTOCOL_HEADROOM_BYTES = 64 * 1024
 
+#: Seconds uvicorn waits for open connections after the drain before it closes them.
+SHUTDOWN_GRACE_S = 10.0
+
 log = logging.getLogger("ivr.server")
 
 
@@ -92,5 +95,8 @@ def make_server(
         ws="websockets-sansio",
         loop="auto",  # uvloop when installed (server.run() honours it), else asyncio's loop
         lifespan="on",
+        # Once drained, connections still open (an operator's event stream, say) get this long before the
+        # process exits anyway.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
     return DrainingServer(config, app.state.ivr, drain_timeout)

@@ -245,6 +245,12 @@ async def test_an_approval_pending_when_the_instance_died_is_decided_and_run_onc
         aid = pending["approval_id"]
         assert await client.hget(keys.approval(aid), "status") == "pending"
 
+        async def tool_event_stored() -> bool:  # A's writer sends events in batches: no event to await
+            events = await client.xrange(keys.call_events(sid))
+            return any(f["type"] == "tool.called" and '"pending"' in f.get("data", "") for _id, f in events)
+
+        await _until("the pending tool call in Redis", tool_event_stored)
+
         a.proc.kill()
         await a.proc.wait()
         try:

@@ -91,6 +91,9 @@ class CallRecord:
 
 
 EventSink = Callable[[dict[str, Any]], None]
+#: Events after which this instance says nothing more of a call: it ended, or another instance carries it on
+#: (its events continue in Redis, written there).
+LAST_EVENTS = frozenset({"call.ended", "call.handed_over"})
 #: Events one call keeps in memory (its Redis stream keeps as many: ``CALL_EVENTS_MAXLEN``); a long call's
 #: memory stays bounded.
 MAX_FEED_EVENTS = 10_000
@@ -124,15 +127,21 @@ class CallFeed:
             self.dropped += drop
         if self._sink is not None:
             self._sink(event)
-        if type_ == "call.ended":
+        if type_ in LAST_EVENTS:
             self.ended = True
         self._changed.set()
         self._changed = asyncio.Event()
         return event
 
+    @property
+    def handed_over(self) -> bool:
+        """This instance let another carry the call on: its later events are in Redis only."""
+        return self.ended and bool(self.events) and self.events[-1]["type"] == "call.handed_over"
+
     async def follow(self) -> AsyncIterator[dict[str, Any]]:
         """Replay every event so far (the latest :data:`MAX_FEED_EVENTS`), then yield new ones until
-        ``call.ended``. A follower too slow to keep up skips the events dropped meanwhile."""
+        ``call.ended`` (or ``call.handed_over``: another instance carries the call on). A follower too slow
+        to keep up skips the events dropped meanwhile."""
         index = 0  # absolute: events[index - self.dropped]
         while True:
             while index < self.dropped + len(self.events):
@@ -140,7 +149,7 @@ class CallFeed:
                 event = self.events[index - self.dropped]
                 index += 1
                 yield event
-                if event["type"] == "call.ended":
+                if event["type"] in LAST_EVENTS:
                     return
             if self.ended:
                 return

@@ -241,9 +241,11 @@ class CallSession:
         self.audio.release_lines()
         if self.handed_over:
             self.log.info("call handed over: another instance resumes it from Redis")
+            self.feed.emit("call.handed_over", stream_sid=self.stream_sid, reason="drain")
             return
         if not await self._still_ours():
             self.log.info("call ended here, but another instance carries it on: its end is not written here")
+            self.feed.emit("call.handed_over", stream_sid=self.stream_sid, reason="resumed elsewhere")
             return
         await self.runner.abandon_pending()  # undecided approvals of this call can no longer be decided
         self.record.outcome = outcome if self.record.outcome == "in-progress" else self.record.outcome
