@@ -195,7 +195,7 @@ class AppState:
         finished = await self.calls.wait_idle(timeout)
         if not finished:
             sessions = list(self.sessions.values())
-            answered = {session.call_sid: self._expect_action(session.call_sid) for session in sessions}
+            answered = [self.actions_answered.setdefault(s.call_sid, asyncio.Event()) for s in sessions]
             if await self.can_hand_over():
                 log.warning("drain timeout: handing %d live call(s) over to other instances", len(sessions))
                 await self.hand_over(sessions)
@@ -206,15 +206,11 @@ class AppState:
             # Twilio asks the <Connect action> of each closed stream what next: stay up to answer it, when
             # it comes here (a call handed over usually asks another instance).
             if answered and self.settings.resume_calls:
-                pending = [asyncio.ensure_future(event.wait()) for event in answered.values()]
+                pending = [asyncio.ensure_future(event.wait()) for event in answered]
                 await asyncio.wait(pending, timeout=ACTION_GRACE_S)
                 for waiter in pending:
                     waiter.cancel()
         return finished
-
-    def _expect_action(self, call_sid: str) -> asyncio.Event:
-        event = self.actions_answered.setdefault(call_sid, asyncio.Event())
-        return event
 
     async def can_hand_over(self) -> bool:
         """Live calls can move to another instance: resuming is on, the calls' state is in Redis, and

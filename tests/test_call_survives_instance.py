@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -63,19 +62,7 @@ async def _start(
         IVR_STREAM_SECRET="s" * 40,
         **extra,
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ivr",
-        "serve",
-        "--port",
-        str(port),
-        "--flows",
-        str(flows),
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    server = ServerProcess(proc)
+    server = await ServerProcess.start(port, flows, env)
     await server.wait_line("Uvicorn running on", timeout=60)
     return server, f"http://127.0.0.1:{port}"
 
@@ -187,10 +174,7 @@ async def _run(
         if live is not None:
             await live.call.hang_up()
         for server in (a, b):
-            if server.proc.returncode is None:
-                server.proc.kill()
-                await server.proc.wait()
-            await server._reader
+            await server.kill()
 
     assert len(result.streams) == 2, result.streams
     assert result.streams[0].stream_sid != result.streams[1].stream_sid
@@ -291,10 +275,7 @@ async def test_an_approval_pending_when_the_instance_died_is_decided_and_run_onc
         if live is not None:
             await live.call.hang_up()
         for server in (a, b):
-            if server.proc.returncode is None:
-                server.proc.kill()
-                await server.proc.wait()
-            await server._reader
+            await server.kill()
         await client.aclose()
 
 
@@ -355,10 +336,7 @@ async def test_a_call_outlasting_the_drain_is_handed_over_not_cut(
         if live is not None:
             await live.call.hang_up()
         for server in (a, b):
-            if server.proc.returncode is None:
-                server.proc.kill()
-                await server.proc.wait()
-            await server._reader
+            await server.kill()
         await client.aclose()
 
 
@@ -390,8 +368,5 @@ async def test_with_no_other_instance_the_drain_ends_the_call_and_answers_its_ac
         assert await asyncio.wait_for(a.proc.wait(), 20) == 0
         assert await client.hget(keys.call(sid), "outcome") == "server-shutdown"
     finally:
-        if a.proc.returncode is None:
-            a.proc.kill()
-            await a.proc.wait()
-        await a._reader
+        await a.kill()
         await client.aclose()

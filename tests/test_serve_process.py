@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from types import SimpleNamespace
 
 import httpx
@@ -21,19 +20,8 @@ async def test_sigterm_drains_live_calls_then_exits(fake_realtime: FakeRealtimeS
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = serve_env(fake_realtime.url, IVR_DRAIN_TIMEOUT="20")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ivr",
-        "serve",
-        "--port",
-        str(port),
-        "--flows",
-        str(TEST_FLOWS),
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    server = ServerProcess(proc)
+    server = await ServerProcess.start(port, TEST_FLOWS, env)
+    proc = server.proc
     try:
         await server.wait_line("Uvicorn running on")
         live = await place_call(SimpleNamespace(base_url=base))  # type: ignore[arg-type]
@@ -62,8 +50,5 @@ async def test_sigterm_drains_live_calls_then_exits(fake_realtime: FakeRealtimeS
         assert result.ended_by == "caller"
         assert await asyncio.wait_for(proc.wait(), 10.0) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await server._reader
+        await server.kill()
     assert not any("Traceback" in line for line in server.lines), server.lines

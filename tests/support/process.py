@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 
 
 class ServerProcess:
@@ -35,6 +36,30 @@ class ServerProcess:
                 self.proc.kill()
                 await self.proc.wait()
         await self._reader
+
+    async def kill(self) -> None:
+        """SIGKILL if still running; always reap the process and its reader (a test's clean-up)."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await self._reader
+
+    @classmethod
+    async def start(cls, port: int, flows: object, env: dict[str, str]) -> ServerProcess:
+        """`python -m ivr serve --port PORT --flows FLOWS` with ``env``, its stderr collected."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ivr",
+            "serve",
+            "--port",
+            str(port),
+            "--flows",
+            str(flows),
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(proc)
 
     async def wait_line(self, fragment: str, timeout: float = 10.0) -> str:
         async def find() -> str:
