@@ -21,7 +21,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -29,15 +29,13 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.exceptions import RedisError
 from starlette.datastructures import ImmutableMultiDict
-from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .admission import StreamAdmission, client_address
 from .approvals.api import approvals_router
 from .call.registry import CallRecord, CallRegistry
-from .call.resume import Resumed, history_from_store
 from .call.session import CallSession
 from .console.auth import Auth
 from .console.commands import Action
@@ -46,19 +44,18 @@ from .console.web import console_router
 from .flows import FlowSet
 from .flows.hours import after_hours_decision
 from .limits import BodyLimit
-from .logs import mask_number, redact
+from .logs import mask_number
+from .media_endpoint import serve_media
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .settings import Settings
 from .state import RedisServices
 from .store import reattach
 from .store.keys import KeySchema, KeySchemaError
-from .telephony import media_stream as tw
+from .telephony.media_socket import MEDIA_PATH, StarletteMediaSocket
 from .telephony.rest import CallController
 from .telephony.signature import SignatureChecker
 from .telephony.stream_token import (
-    RESUME_PARAMETER,
     TOKEN_PARAMETER,
-    Refusal,
     StreamBinding,
 )
 from .telephony.twiml import connect_stream, dial, hang_up, say_and_hang_up
@@ -66,16 +63,12 @@ from .tools.datasets import load_missing as load_missing_datasets
 
 log = logging.getLogger("ivr.app")
 
-#: How long we wait for Twilio's ``connected``/``start`` after accepting the media socket.
-START_TIMEOUT_S = 10.0
 DRAINING_MESSAGE = "Sorry, we can't take your call right now. Please call again in a minute. Goodbye."
 _TERMINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
 #: Seconds a draining instance stays up, after closing its last streams, for Twilio's <Connect action>.
 ACTION_GRACE_S = 3.0
 #: Seconds a draining instance waits for its writes to reach Redis before it hands its calls over.
 HAND_OVER_FLUSH_S = 2.0
-#: Seconds a resumed call waits for its history from Redis (the caller hears silence meanwhile).
-RESUME_READ_TIMEOUT_S = 2.0
 #: Seconds the ``<Connect action>`` handler waits for a live holder of the call to mark it closed on purpose
 #: (an instance whose own socket dropped marks it within milliseconds; a killed one never does).
 CLOSE_MARK_WAIT_S = 0.5
@@ -85,9 +78,6 @@ KEEP_ENDED_CALLS = 50
 MIN_OPERATOR_TOKEN = 24
 #: An IVR_STREAM_SECRET shorter than this draws a start-up warning.
 MIN_STREAM_SECRET = 32
-#: What :func:`_receive` returns for frames that are not text, or are larger than the cap.
-_BINARY = "\x00binary"
-_TOO_BIG = "\x00too-big"
 #: Counters (the app's and each call's) that count errors: the heartbeat's ``errors`` (the fleet page).
 ERROR_COUNTERS = (
     "bad_signatures",
@@ -557,50 +547,11 @@ def create_app(settings: Settings, flows: FlowSet | None = None) -> FastAPI:
 
     # ------------------------------------------------------------------ media stream
 
-    @app.websocket("/twilio/media")
+    @app.websocket(MEDIA_PATH)
     async def media(ws: WebSocket) -> None:
-        signed = not settings.verify_signatures or state.signatures.valid(
-            settings.media_stream_url, {}, ws.headers.get("x-twilio-signature")
-        )
-        client = client_address(ws.client)
-        wait = state.admission.retry_after(client) if not signed else None  # blocked by its earlier failures?
-        if not signed:
-            state.admission.signature_failed(client)
-        if wait is not None:
-            state.count("rate_limited")
-            state.admission.refuse("rate_limited")
-            log.debug("refused a media stream: too many bad signatures from this client; retry in %d s", wait)
-            if "websocket.http.response" in ws.scope.get("extensions", {}):
-                denial = PlainTextResponse(
-                    f"too many requests with a bad signature; retry in {wait} s\n",
-                    status_code=429,
-                    headers={"Retry-After": str(wait)},
-                )
-                await ws.send_denial_response(denial)
-            else:
-                await ws.close(code=1008)
-            return
-        await ws.accept()
-        if not signed:
-            state.admission.refuse("bad_signature")
-            log.warning("refused a media stream: invalid or missing x-twilio-signature")
-            await ws.close(code=1008, reason="invalid signature")
-            return
-        start = await _await_start(ws, state)
-        if start is None:
-            return
-        params = await state.admission.admit(start)
-        if isinstance(params, Refusal):
-            state.admission.refuse(params.reason)
-            log.warning(
-                "refused a media stream for call=%r: %s (%s); closing 1008",
-                start.call_sid[:40],
-                params.reason,
-                params.detail,
-            )
-            await ws.close(code=1008, reason=params.reason)
-            return
-        await _run_call(ws, start, state, params)
+        """Twilio's media stream under any ASGI server; ``ivr serve`` carries it without ASGI
+        (ivr.telephony.media_socket) and runs the same endpoint."""
+        await serve_media(StarletteMediaSocket(ws), state)
 
     # ------------------------------------------------------------------ health and operator API
 
@@ -717,192 +668,3 @@ async def _flatten(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[
             "call_sid": entry["call_sid"],
             **(data if isinstance(data, dict) else {}),
         }
-
-
-async def _receive(ws: WebSocket, limit: int) -> str | None:
-    """The next text frame, or None when the socket closed. Binary frames and frames over ``limit`` bytes
-    come back as marker strings (:data:`_BINARY`, :data:`_TOO_BIG`)."""
-    message = await ws.receive()
-    if message["type"] == "websocket.disconnect":
-        return None
-    text = message.get("text")
-    if text is None:
-        data = message.get("bytes")
-        return _TOO_BIG if data is not None and len(data) > limit else _BINARY
-    # len() is free; encoding is needed only where characters could be up to 4 bytes each.
-    if len(text) > limit or (len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit):
-        return _TOO_BIG
-    return text
-
-
-async def _too_big(ws: WebSocket, state: AppState, where: str) -> None:
-    state.count("ws_message_too_big")
-    log.warning(
-        "closed a media stream (1009): a message %s was over %d bytes (IVR_MAX_WS_MESSAGE_BYTES)",
-        where,
-        state.settings.max_ws_message_bytes,
-    )
-    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-        await ws.close(code=1009, reason="message too big")
-
-
-async def _await_start(ws: WebSocket, state: AppState) -> tw.Start | None:
-    """Read until Twilio's ``start`` (tolerating junk before it); None if the socket closed or timed out."""
-    try:
-        async with asyncio.timeout(START_TIMEOUT_S):
-            while True:
-                raw = await _receive(ws, state.settings.max_ws_message_bytes)
-                if raw is None:
-                    return None
-                if raw == _TOO_BIG:
-                    await _too_big(ws, state, "before start")
-                    return None
-                msg = tw.parse(raw) if raw != _BINARY else tw.Malformed("binary frame", "")
-                if isinstance(msg, tw.Start):
-                    return msg
-                if isinstance(msg, tw.Malformed):
-                    state.count("malformed_twilio")
-                    log.warning("ignored a malformed message before start: %s", msg.reason)
-    except TimeoutError:
-        log.warning("media stream sent no start within %.0f s; closing", START_TIMEOUT_S)
-        state.admission.refuse("no_start")
-        await ws.close(code=1008, reason="no start message")
-        return None
-
-
-#: Stream ``<Parameter>``s that are not the flow's call context.
-_NOT_CONTEXT = frozenset({"flow", "caller", "called", RESUME_PARAMETER, "resumed_from"})
-
-
-def _releaser(state: AppState, call_sid: str) -> Callable[[], Awaitable[bool]] | None:
-    """What marks the call closed on purpose in Redis when it ends here (ivr.store.reattach.release)."""
-    services = state.services
-    redis, me = services.redis, services.instance_id
-    if redis is None or not me or not state.settings.resume_calls:
-        return None
-    keys = services.keys
-
-    async def release() -> bool:
-        return await reattach.release(redis, keys, call_sid, me)
-
-    return release
-
-
-async def _resumed(state: AppState, call_sid: str, params: dict[str, str]) -> Resumed:
-    """A call adopted from an instance that died: its stage, start and conversation, from Redis."""
-    number = int(params.get(RESUME_PARAMETER, "0") or 0)
-    previous = params.get("resumed_from", "")
-    calls = state.services.calls
-    if calls is None:
-        return Resumed(number, previous)
-    try:
-        async with asyncio.timeout(RESUME_READ_TIMEOUT_S):
-            stored = await calls.get_call(call_sid) or {}
-            transcript = await calls.get_transcript(call_sid)
-            events = await calls.get_events(call_sid)
-    except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("call=%s resumed without its history: Redis did not answer (%s)", call_sid, exc)
-        return Resumed(number, previous)
-    started = stored.get("started_at")
-    return Resumed(
-        number,
-        previous,
-        history=history_from_store(transcript, events),
-        stage=str(stored.get("stage") or "") or None,
-        started_at=float(started) if isinstance(started, int | float) else None,
-    )
-
-
-async def _run_call(ws: WebSocket, start: tw.Start, state: AppState, params: dict[str, str]) -> None:
-    started_at = time.perf_counter()  # Twilio's start is in: the greeting's time to first audio runs from now
-    settings = state.settings
-    flow = state.flows.get(params.get("flow", "")) or state.flows.for_number(params.get("called", ""))
-    resumed = await _resumed(state, start.call_sid, params) if params.get(RESUME_PARAMETER) else None
-    record = CallRecord(
-        call_sid=start.call_sid,
-        account_sid=start.account_sid,
-        stream_sid=start.stream_sid,
-        flow_id=flow.id,
-        caller=params.get("caller", ""),
-        called=params.get("called", ""),
-    )
-    if resumed is not None and resumed.started_at:
-        record.started_at = resumed.started_at
-    feed = state.calls.open(record, state.services.sink(record) if state.services.calls else None)
-    context = flow.call_context(
-        caller_number=record.caller,
-        called_number=record.called,
-        call_sid=record.call_sid,
-        now=datetime.now(UTC),
-        parameters={k: v for k, v in params.items() if k not in _NOT_CONTEXT},
-    )
-
-    async def send(text: str) -> None:
-        if ws.client_state is WebSocketState.CONNECTED:
-            await ws.send_text(text)
-
-    async def close(code: int) -> None:
-        if ws.client_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                await ws.close(code=code)
-
-    try:
-        services = state.services
-        session = CallSession(
-            settings=settings,
-            flow=flow,
-            start=start,
-            record=record,
-            feed=feed,
-            send_twilio=send,
-            close_twilio=close,
-            controller=state.controller,
-            context=context,
-            gate=services.gate,
-            redis=services.redis,
-            keys=services.keys if services.redis is not None else None,
-            metrics=state.metrics,
-            started_at=started_at,
-            resumed=resumed,
-            release=_releaser(state, start.call_sid),
-        )
-    except ValueError as exc:  # a flow whose settings the model session cannot take
-        log.error("call=%s cannot start: %s", start.call_sid, exc)
-        state.metrics.call_started(flow.id, "none")
-        state.metrics.call_ended(flow.id, "configuration-error")
-        record.outcome, record.ended_at = "configuration-error", record.started_at
-        feed.emit("call.ended", outcome=record.outcome)
-        state.calls.close(start.call_sid)
-        await close(1011)
-        return
-    state.sessions[start.call_sid] = session
-    if resumed is not None and state.services.calls is not None:
-        state.services.calls.call_updated(
-            start.call_sid, {"stream_sid": start.stream_sid, "model": record.model, "engine": record.engine}
-        )
-    try:
-        await session.begin()
-        # Whoever ends the call from elsewhere (hang-up, status callback, drain) also closes this socket,
-        # so a plain receive loop is enough: no per-message futures on the hot path.
-        while not session.ended.is_set():
-            raw = await _receive(ws, settings.max_ws_message_bytes)
-            if raw is None:
-                log.info("call=%s media socket closed by Twilio", start.call_sid)
-                break
-            if raw == _TOO_BIG:
-                record.count("ws_message_too_big")
-                await _too_big(ws, state, "during the call")
-                break
-            msg = tw.parse(raw) if raw != _BINARY else tw.Malformed("binary frame", "")
-            await session.on_twilio(msg)
-    except WebSocketDisconnect:
-        pass
-    except Exception as exc:  # a bug must not leave the model socket open or the record unfinished
-        log.exception("call=%s failed: %s", start.call_sid, redact(repr(exc)))
-        record.count("internal_errors")
-    finally:
-        await session.finish("completed")
-        state.sessions.pop(start.call_sid, None)
-        state.call_finished(record)
-        state.calls.close(start.call_sid)
-        await close(1000)

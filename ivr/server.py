@@ -17,6 +17,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from .app import AppState
+from .media_endpoint import serve_media
+from .telephony.media_socket import MediaSocket, media_websocket_protocol
 
 #: How far above IVR_MAX_WS_MESSAGE_BYTES the WebSocket protocol's own frame limit is set.
 PROTOCOL_HEADROOM_BYTES = 64 * 1024
@@ -74,6 +76,16 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def media_ws_protocol(app: FastAPI) -> type[asyncio.Protocol]:
+    """uvicorn's ``ws=`` for this app: ``/twilio/media`` served directly, the rest through ASGI."""
+    state: AppState = app.state.ivr
+
+    async def handler(sock: MediaSocket) -> None:
+        await serve_media(sock, state)
+
+    return media_websocket_protocol(handler)
+
+
 def make_server(
     app: FastAPI, host: str, port: int, drain_timeout: float, log_level: str = "info"
 ) -> DrainingServer:
@@ -86,13 +98,13 @@ def make_server(
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         # Twilio's media messages are well under 1 KiB. The app refuses a message over the cap itself (close
-        # 1009, counted and logged with the reason: ivr.app._receive); the protocol's hard limit sits a
+        # 1009, counted and logged with the reason: ivr.media_endpoint); the protocol's hard limit sits a
         # little above it, so it only stops what is far too big to assemble: the app's check acts first.
         ws_max_size=app.state.ivr.settings.max_ws_message_bytes + PROTOCOL_HEADROOM_BYTES,
-        # Measured per call under load (docs/performance.md): the websockets sans-I/O protocol costs 20-30 %
-        # less CPU than uvicorn's legacy "websockets" or its "wsproto" protocol. "auto" picks it today; naming
-        # it keeps that choice should uvicorn's preference change.
-        ws="websockets-sansio",
+        # Twilio's media stream skips ASGI (ivr.telephony.media_socket: 13-15 % less CPU per passthrough call
+        # and 4-9 % per resampling call, measured side by side in docs/performance.md); every other WebSocket
+        # path goes to uvicorn's sans-I/O protocol, 20-30 % cheaper than its "websockets" or "wsproto" ones.
+        ws=media_ws_protocol(app),
         loop="auto",  # uvloop when installed (server.run() honours it), else asyncio's loop
         lifespan="on",
         # Once drained, connections still open (an operator's event stream, say) get this long before the

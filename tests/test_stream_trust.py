@@ -28,7 +28,7 @@ from ivr.telephony.stream_token import (
     StreamTokens,
     derive_key,
 )
-from tests.support.calls import app_for, place_call
+from tests.support.calls import app_for, place_call, ws_close_code
 from tests.support.fake_realtime import FakeRealtimeServer, Reply
 from tests.support.server import ACCOUNT_SID, AUTH_TOKEN, RunningServer, make_settings, running_server
 
@@ -77,16 +77,6 @@ async def _open_stream(
     return ws
 
 
-async def _close_code(ws: websockets.ClientConnection, timeout: float = 5.0) -> int | None:
-    """Read until the server closes the socket; its close code. Fails the test after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        try:
-            while True:
-                await ws.recv()
-        except websockets.ConnectionClosed as closed:
-            return closed.rcvd.code if closed.rcvd is not None else None
-
-
 def _refused(server: RunningServer) -> dict[str, float]:
     """``ivr_media_streams_refused_total`` by reason, from the app's own Prometheus registry."""
     out: dict[str, float] = {}
@@ -116,7 +106,7 @@ async def test_forged_stream_with_a_live_calls_sid_is_refused_and_the_call_survi
         forged = await _open_stream(
             server, sid, {"flow": "test-passthrough", "caller": ATTACKER, "called": DESK}
         )
-        assert await _close_code(forged) == 1008
+        assert await ws_close_code(forged) == 1008
         assert server.state.sessions[sid] is genuine, "the forged stream replaced the live call's session"
         assert len(fake_realtime.sessions) == 1, "the forged stream opened a model session"
         assert _refused(server) == {"missing_token": 1.0}
@@ -142,11 +132,11 @@ async def test_replaying_the_genuine_start_is_refused_during_and_after_the_call(
         assert TOKEN_PARAMETER in captured
 
         replay = await _open_stream(server, sid, captured)
-        assert await _close_code(replay) == 1008
+        assert await ws_close_code(replay) == 1008
         await live.hang_up()
 
         after = await _open_stream(server, sid, captured)
-        assert await _close_code(after) == 1008
+        assert await ws_close_code(after) == 1008
         assert _refused(server) == {"replayed": 2.0}
     assert len(fake_realtime.sessions) == 1
 
@@ -163,7 +153,7 @@ async def test_changing_a_token_bound_parameter_is_refused(
         sid = new_sid("CA")
         params = await _webhook(server, sid)
         ws = await _open_stream(server, sid, {**params, field: value})
-        assert await _close_code(ws) == 1008
+        assert await ws_close_code(ws) == 1008
         assert _refused(server) == {"bad_token": 1.0}
         # The genuine parameters still work afterwards: a refused attempt does not burn the call sid.
         ok = await _open_stream(server, sid, params)
@@ -178,7 +168,7 @@ async def test_a_token_of_another_call_is_refused(fake_realtime: FakeRealtimeSer
         mine, victim = new_sid("CA"), new_sid("CA")
         params = await _webhook(server, mine, caller=ATTACKER)
         ws = await _open_stream(server, victim, params)
-        assert await _close_code(ws) == 1008
+        assert await ws_close_code(ws) == 1008
         assert _refused(server) == {"bad_token": 1.0}
     assert fake_realtime.sessions == []
 
@@ -213,7 +203,7 @@ async def test_unverified_dev_mode_accepts_an_unbound_stream_with_a_warning(
         assert any("unbound media stream" in r.getMessage() for r in caplog.records)
         # ... but even in dev mode a live call is never taken over.
         second = await _open_stream(server, sid, {"flow": "test-desk", "caller": ATTACKER, "called": DESK})
-        assert await _close_code(second) == 1008
+        assert await ws_close_code(second) == 1008
         assert server.state.sessions[sid].record.caller == CALLER
         await ws.close()
 
@@ -234,7 +224,7 @@ async def test_a_token_from_instance_a_streams_once_across_instances(
         await fake_realtime.next_session()
         assert b.state.sessions[sid].record.caller == CALLER
         replay_on_a = await _open_stream(a, sid, params)
-        assert await _close_code(replay_on_a) == 1008
+        assert await ws_close_code(replay_on_a) == 1008
         assert _refused(a) == {"replayed": 1.0}
         await on_b.close()
 

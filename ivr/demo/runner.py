@@ -26,6 +26,7 @@ from ..caller.client import CallEndedError, CallOptions, SimulatedCall
 from ..caller.twilio_side import SayHangup, TwimlError, parse_twiml
 from ..engines.local import LocalResources
 from ..flows import Flow, FlowSet
+from ..server import media_ws_protocol
 from ..settings import Settings
 from ..speech.wer import word_errors
 from ..store.embedded import EmbeddedRedis
@@ -159,7 +160,9 @@ async def _call(
     app_log.addFilter(not_for_the_demo)
     app = create_app(settings, flows)
     twilio_rest_stand_in(app, demo)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", ws_ping_interval=None))
+    ws = media_ws_protocol(app)
+    config = uvicorn.Config(app, log_config=None, lifespan="on", ws_ping_interval=None, ws=ws)
+    server = uvicorn.Server(config)
     serving = asyncio.create_task(server._serve(sockets=[sock]))
     running: asyncio.Task[Any] | None = None
     conversation: asyncio.Task[Any] | None = None

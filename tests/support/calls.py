@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import websockets
 
 from ivr.audio import pcm16_to_ulaw, tone
 from ivr.caller.client import CallOptions, CallResult, SimulatedCall
@@ -56,12 +57,13 @@ class TwilioOracle:
 
 @asynccontextmanager
 async def app_for(
-    fake: FakeRealtimeServer, rest: FakeTwilioRest | None = None, **overrides: Any
+    fake: FakeRealtimeServer, rest: FakeTwilioRest | None = None, *, media: str = "direct", **overrides: Any
 ) -> AsyncIterator[RunningServer]:
+    """The app on loopback with the fake model; ``media``: the media socket's carrier (running_server)."""
     settings: Settings = make_settings(realtime_url=fake.url, **overrides)
     if rest is not None:
         settings = settings.with_(twilio_api_base=rest.base_url)
-    async with running_server(settings) as server:
+    async with running_server(settings, media=media) as server:
         yield server
 
 
@@ -124,3 +126,13 @@ def dominant_hz(samples: np.ndarray, rate: int) -> float:
 def rms_dbfs(samples: np.ndarray) -> float:
     x = samples.astype(np.float64) / 32768.0
     return float(20 * np.log10(np.sqrt(np.mean(x * x)) + 1e-12))
+
+
+async def ws_close_code(ws: websockets.ClientConnection, timeout: float = 5.0) -> int | None:
+    """Read until the server closes ``ws``; the close code it sent (None: it closed without a frame)."""
+    async with asyncio.timeout(timeout):
+        try:
+            while True:
+                await ws.recv()
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd is not None else None

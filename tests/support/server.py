@@ -15,6 +15,7 @@ import uvicorn
 
 from ivr.app import AppState, create_app
 from ivr.flows import FlowSet
+from ivr.server import media_ws_protocol
 from ivr.settings import Settings
 from tests.support.fixtures import OPENAI_TEST_KEY, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN
 
@@ -58,8 +59,13 @@ async def _started(base_url: str, serving: asyncio.Task[None]) -> None:
 
 
 @asynccontextmanager
-async def running_server(settings: Settings, flows: FlowSet | None = None) -> AsyncIterator[RunningServer]:
-    """Bind 127.0.0.1:0 first (so the public URL is known), then serve the app on that socket."""
+async def running_server(
+    settings: Settings, flows: FlowSet | None = None, *, media: str = "direct"
+) -> AsyncIterator[RunningServer]:
+    """Bind 127.0.0.1:0 first (so the public URL is known), then serve the app on that socket.
+
+    ``media="direct"`` carries Twilio's media socket as ``ivr serve`` does (no ASGI); ``"asgi"`` through
+    uvicorn's own WebSocket protocol and Starlette, as any other ASGI server would."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -68,7 +74,8 @@ async def running_server(settings: Settings, flows: FlowSet | None = None) -> As
     if not settings.public_url:
         settings = settings.with_(public_url=f"http://127.0.0.1:{port}")
     app = create_app(settings, flows)
-    config = uvicorn.Config(app, log_config=None, lifespan="on", ws_ping_interval=None)
+    ws = media_ws_protocol(app) if media == "direct" else "websockets-sansio"
+    config = uvicorn.Config(app, log_config=None, lifespan="on", ws_ping_interval=None, ws=ws)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server._serve(sockets=[sock]))  # _serve: no signal handlers in tests
     try:
