@@ -115,6 +115,11 @@ _CLUSTER_OPTIONS = frozenset(inspect.signature(RedisCluster.__init__).parameters
 }
 
 
+#: Connections one client keeps to a plain Redis at most, and how long a command waits for one to be free.
+POOL_CONNECTIONS = 100
+POOL_WAIT_S = 5.0
+
+
 def open_redis(url: str, *, decode_responses: bool = True, **kwargs: Any) -> aioredis.Redis:
     """A ``redis.asyncio`` client for ``url``; no connection is made until the first command.
 
@@ -129,7 +134,12 @@ def open_redis(url: str, *, decode_responses: bool = True, **kwargs: Any) -> aio
         cluster: Any = _open_cluster(parse_cluster_url(url), decode_responses=decode_responses, **kwargs)
         return cluster  # a RedisCluster: duck-typed as Redis by every caller (see is_cluster)
     if not is_sentinel_url(url):
-        return aioredis.Redis.from_url(url, decode_responses=decode_responses, **kwargs)
+        # A pool that waits for a free connection: redis-py's default pool raises MaxConnectionsError once
+        # its 100 connections are out, which hundreds of calls ending at once (a drain) did reach.
+        kwargs.setdefault("max_connections", POOL_CONNECTIONS)
+        kwargs.setdefault("timeout", POOL_WAIT_S)
+        pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=decode_responses, **kwargs)
+        return aioredis.Redis.from_pool(pool)
     return _open_sentinel(parse_sentinel_url(url), decode_responses=decode_responses, **kwargs)
 
 
