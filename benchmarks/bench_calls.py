@@ -78,6 +78,10 @@ class ProcSample:
     core_steal_s: float = 0.0  # time the hypervisor took from it (VMs)
 
 
+#: Share of a core under which a freshly started server counts as idle (see :func:`settled`).
+SETTLED_CPU_SHARE = 0.05
+
+
 def proc_sample(pid: int) -> ProcSample:
     """CPU seconds (user + system) and resident memory of one process, from /proc."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -149,8 +153,20 @@ async def healthy(port: int) -> bool:
             await writer.wait_closed()
 
 
-async def start_target(kind: str, port: int, model_port: int, log_path: Path) -> asyncio.subprocess.Process:
-    """Start ``ivr serve`` ("ivr", "ivr+uvloop") or the null relay ("null-bridge") on the server CPU."""
+async def start_target(
+    kind: str,
+    port: int,
+    model_port: int,
+    log_path: Path,
+    *,
+    root: Path = ROOT,
+    cpu: int = SERVER_CPU,
+    extra_env: dict[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """Start ``ivr serve`` ("ivr", "ivr+uvloop") or the null relay ("null-bridge") pinned to ``cpu``.
+
+    ``root``: the source tree to run (another checkout compares two versions side by side);
+    ``extra_env`` is added to the server's environment."""
     env = dict(os.environ)
     env.update(
         {
@@ -159,33 +175,47 @@ async def start_target(kind: str, port: int, model_port: int, log_path: Path) ->
             "TWILIO_ACCOUNT_SID": "AC" + "b" * 32,
             "TWILIO_AUTH_TOKEN": "bench-auth-token",
             "IVR_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "IVR_FLOWS": str(ROOT / "benchmarks" / "flows"),
+            "IVR_FLOWS": str(root / "benchmarks" / "flows"),
             "IVR_VERIFY_SIGNATURES": "false",
             "IVR_OPERATOR_TOKEN": "bench-operator-token",
             "IVR_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(root),
         }
     )
+    env.update(extra_env or {})
     if kind == "ivr":
         argv = [sys.executable, "-m", "ivr", "serve", "--port", str(port)]
     elif kind == "ivr+uvloop":
         argv = [sys.executable, "-c", _UVLOOP_SERVE, "serve", "--port", str(port)]
     else:
-        argv = [sys.executable, str(ROOT / "benchmarks" / "null_bridge.py"), "--port", str(port)]
+        argv = [sys.executable, str(root / "benchmarks" / "null_bridge.py"), "--port", str(port)]
     log = log_path.open("ab")
-    proc = await asyncio.create_subprocess_exec(*argv, env=env, cwd=ROOT, stdout=log, stderr=log)
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, cwd=root, stdout=log, stderr=log)
     log.close()
     if os.cpu_count() and os.cpu_count() >= 2:  # type: ignore[operator]
-        os.sched_setaffinity(proc.pid, {SERVER_CPU})
+        os.sched_setaffinity(proc.pid, {cpu})
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:
         if proc.returncode is not None:
             break
         if await healthy(port):
+            await settled(proc.pid, deadline)
             return proc
         await asyncio.sleep(0.1)
     await stop_target(proc)
     raise RuntimeError(f"{kind} server did not become healthy on port {port}; see {log_path}")
+
+
+async def settled(pid: int, deadline: float) -> None:
+    """Wait until the server is idle: after start-up ``ivr serve`` still loads the local voice and speaks its
+    hold and apology lines in a worker thread (seconds of CPU), which must not fall into a measured window."""
+    before = proc_sample(pid).cpu_s
+    quiet = 0
+    while time.monotonic() < deadline and quiet < 3:
+        await asyncio.sleep(0.25)
+        now = proc_sample(pid).cpu_s
+        quiet = quiet + 1 if now - before < 0.25 * SETTLED_CPU_SHARE else 0
+        before = now
 
 
 async def stop_target(proc: asyncio.subprocess.Process) -> None:
@@ -393,13 +423,14 @@ def summary(results: list[StepResult]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def _parse_calls(text: str) -> list[int]:
+def parse_calls(text: str, low: int = 1, high: int = 2000) -> list[int]:
+    """``--calls``: comma-separated call counts, each between ``low`` and ``high``."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--calls {text!r}: use whole numbers separated by commas") from None
-    if not values or any(v < 1 or v > 2000 for v in values):
-        raise argparse.ArgumentTypeError(f"--calls {text!r}: each count must be between 1 and 2000")
+    if not values or any(v < low or v > high for v in values):
+        raise argparse.ArgumentTypeError(f"--calls {text!r}: each count must be between {low} and {high}")
     return values
 
 
@@ -473,12 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="End-to-end load benchmark of the ivr bridge.")
     parser.add_argument("--quick", action="store_true", help="small call counts, short windows (< 60 s)")
     parser.add_argument("--mode", choices=["resample", "passthrough", "both"], default="both")
-    parser.add_argument("--calls", type=_parse_calls, default=None, help="comma-separated call counts")
+    parser.add_argument("--calls", type=parse_calls, default=None, help="comma-separated call counts")
     parser.add_argument("--seconds", type=float, default=None, help="measured window per step (default 8)")
     parser.add_argument("--settle", type=float, default=None, help="seconds between ramp and window")
     parser.add_argument(
         "--baseline",
-        type=_parse_calls,
+        type=parse_calls,
         default=None,
         help="call counts for the null-bridge baseline (default 100,350; 40 with --quick)",
     )
