@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ivr.audio.g711 import ULAW_SILENCE, ulaw_to_pcm16
-from ivr.speech.endpointing import Completeness, EndOfTurn, EndpointingPolicy, judge
+from ivr.speech.endpointing import COMPLETE_MIN_CONFIDENCE, Completeness, EndOfTurn, EndpointingPolicy, judge
 from ivr.speech.vad import SpeechPaused, SpeechStarted, SpeechStopped, TurnDetector, VadEvent
 from tests.support.voices import VOICES, VoiceCache, missing_voices, require_voice
 
@@ -82,6 +82,20 @@ def test_open_phrases(text: str) -> None:
 )
 def test_phrases_that_may_or_may_not_be_finished(text: str) -> None:
     assert judge(text) is Completeness.UNSURE
+
+
+def test_an_unsure_complete_reading_is_only_unsure() -> None:
+    """A lone filler misheard as a complete word ("Um" → "done" at 0.19) must not end the turn in 200 ms;
+    the same words heard with confidence still do, and open or unsure readings are not changed by it."""
+    assert judge("done", 0.19) is Completeness.UNSURE
+    assert judge("done", COMPLETE_MIN_CONFIDENCE) is Completeness.COMPLETE
+    assert judge("yes", 0.55) is Completeness.COMPLETE
+    assert judge("yes") is Completeness.COMPLETE  # no confidence known: the words decide
+    assert judge("i'd like to book", 0.05) is Completeness.OPEN
+    assert judge("my name is maria lopez", 0.9) is Completeness.UNSURE
+    eot = EndOfTurn()
+    eot.pause(1)
+    assert eot.judged(1, "done", 0.19) and eot.silence_ms == EndpointingPolicy().unsure_ms
 
 
 def test_policy_silences_and_checks() -> None:
@@ -218,18 +232,19 @@ def _loop(recognizer: Any, mulaw: bytes, fixed: bool) -> tuple[list[int], float]
     detector = TurnDetector() if fixed else TurnDetector(endpointing=EndpointingPolicy())
     stops: list[int] = []
     ready: float | None = None
-    due: tuple[float, int, str, bytes] | None = None
+    due: tuple[float, int, str, bytes, float] | None = None
     early: dict[bytes, float] = {}
     for i in range(0, len(mulaw), 160):
         events = detector.feed_mulaw(mulaw[i : i + 160])
         if due is not None and detector.now_ms >= due[0]:
             early[due[3]] = due[0]
-            events += detector.judged(due[1], due[2])
+            events += detector.judged(due[1], due[2], due[4])  # as the engine does: words and confidence
             due = None
         for event in events:
             if isinstance(event, SpeechPaused):
                 result = recognizer.recognize(event.audio)
-                due = (detector.now_ms + result.decode_ms, event.revision, result.text, event.audio)
+                at = detector.now_ms + result.decode_ms
+                due = (at, event.revision, result.text, event.audio, result.confidence)
             elif isinstance(event, SpeechStopped):
                 stops.append(detector.now_ms)
                 if ready is None:

@@ -248,7 +248,7 @@ class LocalEngine(InProcessModel):
                 self._on_vad(self.vad.judged(revision, None))
             return None
         if not self.closed:
-            self._on_vad(self.vad.judged(revision, result.text))
+            self._on_vad(self.vad.judged(revision, result.text, result.confidence))
         return result
 
     async def _reuse_early(

@@ -135,13 +135,27 @@ def _after_number_word(word: str) -> bool:
     return word in OPEN_ENDINGS or word in ("number", "about", "around") or bool(_NUMBERISH.match(word))
 
 
-def judge(text: str) -> Completeness:
+#: An early recognition this unsure (``Recognition.confidence``) does not end a turn as complete: Whisper
+#: heard a lone "Um" as "done" at 0.19 (runner-up "jump" at 0.19) and cut the caller off. Correct short
+#: answers measured 0.16-0.86 (p10 0.44, whisper.py's docstring), so about one in twenty waits the unsure
+#: silence (800 ms) instead of 200 ms; a misheard filler no longer ends the turn.
+COMPLETE_MIN_CONFIDENCE = 0.3
+
+
+def judge(text: str, confidence: float | None = None) -> Completeness:
     """Whether ``text`` (the caller's words so far) reads as a finished answer, an unfinished one, or either.
 
     Only the last word matters, and the text's own trailing punctuation when the recogniser writes it
     ("…", "-", "," say the speaker trails off). No words at all (a filler the recogniser dropped, a cough)
-    is open: the caller may be about to speak.
+    is open: the caller may be about to speak. A complete reading the recogniser was unsure of
+    (``confidence`` below :data:`COMPLETE_MIN_CONFIDENCE`) is only unsure.
     """
+    completeness = _judge_words(text)
+    unsure = confidence is not None and confidence < COMPLETE_MIN_CONFIDENCE
+    return Completeness.UNSURE if completeness is Completeness.COMPLETE and unsure else completeness
+
+
+def _judge_words(text: str) -> Completeness:
     stripped = text.strip()
     words = words_of(stripped)
     if not words:
@@ -190,13 +204,14 @@ class EndOfTurn:
     def resumed(self) -> None:
         self.reset()
 
-    def judged(self, revision: int, text: str | None) -> bool:
-        """Record what the turn so far says; False when ``revision`` is stale (the caller spoke since)."""
+    def judged(self, revision: int, text: str | None, confidence: float | None = None) -> bool:
+        """Record what the turn so far says (and how sure the recogniser was); False when ``revision`` is
+        stale (the caller spoke since)."""
         if revision != self._revision:
             return False
         self._waiting = False
         self.text = text
-        self.completeness = judge(text) if text is not None else None
+        self.completeness = judge(text, confidence) if text is not None else None
         return True
 
     @property

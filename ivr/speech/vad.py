@@ -272,16 +272,19 @@ class TurnDetector:
         if silence * FRAME_MS >= eot.silence_ms:
             self._stop(events, truncated=False)
 
-    def judged(self, revision: int, text: str | None) -> list[VadEvent]:
-        """The early recognition of pause ``revision`` says the caller said ``text`` so far (adaptive mode;
-        None: the recognition failed, go by silence alone).
+    def judged(self, revision: int, text: str | None, confidence: float | None = None) -> list[VadEvent]:
+        """The early recognition of pause ``revision`` says the caller said ``text`` so far, with the
+        recogniser's ``confidence`` (adaptive mode; ``text=None``: the recognition failed, go by silence
+        alone).
 
         Returns :class:`SpeechStopped` when that text ends the turn already; nothing when the caller spoke
         again since that pause (a stale result) or the turn is over.
         """
         events: list[VadEvent] = []
         eot = self.end_of_turn
-        if eot is None or not self._in_speech or not self._paused or not eot.judged(revision, text):
+        if eot is None or not self._in_speech or not self._paused:
+            return events
+        if not eot.judged(revision, text, confidence):
             return events
         if (self._frame_index - 1 - self._last_voiced) * FRAME_MS >= eot.silence_ms:
             self._stop(events, truncated=False)
