@@ -156,7 +156,8 @@ class StarletteMediaSocket:
 
     async def send(self, text: str) -> None:
         if self.ws.client_state is WebSocketState.CONNECTED:
-            await self.ws.send_text(text)
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # gone meanwhile: receive() says so
+                await self.ws.send_text(text)
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.ws.client_state is not WebSocketState.DISCONNECTED:
