@@ -305,26 +305,14 @@ async def run_step(
     if load.calls_ready < calls:
         valid = False
         notes.append(f"only {load.calls_ready}/{calls} calls came up")
-    if lag_p99 > MAX_TICK_LAG_MS:
-        valid = False
-        notes.append(f"generator ticks slipped (p99 lag {lag_p99:.1f} ms)")
-    if lag_max > MAX_P99_MS:
-        notes.append(f"generator paused up to {lag_max:.0f} ms (shows in the max, rarely in the p99)")
-    if load.gen_cpu_pct > MAX_GENERATOR_CPU_PCT:
-        valid = False
-        notes.append(f"generator near a full core ({load.gen_cpu_pct:.0f} %)")
-    notes += [f"{what} ×{count}" for what, count in sorted(rec.anomalies.items())]
     start, end = samples["start"], samples["end"]
     others = 100.0 * ((end.core_tasks_s - start.core_tasks_s) - cpu) / load.window_s
     irq = 100.0 * (end.core_irq_s - start.core_irq_s) / load.window_s
     steal = 100.0 * (end.core_steal_s - start.core_steal_s) / load.window_s
-    if others > MAX_FOREIGN_PCT:
-        valid = False
-        notes.append(f"other processes took {others:.0f} % of the server core")
-    elif others > 3.0:
-        notes.append(f"other processes took {others:.0f} % of the server core")
-    if steal > 2.0:
-        notes.append(f"hypervisor stole {steal:.0f} % of the server core")
+    healthy, health = health_notes(lag_p99, lag_max, load.gen_cpu_pct, others, steal, "the server core")
+    valid = valid and healthy
+    notes += health
+    notes += [f"{what} ×{count}" for what, count in sorted(rec.anomalies.items())]
     expected_barge_ins = calls * load.window_s / 5.3  # one per 5.3 s of talk cycle per call
     if rec.clear and len(rec.clear) < 0.5 * expected_barge_ins:
         notes.append(f"few barge-ins measured ({len(rec.clear)})")
@@ -358,6 +346,28 @@ async def run_step(
         passed=passed,
         notes=notes,
     )
+
+
+def health_notes(
+    lag_p99: float, lag_max: float, gen_pct: float, others_pct: float, steal_pct: float, where: str
+) -> tuple[bool, list[str]]:
+    """Whether the generator and the machine kept up during a window (False: the step is invalid), and notes
+    saying what went wrong. ``where`` names what the other processes' and the hypervisor's shares are of."""
+    valid, notes = True, []
+    if lag_p99 > MAX_TICK_LAG_MS:
+        valid = False
+        notes.append(f"generator ticks slipped (p99 lag {lag_p99:.1f} ms)")
+    if lag_max > MAX_P99_MS:
+        notes.append(f"generator paused up to {lag_max:.0f} ms (shows in the max, rarely in the p99)")
+    if gen_pct > MAX_GENERATOR_CPU_PCT:
+        valid = False
+        notes.append(f"generator near a full core ({gen_pct:.0f} %)")
+    if others_pct > 3.0:
+        valid = valid and others_pct <= MAX_FOREIGN_PCT
+        notes.append(f"other processes took {others_pct:.0f} % of {where}")
+    if steal_pct > 2.0:
+        notes.append(f"hypervisor stole {steal_pct:.0f} % of {where}")
+    return valid, notes
 
 
 # ---------------------------------------------------------------------------------------------- output

@@ -65,15 +65,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from benchmarks.bench_calls import (
-    MAX_FOREIGN_PCT,
-    MAX_GENERATOR_CPU_PCT,
     MAX_P99_MS,
     MAX_SERVER_CPU_PCT,
-    MAX_TICK_LAG_MS,
     ROOT,
     ProcSample,
     cpu_times,
     free_port,
+    health_notes,
     machine,
     parse_calls,
     proc_sample,
@@ -481,21 +479,9 @@ def figures(
     clears = [x for r in recs for x in r.clear]
     clear_p = percentiles_ms(clears)
     _, lag_p99, lag_max = percentiles_ms([x for r in recs for x in r.tick_lag])
-    if lag_p99 > MAX_TICK_LAG_MS:
-        valid = False
-        notes.append(f"generator ticks slipped (p99 lag {lag_p99:.1f} ms)")
-    if lag_max > MAX_P99_MS:
-        notes.append(f"generator paused up to {lag_max:.0f} ms (shows in the max, rarely in the p99)")
-    if gen_pct > MAX_GENERATOR_CPU_PCT:
-        valid = False
-        notes.append(f"generator near a full core ({gen_pct:.0f} %)")
-    if others_pct > MAX_FOREIGN_PCT:
-        valid = False
-        notes.append(f"processes outside the benchmark took {others_pct:.0f} % of a core")
-    elif others_pct > 3.0:
-        notes.append(f"processes outside the benchmark took {others_pct:.0f} % of a core")
-    if 100.0 * steal / span > 2.0:
-        notes.append(f"hypervisor stole {100.0 * steal / span:.0f} % of a core")
+    healthy, health = health_notes(lag_p99, lag_max, gen_pct, others_pct, 100.0 * steal / span, "a core")
+    valid = valid and healthy
+    notes += health
     anomalies: dict[str, int] = {}
     for rec in recs:
         for what, count in rec.anomalies.items():
